@@ -1,0 +1,445 @@
+//! The `noisescale` command line: argument parsing and the subcommands' glue. The work itself
+//! lives in the library modules.
+
+use crate::config::RunConfig;
+use crate::dist::Local;
+use crate::model::ModelConfig;
+use crate::params::trainable_params;
+use crate::schedule::ScheduleKind;
+use crate::train::{self, TrainOptions};
+use crate::units::Samples;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// Don't decay the learning rate, increase the batch size: noise-scale schedules and training.
+#[derive(Parser, Debug)]
+#[command(name = "noisescale", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train one run from a TOML config (or resume one).
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on its run's test split.
+    Eval(EvalArgs),
+    /// Print a schedule's phase table: ε, B, m, noise scale and parameter updates.
+    Schedule(ScheduleArgs),
+    /// Run the paper's comparison of schedules on real data and write a report.
+    Reproduce(crate::reproduce::ReproduceArgs),
+    /// Redraw the report from existing runs.
+    Report(ReportArgs),
+    /// Data set tools.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// List the models with their input shape and parameter count.
+    Models,
+    /// List the shipped presets.
+    Presets,
+}
+
+/// Where the config comes from: a file or a shipped preset.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigSource {
+    /// A run config (TOML).
+    pub config: Option<PathBuf>,
+    /// A shipped preset instead of a file (see `noisescale presets`).
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+}
+
+impl ConfigSource {
+    /// Loads the config, if one was named.
+    pub fn load(&self) -> Result<Option<RunConfig>> {
+        match (&self.config, &self.preset) {
+            (Some(p), _) => RunConfig::load(p).map(Some),
+            (None, Some(name)) => load_preset(name).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Parses a shipped preset.
+pub fn load_preset(name: &str) -> Result<RunConfig> {
+    let text = crate::presets::preset(name).with_context(|| {
+        format!(
+            "no preset named {name:?}; the presets are: {}",
+            crate::presets::names().join(", ")
+        )
+    })?;
+    RunConfig::from_toml(text, &format!("preset {name}"))
+}
+
+/// Settings that override the config's.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Overrides {
+    /// Data directory (overrides `data.dir`; default ../shared/data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Compute device: flex (CPU) or cuda[:N].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl Overrides {
+    /// Applies the overrides to a config.
+    pub fn apply(&self, cfg: &mut RunConfig) -> Result<()> {
+        if let Some(d) = &self.data {
+            cfg.data.dir = d.clone();
+        }
+        if let Some(d) = &self.device {
+            crate::device::parse(d)?;
+            cfg.device = d.clone();
+        }
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+        Ok(())
+    }
+}
+
+/// `noisescale train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    source: ConfigSource,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// Run directory for metrics, checkpoints and the summary.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Resume the run in this directory from its checkpoint (the config is read from it
+    /// unless one is given, which must then be the same).
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// `noisescale eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A checkpoint file, or a run directory holding `checkpoint.safetensors`.
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// `noisescale schedule`.
+#[derive(Args, Debug)]
+pub struct ScheduleArgs {
+    #[command(flatten)]
+    source: ConfigSource,
+    /// Replace the config's schedule kind.
+    #[arg(long, value_enum)]
+    schedule: Option<KindArg>,
+    /// Training-set size N (default: the preset's data set, else read from the data).
+    #[arg(long)]
+    dataset_size: Option<u64>,
+    /// Replace the milestones (comma-separated epochs).
+    #[arg(long, value_delimiter = ',')]
+    milestones: Option<Vec<u32>>,
+    /// Replace the hybrid cap.
+    #[arg(long)]
+    max_batch_size: Option<usize>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// Schedule kinds on the command line.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum KindArg {
+    /// ε ÷ factor at each milestone.
+    DecayLr,
+    /// B × factor at each milestone.
+    IncreaseBatch,
+    /// B × factor up to the cap, then ε ÷ factor.
+    Hybrid,
+}
+
+impl From<KindArg> for ScheduleKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::DecayLr => ScheduleKind::DecayLr,
+            KindArg::IncreaseBatch => ScheduleKind::IncreaseBatch,
+            KindArg::Hybrid => ScheduleKind::Hybrid,
+        }
+    }
+}
+
+/// `noisescale report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run directories, or directories holding them.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Where to write the report (default: the first directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Report title.
+    #[arg(long, default_value = "noisescale report")]
+    title: String,
+}
+
+/// `noisescale data ...`.
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Counts per split and class, image shape, mean/std and checksums of a data directory.
+    Inspect {
+        /// Directory holding MNIST and/or CIFAR-10 files (or their parent).
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command line; the binary's `main` maps the error to an exit code.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Schedule(a) => cmd_schedule(a),
+        Command::Reproduce(a) => crate::reproduce::run(a),
+        Command::Report(a) => cmd_report(a),
+        Command::Data(DataCommand::Inspect { dir, json }) => {
+            let report = crate::data::inspect(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
+        Command::Models => {
+            let device = burn::tensor::Device::flex();
+            println!(
+                "{:<12} {:<12} {:>12}  notes",
+                "model", "input", "parameters"
+            );
+            for (cfg, shape) in ModelConfig::catalogue() {
+                let m = cfg.init(shape, 10, &device);
+                let notes = match cfg.ghost_batch_size() {
+                    0 if cfg.has_batch_norm() => "batch norm".to_string(),
+                    0 => String::new(),
+                    g => format!("ghost batch norm, chunks of {g}"),
+                };
+                println!(
+                    "{:<12} {:<12} {:>12}  {notes}",
+                    cfg.name(),
+                    format!("{}×{}×{}", shape[0], shape[1], shape[2]),
+                    trainable_params(&m)
+                );
+            }
+            Ok(())
+        }
+        Command::Presets => {
+            for (name, text) in crate::presets::PRESETS {
+                let first = text
+                    .lines()
+                    .find(|l| l.starts_with('#'))
+                    .unwrap_or("")
+                    .trim_start_matches('#')
+                    .trim();
+                println!("{name:<16} {first}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let (mut cfg, out, resume) = match &a.resume {
+        Some(dir) => {
+            let saved = RunConfig::load(&dir.join("config.toml"))
+                .with_context(|| format!("{} does not hold a run to resume", dir.display()))?;
+            if let Some(given) = a.source.load()? {
+                let mut given = given;
+                a.overrides.apply(&mut given)?;
+                if given != saved {
+                    bail!(
+                        "the config given differs from the one the run in {} was started with; resume without a config to use the saved one",
+                        dir.display()
+                    );
+                }
+            }
+            (saved, dir.clone(), true)
+        }
+        None => {
+            let cfg = a
+                .source
+                .load()?
+                .context("name a config file or --preset (see `noisescale train --help`)")?;
+            (cfg, a.out.clone(), false)
+        }
+    };
+    if a.resume.is_none() {
+        a.overrides.apply(&mut cfg)?;
+    }
+    if resume && !train::checkpoint_path(&out).exists() {
+        bail!(
+            "{}: no checkpoint to resume from (the run had not finished an epoch)",
+            out.display()
+        );
+    }
+    let prepared = train::prepare_data(&cfg)?;
+    let resolved = cfg.resolve(prepared.train.samples(), 1)?;
+    if !a.quiet {
+        eprintln!(
+            "{}",
+            resolved.describe_batching(resolved.schedule.batch_size(crate::units::Epochs(0)))
+        );
+    }
+    let summary = train::train(
+        &resolved,
+        &prepared,
+        &TrainOptions {
+            out: out.clone(),
+            resume,
+            group: None,
+            verbose: !a.quiet,
+        },
+        &Local,
+    )?;
+    if !a.quiet {
+        println!(
+            "{}: final test accuracy {:.2}% (best {:.2}%) after {} epochs and {} updates in {:.1}s; metrics in {}",
+            summary.name,
+            100.0 * summary.final_test_accuracy,
+            100.0 * summary.best_test_accuracy,
+            summary.epochs,
+            summary.updates,
+            summary.wall_seconds,
+            out.join("metrics.jsonl").display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let path = if a.checkpoint.is_dir() {
+        a.checkpoint.join(crate::checkpoint::CHECKPOINT_FILE)
+    } else {
+        a.checkpoint.clone()
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut cfg = RunConfig::load(&dir.join("config.toml")).with_context(|| {
+        format!(
+            "{}: the run's config.toml is needed beside the checkpoint",
+            path.display()
+        )
+    })?;
+    a.overrides.apply(&mut cfg)?;
+    let prepared = train::prepare_data(&cfg)?;
+    let device = crate::device::device(crate::device::parse(&cfg.device)?)?;
+    let model = cfg.model.init(
+        prepared.train.image_shape(),
+        prepared.train.num_classes,
+        &device,
+    );
+    let (model, loaded) = crate::checkpoint::load(&path, model, &device)?;
+    let (loss, acc) = train::evaluate(
+        &model,
+        &prepared.test,
+        &prepared.normalizer,
+        cfg.train.eval_batch_size,
+        &device,
+    );
+    println!(
+        "{}: epoch {} (+{} samples), {} updates: test loss {:.4}, test accuracy {:.2}% on {} images",
+        path.display(),
+        loaded.state.position.epoch,
+        loaded.state.position.offset,
+        loaded.state.updates,
+        loss,
+        100.0 * acc,
+        prepared.test.len()
+    );
+    Ok(())
+}
+
+fn cmd_schedule(a: ScheduleArgs) -> Result<()> {
+    let mut cfg = match a.source.load()? {
+        Some(c) => c,
+        None => load_preset("mnist")?,
+    };
+    a.overrides.apply(&mut cfg)?;
+    if let Some(k) = a.schedule {
+        cfg.schedule.kind = k.into();
+    }
+    if let Some(m) = a.milestones {
+        cfg.schedule.milestones = m;
+    }
+    if let Some(c) = a.max_batch_size {
+        cfg.schedule.max_batch_size = Some(c);
+    }
+    let n = match a.dataset_size {
+        Some(n) => Samples(n),
+        None => nominal_size(&cfg)?,
+    };
+    let schedule = cfg
+        .schedule
+        .resolve(n)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let table = schedule.table();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&table)?);
+    } else {
+        println!(
+            "{} schedule, N = {n}, {} epochs",
+            cfg.schedule.kind,
+            schedule.epochs()
+        );
+        println!("{table}");
+    }
+    Ok(())
+}
+
+/// The training-set size a config implies without reading the data where it is known:
+/// 60,000 for MNIST, 50,000 for CIFAR-10 under the `paper-cifar10` preset; otherwise the data is
+/// read.
+fn nominal_size(cfg: &RunConfig) -> Result<Samples> {
+    use crate::data::DatasetKind;
+    if cfg.data.train_subset > 0 {
+        return Ok(Samples(cfg.data.train_subset as u64));
+    }
+    match cfg.data.dataset {
+        DatasetKind::Mnist => Ok(Samples(60_000)),
+        DatasetKind::Synthetic => Ok(Samples(cfg.data.synthetic.train as u64)),
+        DatasetKind::Cifar10 if cfg.name.as_deref() == Some("paper-cifar10") => {
+            Ok(crate::schedule::CIFAR10_SAMPLES)
+        }
+        DatasetKind::Cifar10 => Ok(train::prepare_data(cfg)?.train.samples()),
+    }
+}
+
+fn cmd_report(a: ReportArgs) -> Result<()> {
+    let mut runs = crate::report::load_runs(&a.dirs)?;
+    crate::report::order_groups(&mut runs, &["decay-lr", "hybrid", "increase-batch"]);
+    let out = a.out.clone().unwrap_or_else(|| a.dirs[0].clone());
+    std::fs::create_dir_all(&out)?;
+    let files = crate::report::write_report(
+        &runs,
+        &out,
+        &a.title,
+        &crate::reproduce::environment_notes(),
+    )?;
+    print!(
+        "{}",
+        crate::report::markdown_table(&crate::report::summarize(&runs))
+    );
+    println!("report: {}", files.html.display());
+    Ok(())
+}

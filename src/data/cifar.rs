@@ -1,0 +1,133 @@
+//! CIFAR-10 binary format: records of 3073 bytes (label, then 1024 red, 1024 green, 1024
+//! blue bytes, each plane row-major 32×32). Training data is every `data_batch_<n>.bin` in
+//! the directory, in increasing `n`; test data is `test_batch.bin`.
+
+use std::path::{Path, PathBuf};
+
+use super::idx::{check_labels, io_error};
+use super::{DataError, Dataset, Split};
+
+/// Image side of CIFAR-10.
+pub const SIDE: usize = 32;
+/// Channels of CIFAR-10.
+pub const CHANNELS: usize = 3;
+/// Bytes per record: one label byte plus `3·32·32` pixels.
+pub const RECORD_LEN: usize = 1 + CHANNELS * SIDE * SIDE;
+/// Number of CIFAR-10 classes.
+pub const CLASSES: usize = 10;
+/// Name of the test file.
+pub const TEST_FILE: &str = "test_batch.bin";
+/// Class names in label order.
+pub const CLASS_NAMES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// The `data_batch_<n>.bin` files of `dir`, sorted by `n` (numerically, so 10 follows 9).
+pub fn data_batch_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, DataError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| io_error(dir, e))?;
+    let mut files = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| io_error(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(num) = name
+            .strip_prefix("data_batch_")
+            .and_then(|r| r.strip_suffix(".bin"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        files.push((num, entry.path()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Parses CIFAR-10 records into `(pixels CHW, labels)` (`path` is used in errors only).
+pub fn parse_records(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), DataError> {
+    if !bytes.len().is_multiple_of(RECORD_LEN) {
+        return Err(DataError::TruncatedRecord {
+            path: path.to_path_buf(),
+            len: bytes.len() as u64,
+            record_len: RECORD_LEN as u64,
+            record: (bytes.len() / RECORD_LEN) as u64,
+            partial: (bytes.len() % RECORD_LEN) as u64,
+        });
+    }
+    let n = bytes.len() / RECORD_LEN;
+    let mut images = Vec::with_capacity(n * (RECORD_LEN - 1));
+    let mut labels = Vec::with_capacity(n);
+    for rec in bytes.chunks_exact(RECORD_LEN) {
+        labels.push(rec[0]);
+        images.extend_from_slice(&rec[1..]);
+    }
+    check_labels(path, &labels, CLASSES)?;
+    Ok((images, labels))
+}
+
+/// Reads one CIFAR-10 binary file.
+pub fn read_file(path: &Path) -> Result<(Vec<u8>, Vec<u8>), DataError> {
+    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    parse_records(path, &bytes)
+}
+
+/// Loads CIFAR-10 (any number of `data_batch_*.bin` files of any number of records).
+pub fn load_cifar10(dir: &Path) -> Result<Split, DataError> {
+    load_cifar10_with(dir, &mut |_, _| {})
+}
+
+/// Like [`load_cifar10`], calling `on_file(path, bytes)` for each file read.
+pub fn load_cifar10_with(
+    dir: &Path,
+    on_file: &mut dyn FnMut(&Path, &[u8]),
+) -> Result<Split, DataError> {
+    let files = data_batch_files(dir)?;
+    if files.is_empty() {
+        return Err(DataError::NoDataBatches {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let test_path = dir.join(TEST_FILE);
+    if !test_path.is_file() {
+        return Err(DataError::Missing {
+            path: test_path,
+            what: "CIFAR-10 test file not found".into(),
+        });
+    }
+    let mut train = dataset(Vec::new(), Vec::new(), "cifar10-train");
+    for (_, path) in &files {
+        let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+        on_file(path, &bytes);
+        let (img, lab) = parse_records(path, &bytes)?;
+        train.images.extend_from_slice(&img);
+        train.labels.extend_from_slice(&lab);
+    }
+    let bytes = std::fs::read(&test_path).map_err(|e| io_error(&test_path, e))?;
+    on_file(&test_path, &bytes);
+    let (img, lab) = parse_records(&test_path, &bytes)?;
+    Ok(Split {
+        train,
+        test: dataset(img, lab, "cifar10-test"),
+    })
+}
+
+fn dataset(images: Vec<u8>, labels: Vec<u8>, name: &str) -> Dataset {
+    Dataset {
+        images,
+        labels,
+        channels: CHANNELS,
+        height: SIDE,
+        width: SIDE,
+        num_classes: CLASSES,
+        name: name.into(),
+    }
+}

@@ -1,0 +1,234 @@
+//! In-memory data sets (`u8` pixels), the train/test split, dispatch by kind, and the
+//! per-channel normaliser.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DataError, cifar, idx, synthetic};
+
+/// A labelled image set held as raw `u8` pixels, `N×C×H×W` (CHW within each image).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    /// Pixels of all images, image after image, each in CHW order.
+    pub images: Vec<u8>,
+    /// One label per image, each `< num_classes`.
+    pub labels: Vec<u8>,
+    /// Channels per image (1 for MNIST, 3 for CIFAR-10).
+    pub channels: usize,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Number of classes (labels lie in `0..num_classes`).
+    pub num_classes: usize,
+    /// Human-readable name, e.g. `mnist-train`.
+    pub name: String,
+}
+
+impl Dataset {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the set holds no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes (pixels) per image, `C·H·W`.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// `[C, H, W]` of every image.
+    pub fn image_shape(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+
+    /// Pixels of image `i` (CHW). Panics if `i >= len()`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let l = self.image_len();
+        &self.images[i * l..(i + 1) * l]
+    }
+
+    /// Number of images of each class, indexed by label.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0usize; self.num_classes];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        counts
+    }
+
+    /// The number of images as a [`Samples`](crate::units::Samples) count.
+    pub fn samples(&self) -> crate::units::Samples {
+        crate::units::Samples(self.len() as u64)
+    }
+}
+
+/// A training set and its held-out test set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    /// Training images (shuffled, augmented, sharded by the sampler and loader).
+    pub train: Dataset,
+    /// Test images (evaluated in file order, never augmented).
+    pub test: Dataset,
+}
+
+/// Which data set to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// MNIST in IDX format (gzip or raw).
+    Mnist,
+    /// CIFAR-10 in the binary `cifar-10-batches-bin` format.
+    Cifar10,
+    /// Generated, linearly separable data ([`synthetic`](super::synthetic::synthetic)).
+    Synthetic,
+}
+
+impl DatasetKind {
+    /// Name used in file names and reports (`mnist`, `cifar10`, `synthetic`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Synthetic => "synthetic",
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Loads a data set.
+///
+/// `dir` is the directory holding the files, or a data root holding them in a conventional
+/// subdirectory (`mnist/`; `cifar10-subset/` or `cifar-10-batches-bin/`), so both
+/// `../shared/data/mnist` and `../shared/data` work. `Synthetic` ignores `dir` and returns
+/// [`synthetic::default_split`].
+pub fn load(kind: DatasetKind, dir: &Path) -> Result<Split, DataError> {
+    match kind {
+        DatasetKind::Mnist => idx::load_mnist(&resolve_dir(kind, dir)),
+        DatasetKind::Cifar10 => cifar::load_cifar10(&resolve_dir(kind, dir)),
+        DatasetKind::Synthetic => Ok(synthetic::default_split()),
+    }
+}
+
+/// Picks `dir` itself if it holds files of `kind`, else the first conventional subdirectory
+/// that does, else `dir` (so that the loader's error names the expected file there).
+pub fn resolve_dir(kind: DatasetKind, dir: &Path) -> std::path::PathBuf {
+    let subdirs: &[&str] = match kind {
+        DatasetKind::Mnist => &["mnist"],
+        DatasetKind::Cifar10 => &["cifar10-subset", "cifar-10-batches-bin", "cifar10"],
+        DatasetKind::Synthetic => &[],
+    };
+    if looks_like(kind, dir) {
+        return dir.to_path_buf();
+    }
+    subdirs
+        .iter()
+        .map(|s| dir.join(s))
+        .find(|d| looks_like(kind, d))
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+/// Whether `dir` appears to hold files of `kind` (cheap: looks at names only).
+pub fn looks_like(kind: DatasetKind, dir: &Path) -> bool {
+    match kind {
+        DatasetKind::Mnist => {
+            idx::find_file(dir, idx::TRAIN_IMAGES).is_some()
+                || idx::find_file(dir, idx::TEST_IMAGES).is_some()
+        }
+        DatasetKind::Cifar10 => {
+            dir.join(cifar::TEST_FILE).is_file()
+                || cifar::data_batch_files(dir).is_ok_and(|v| !v.is_empty())
+        }
+        DatasetKind::Synthetic => false,
+    }
+}
+
+/// Per-channel mean and standard deviation of pixels scaled to `[0, 1]`, computed from the
+/// training set and applied to every batch as `(p / 255 - mean[c]) / std[c]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalizer {
+    /// Mean per channel (pixel/255 scale).
+    pub mean: Vec<f32>,
+    /// Standard deviation per channel (pixel/255 scale), floored at [`Normalizer::MIN_STD`].
+    pub std: Vec<f32>,
+}
+
+impl Normalizer {
+    /// Smallest standard deviation used, so a constant channel does not divide by zero.
+    pub const MIN_STD: f32 = 1e-3;
+
+    /// Computes the per-channel statistics of `ds` (exactly, with integer sums).
+    pub fn from_dataset(ds: &Dataset) -> Normalizer {
+        let (mean, std) = channel_stats(ds);
+        Normalizer {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std: std.iter().map(|&s| (s as f32).max(Self::MIN_STD)).collect(),
+        }
+    }
+
+    /// Only scales to `[0, 1]` (mean 0, std 1 for every channel).
+    pub fn identity(channels: usize) -> Normalizer {
+        Normalizer {
+            mean: vec![0.0; channels],
+            std: vec![1.0; channels],
+        }
+    }
+
+    /// Number of channels this normaliser covers.
+    pub fn channels(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// 256-entry lookup table of normalised values for channel `c`.
+    pub fn table(&self, c: usize) -> [f32; 256] {
+        let (m, s) = (self.mean[c], self.std[c]);
+        std::array::from_fn(|p| (p as f32 / 255.0 - m) / s)
+    }
+
+    /// Normalises one CHW image of `channels()` channels into `out` (same length).
+    /// Panics if the lengths differ or are not a multiple of `channels()`.
+    pub fn apply(&self, pixels: &[u8], out: &mut [f32]) {
+        assert_eq!(pixels.len(), out.len(), "normalise: length mismatch");
+        let plane = pixels.len() / self.channels();
+        for c in 0..self.channels() {
+            let t = self.table(c);
+            let r = c * plane..(c + 1) * plane;
+            for (o, &p) in out[r.clone()].iter_mut().zip(&pixels[r]) {
+                *o = t[p as usize];
+            }
+        }
+    }
+}
+
+/// Exact per-channel mean and standard deviation (pixel/255 scale) of a data set.
+pub fn channel_stats(ds: &Dataset) -> (Vec<f64>, Vec<f64>) {
+    let plane = ds.height * ds.width;
+    let mut sum = vec![0u64; ds.channels];
+    let mut sumsq = vec![0u64; ds.channels];
+    for img in ds.images.chunks_exact(ds.image_len().max(1)) {
+        for c in 0..ds.channels {
+            for &p in &img[c * plane..(c + 1) * plane] {
+                sum[c] += p as u64;
+                sumsq[c] += (p as u64) * (p as u64);
+            }
+        }
+    }
+    let count = (ds.len() * plane).max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|&s| s as f64 / count / 255.0).collect();
+    let std = sumsq
+        .iter()
+        .zip(&mean)
+        .map(|(&q, &m)| (q as f64 / count / (255.0 * 255.0) - m * m).max(0.0).sqrt())
+        .collect();
+    (mean, std)
+}

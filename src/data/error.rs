@@ -1,0 +1,116 @@
+//! Errors of the data layer: every variant names the file (or directory) and what is wrong.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while reading or checking a data set.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A required file does not exist (for IDX files both the `.gz` and the raw name were tried).
+    #[error("missing file {}: {what}", path.display())]
+    Missing {
+        /// The path that was looked for.
+        path: PathBuf,
+        /// Which file this is and what was tried.
+        what: String,
+    },
+    /// Reading a file failed for a reason other than its absence.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file starts with the gzip magic bytes but does not decompress.
+    #[error("corrupt gzip stream in {}: {source}", path.display())]
+    Gzip {
+        /// The file.
+        path: PathBuf,
+        /// The decompressor's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The IDX magic number is not the one expected for this kind of file.
+    #[error("wrong magic number in {}: expected {expected:#010x} ({expected}), found {found:#010x} ({found})", path.display())]
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+        /// The magic number this file must have.
+        expected: u32,
+        /// The magic number it has.
+        found: u32,
+    },
+    /// The header's counts and dimensions disagree with the file's length.
+    #[error("{} is {found} bytes but its header ({header}) implies {expected} bytes: {}", path.display(), if found < expected { "file truncated" } else { "trailing bytes" })]
+    LengthMismatch {
+        /// The file (decoded bytes for gzip files).
+        path: PathBuf,
+        /// The header summary, e.g. `10000 images of 28x28`.
+        header: String,
+        /// Bytes the header implies.
+        expected: u64,
+        /// Bytes actually present.
+        found: u64,
+    },
+    /// The file is too short to hold its header.
+    #[error("{} is {found} bytes, too short for its {needed}-byte header", path.display())]
+    ShortHeader {
+        /// The file.
+        path: PathBuf,
+        /// Header length.
+        needed: usize,
+        /// Bytes present.
+        found: usize,
+    },
+    /// An images file and its labels file hold different numbers of samples.
+    #[error("{} holds {images} images but {} holds {labels} labels", images_path.display(), labels_path.display())]
+    CountMismatch {
+        /// The images file.
+        images_path: PathBuf,
+        /// The labels file.
+        labels_path: PathBuf,
+        /// Number of images.
+        images: u64,
+        /// Number of labels.
+        labels: u64,
+    },
+    /// A label is not below the number of classes.
+    #[error("label {label} of sample {index} in {} is out of range (must be < {num_classes})", path.display())]
+    LabelOutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// Sample index within the file.
+        index: u64,
+        /// The offending label.
+        label: u8,
+        /// Number of classes.
+        num_classes: usize,
+    },
+    /// A CIFAR-10 file's length is not a whole number of 3073-byte records.
+    #[error("{} is {len} bytes, not a multiple of {record_len}: record {record} is truncated ({partial} of {record_len} bytes)", path.display())]
+    TruncatedRecord {
+        /// The file.
+        path: PathBuf,
+        /// File length in bytes.
+        len: u64,
+        /// Record length (3073 for CIFAR-10).
+        record_len: u64,
+        /// Index of the truncated record within the file (0-based).
+        record: u64,
+        /// Bytes of that record present.
+        partial: u64,
+    },
+    /// A CIFAR-10 directory holds no `data_batch_*.bin` file.
+    #[error("no data_batch_*.bin files in {}", dir.display())]
+    NoDataBatches {
+        /// The directory searched.
+        dir: PathBuf,
+    },
+    /// `inspect` found neither MNIST nor CIFAR-10 in a directory.
+    #[error("no MNIST or CIFAR-10 files found in {} or its subdirectories", dir.display())]
+    NoDataset {
+        /// The directory searched.
+        dir: PathBuf,
+    },
+}

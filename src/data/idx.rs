@@ -1,0 +1,227 @@
+//! MNIST in IDX format: big-endian header, then `u8` data; gzip-compressed or raw (detected
+//! by the gzip magic bytes `1f 8b`, not by the file name).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::{DataError, Dataset, Split};
+
+/// IDX magic number of a rank-3 `u8` tensor (images).
+pub const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// IDX magic number of a rank-1 `u8` tensor (labels).
+pub const LABELS_MAGIC: u32 = 0x0000_0801;
+/// Base name of the MNIST training images (without `.gz`).
+pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
+/// Base name of the MNIST training labels (without `.gz`).
+pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
+/// Base name of the MNIST test images (without `.gz`).
+pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+/// Base name of the MNIST test labels (without `.gz`).
+pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+/// Number of MNIST classes.
+pub const MNIST_CLASSES: usize = 10;
+
+/// The images of one IDX images file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdxImages {
+    /// Number of images.
+    pub count: usize,
+    /// Rows (height) of each image.
+    pub rows: usize,
+    /// Columns (width) of each image.
+    pub cols: usize,
+    /// `count × rows × cols` pixels, row-major.
+    pub pixels: Vec<u8>,
+}
+
+/// Reads a whole file, decompressing it if it starts with the gzip magic bytes.
+pub fn read_decoded(path: &Path) -> Result<Vec<u8>, DataError> {
+    let raw = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|source| DataError::Gzip {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Maps an I/O error to [`DataError::Missing`] (not found) or [`DataError::Io`].
+pub(crate) fn io_error(path: &Path, e: std::io::Error) -> DataError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        DataError::Missing {
+            path: path.to_path_buf(),
+            what: "file not found".into(),
+        }
+    } else {
+        DataError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+/// `dir/stem.gz` if it exists, else `dir/stem` if it exists.
+pub fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
+    [format!("{stem}.gz"), stem.to_string()]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+fn locate(dir: &Path, stem: &str) -> Result<PathBuf, DataError> {
+    find_file(dir, stem).ok_or_else(|| DataError::Missing {
+        path: dir.join(format!("{stem}.gz")),
+        what: format!("neither {stem}.gz nor {stem} exists"),
+    })
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn check_header(path: &Path, bytes: &[u8], len: usize, magic: u32) -> Result<(), DataError> {
+    // Check the magic on whatever is there first, so a wrong file type is reported as such.
+    if bytes.len() >= 4 && be_u32(bytes, 0) != magic {
+        return Err(DataError::BadMagic {
+            path: path.to_path_buf(),
+            expected: magic,
+            found: be_u32(bytes, 0),
+        });
+    }
+    if bytes.len() < len {
+        return Err(DataError::ShortHeader {
+            path: path.to_path_buf(),
+            needed: len,
+            found: bytes.len(),
+        });
+    }
+    Ok(())
+}
+
+fn check_len(path: &Path, bytes: &[u8], expected: u128, header: String) -> Result<(), DataError> {
+    if bytes.len() as u128 != expected {
+        return Err(DataError::LengthMismatch {
+            path: path.to_path_buf(),
+            header,
+            expected: expected.min(u64::MAX as u128) as u64,
+            found: bytes.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Parses decoded IDX images bytes (`path` is used in errors only).
+pub fn parse_images(path: &Path, mut bytes: Vec<u8>) -> Result<IdxImages, DataError> {
+    check_header(path, &bytes, 16, IMAGES_MAGIC)?;
+    let (count, rows, cols) = (be_u32(&bytes, 4), be_u32(&bytes, 8), be_u32(&bytes, 12));
+    let expected = 16 + count as u128 * rows as u128 * cols as u128;
+    check_len(
+        path,
+        &bytes,
+        expected,
+        format!("{count} images of {rows}x{cols}"),
+    )?;
+    bytes.drain(..16);
+    Ok(IdxImages {
+        count: count as usize,
+        rows: rows as usize,
+        cols: cols as usize,
+        pixels: bytes,
+    })
+}
+
+/// Parses decoded IDX labels bytes, checking each label is `< num_classes`.
+pub fn parse_labels(
+    path: &Path,
+    mut bytes: Vec<u8>,
+    num_classes: usize,
+) -> Result<Vec<u8>, DataError> {
+    check_header(path, &bytes, 8, LABELS_MAGIC)?;
+    let count = be_u32(&bytes, 4);
+    check_len(path, &bytes, 8 + count as u128, format!("{count} labels"))?;
+    bytes.drain(..8);
+    check_labels(path, &bytes, num_classes)?;
+    Ok(bytes)
+}
+
+pub(crate) fn check_labels(
+    path: &Path,
+    labels: &[u8],
+    num_classes: usize,
+) -> Result<(), DataError> {
+    match labels.iter().position(|&l| l as usize >= num_classes) {
+        Some(i) => Err(DataError::LabelOutOfRange {
+            path: path.to_path_buf(),
+            index: i as u64,
+            label: labels[i],
+            num_classes,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Reads an IDX images file (gzip or raw).
+pub fn read_images(path: &Path) -> Result<IdxImages, DataError> {
+    parse_images(path, read_decoded(path)?)
+}
+
+/// Reads an IDX labels file (gzip or raw), checking labels are `< num_classes`.
+pub fn read_labels(path: &Path, num_classes: usize) -> Result<Vec<u8>, DataError> {
+    parse_labels(path, read_decoded(path)?, num_classes)
+}
+
+/// Loads MNIST from `dir` (files `train-images-idx3-ubyte[.gz]` etc.).
+pub fn load_mnist(dir: &Path) -> Result<Split, DataError> {
+    load_mnist_with(dir, &mut |_, _| {})
+}
+
+/// Like [`load_mnist`], calling `on_file(path, decoded_bytes)` for each of the four files
+/// (used by `inspect` to hash the decoded bytes without decoding twice).
+pub fn load_mnist_with(
+    dir: &Path,
+    on_file: &mut dyn FnMut(&Path, &[u8]),
+) -> Result<Split, DataError> {
+    let train = load_pair(dir, TRAIN_IMAGES, TRAIN_LABELS, "mnist-train", on_file)?;
+    let test = load_pair(dir, TEST_IMAGES, TEST_LABELS, "mnist-test", on_file)?;
+    Ok(Split { train, test })
+}
+
+fn load_pair(
+    dir: &Path,
+    images: &str,
+    labels: &str,
+    name: &str,
+    on_file: &mut dyn FnMut(&Path, &[u8]),
+) -> Result<Dataset, DataError> {
+    let ip = locate(dir, images)?;
+    let lp = locate(dir, labels)?;
+    let ib = read_decoded(&ip)?;
+    on_file(&ip, &ib);
+    let img = parse_images(&ip, ib)?;
+    let lb = read_decoded(&lp)?;
+    on_file(&lp, &lb);
+    let lab = parse_labels(&lp, lb, MNIST_CLASSES)?;
+    if img.count != lab.len() {
+        return Err(DataError::CountMismatch {
+            images_path: ip,
+            labels_path: lp,
+            images: img.count as u64,
+            labels: lab.len() as u64,
+        });
+    }
+    Ok(Dataset {
+        images: img.pixels,
+        labels: lab,
+        channels: 1,
+        height: img.rows,
+        width: img.cols,
+        num_classes: MNIST_CLASSES,
+        name: name.to_string(),
+    })
+}

@@ -1,0 +1,166 @@
+//! `noisescale data inspect DIR`: finds MNIST and/or CIFAR-10 under a directory and reports
+//! counts, class balance, shapes, channel statistics and SHA-256 of the decoded files.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{DataError, Dataset, DatasetKind, Split, channel_stats, cifar, idx, looks_like};
+
+/// SHA-256 of one file's decoded (decompressed) bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileDigest {
+    /// The file read.
+    pub path: PathBuf,
+    /// Length of the decoded bytes.
+    pub decoded_bytes: u64,
+    /// Lower-case hex SHA-256 of the decoded bytes.
+    pub sha256: String,
+}
+
+/// Summary of one split (train or test).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SplitReport {
+    /// `train` or `test`.
+    pub split: String,
+    /// Number of images.
+    pub count: usize,
+    /// Images per class, by label.
+    pub class_counts: Vec<usize>,
+    /// `[C, H, W]`.
+    pub shape: [usize; 3],
+    /// Per-channel mean of pixel/255.
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation of pixel/255.
+    pub std: Vec<f64>,
+}
+
+impl SplitReport {
+    /// Summarises `ds` as split `split`.
+    pub fn of(split: &str, ds: &Dataset) -> SplitReport {
+        let (mean, std) = channel_stats(ds);
+        SplitReport {
+            split: split.into(),
+            count: ds.len(),
+            class_counts: ds.class_counts(),
+            shape: ds.image_shape(),
+            mean,
+            std,
+        }
+    }
+}
+
+/// Summary of one data set found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetReport {
+    /// Which data set.
+    pub kind: DatasetKind,
+    /// The directory it was read from.
+    pub dir: PathBuf,
+    /// Train then test.
+    pub splits: Vec<SplitReport>,
+    /// Digests of the files read, in reading order.
+    pub files: Vec<FileDigest>,
+}
+
+/// Everything `inspect` found under a directory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InspectReport {
+    /// The directory inspected.
+    pub dir: PathBuf,
+    /// One entry per data set found (MNIST first, then CIFAR-10).
+    pub datasets: Vec<DatasetReport>,
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Inspects `dir` and its immediate subdirectories for MNIST and CIFAR-10; loads each found
+/// data set fully (so any corruption is reported as the loader's error).
+pub fn inspect(dir: &Path) -> Result<InspectReport, DataError> {
+    let mut candidates = vec![dir.to_path_buf()];
+    let mut subs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| idx::io_error(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subs.sort();
+    candidates.extend(subs);
+    let mut datasets = Vec::new();
+    for kind in [DatasetKind::Mnist, DatasetKind::Cifar10] {
+        for d in candidates.iter().filter(|d| looks_like(kind, d)) {
+            datasets.push(inspect_one(kind, d)?);
+        }
+    }
+    if datasets.is_empty() {
+        return Err(DataError::NoDataset {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(InspectReport {
+        dir: dir.to_path_buf(),
+        datasets,
+    })
+}
+
+fn inspect_one(kind: DatasetKind, dir: &Path) -> Result<DatasetReport, DataError> {
+    let mut files = Vec::new();
+    let mut on_file = |p: &Path, b: &[u8]| {
+        files.push(FileDigest {
+            path: p.to_path_buf(),
+            decoded_bytes: b.len() as u64,
+            sha256: sha256_hex(b),
+        })
+    };
+    let split: Split = match kind {
+        DatasetKind::Mnist => idx::load_mnist_with(dir, &mut on_file)?,
+        _ => cifar::load_cifar10_with(dir, &mut on_file)?,
+    };
+    Ok(DatasetReport {
+        kind,
+        dir: dir.to_path_buf(),
+        splits: vec![
+            SplitReport::of("train", &split.train),
+            SplitReport::of("test", &split.test),
+        ],
+        files,
+    })
+}
+
+fn floats(v: &[f64]) -> String {
+    let s: Vec<String> = v.iter().map(|x| format!("{x:.4}")).collect();
+    s.join(" ")
+}
+
+impl fmt::Display for InspectReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "data directory {}", self.dir.display())?;
+        for d in &self.datasets {
+            writeln!(f, "\n{} in {}", d.kind, d.dir.display())?;
+            for s in &d.splits {
+                let [c, h, w] = s.shape;
+                writeln!(f, "  {}: {} images of {c}x{h}x{w}", s.split, s.count)?;
+                let counts: Vec<String> = s.class_counts.iter().map(|n| n.to_string()).collect();
+                writeln!(f, "    per class: {}", counts.join(" "))?;
+                writeln!(f, "    mean: {}   std: {}", floats(&s.mean), floats(&s.std))?;
+            }
+            writeln!(f, "  files (sha256 of decoded bytes):")?;
+            for file in &d.files {
+                let name = file.path.file_name().unwrap_or_default().to_string_lossy();
+                writeln!(
+                    f,
+                    "    {}  {:>10} bytes  {name}",
+                    file.sha256, file.decoded_bytes
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! Epoch permutations derived from `(seed, epoch)` alone, batch ranges for any batch size,
+//! resumable positions, and sharding of a global batch across data-parallel ranks.
+
+use std::ops::Range;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Epochs, Samples, Updates};
+
+/// Stream tag of the shuffling RNG (see [`derive_rng`]).
+pub const STREAM_SHUFFLE: u64 = 1;
+/// Stream tag of the augmentation RNG (see [`derive_rng`]).
+pub const STREAM_AUGMENT: u64 = 2;
+
+/// A ChaCha8 RNG keyed by `(seed, epoch, stream, index)` laid out in its 32-byte seed, so
+/// distinct tuples never share a key and every stream is reproducible on its own.
+pub fn derive_rng(seed: u64, epoch: u32, stream: u64, index: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&u64::from(epoch).to_le_bytes());
+    key[16..24].copy_from_slice(&stream.to_le_bytes());
+    key[24..].copy_from_slice(&index.to_le_bytes());
+    ChaCha8Rng::from_seed(key)
+}
+
+/// What to do with the last batch of an epoch when the batch size does not divide `N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LastBatch {
+    /// Keep the smaller last batch: `ceil(N / B)` batches, every sample seen each epoch.
+    #[default]
+    Keep,
+    /// Drop it: `floor(N / B)` batches, up to `B - 1` samples unseen that epoch.
+    Drop,
+}
+
+/// Where training stands in the data: the epoch and the number of samples of it consumed.
+/// A checkpoint stores this; [`Sampler::batches`] resumes from `offset` exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Position {
+    /// Epoch index (0-based).
+    pub epoch: u32,
+    /// Samples of this epoch already consumed (global, across ranks).
+    pub offset: u64,
+}
+
+impl Position {
+    /// The start of `epoch`.
+    pub fn start_of(epoch: u32) -> Position {
+        Position { epoch, offset: 0 }
+    }
+
+    /// The position after a batch ending at `end` (its [`Batch::end`](super::Batch::end));
+    /// rolls to the next epoch when `end` reaches the epoch's `n` samples.
+    pub fn after(self, end: u64, n: u64) -> Position {
+        if end >= n {
+            Position::start_of(self.epoch + 1)
+        } else {
+            Position {
+                epoch: self.epoch,
+                offset: end,
+            }
+        }
+    }
+
+    /// The epoch index as [`Epochs`].
+    pub fn epochs(self) -> Epochs {
+        Epochs(self.epoch)
+    }
+
+    /// The offset as [`Samples`].
+    pub fn samples(self) -> Samples {
+        Samples(self.offset)
+    }
+}
+
+/// Orders the `n` training samples of each epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sampler {
+    /// Number of samples in the training set.
+    pub n: usize,
+    /// Base seed; the order of epoch `e` depends on `(seed, e)` only.
+    pub seed: u64,
+    /// Policy for the last partial batch of an epoch.
+    pub last_batch: LastBatch,
+}
+
+impl Sampler {
+    /// A sampler over `n` samples keeping the last partial batch.
+    pub fn new(n: usize, seed: u64) -> Sampler {
+        Sampler {
+            n,
+            seed,
+            last_batch: LastBatch::Keep,
+        }
+    }
+
+    /// The same sampler with another last-batch policy.
+    pub fn with_last_batch(self, last_batch: LastBatch) -> Sampler {
+        Sampler { last_batch, ..self }
+    }
+
+    /// The order of the samples in `epoch`: a permutation of `0..n`.
+    pub fn permutation(&self, epoch: u32) -> Vec<u32> {
+        assert!(
+            self.n <= u32::MAX as usize,
+            "data set too large for u32 indices"
+        );
+        let mut perm: Vec<u32> = (0..self.n as u32).collect();
+        perm.shuffle(&mut derive_rng(self.seed, epoch, STREAM_SHUFFLE, 0));
+        perm
+    }
+
+    /// Ranges of positions in the epoch's permutation, one per batch of `batch_size`,
+    /// starting at `start_offset` (the [`Position::offset`] of a resumed run). The epoch
+    /// argument is unused by the ranges but kept so call sites read as the schedule does.
+    /// Panics if `batch_size == 0`.
+    pub fn batches(&self, _epoch: u32, batch_size: usize, start_offset: u64) -> Batches {
+        assert!(batch_size > 0, "batch size must be positive");
+        Batches {
+            next: start_offset.min(self.n as u64),
+            n: self.n as u64,
+            batch: batch_size as u64,
+            last_batch: self.last_batch,
+        }
+    }
+
+    /// Updates (batches) in a whole epoch at `batch_size` under this sampler's policy.
+    pub fn updates_per_epoch(&self, batch_size: usize) -> Updates {
+        match self.last_batch {
+            LastBatch::Keep => crate::units::updates_per_epoch(Samples(self.n as u64), batch_size),
+            LastBatch::Drop => Updates((self.n / batch_size) as u64),
+        }
+    }
+}
+
+/// Iterator over the batch ranges of one epoch (see [`Sampler::batches`]).
+#[derive(Debug, Clone)]
+pub struct Batches {
+    next: u64,
+    n: u64,
+    batch: u64,
+    last_batch: LastBatch,
+}
+
+impl Iterator for Batches {
+    type Item = Range<u64>;
+
+    fn next(&mut self) -> Option<Range<u64>> {
+        let start = self.next;
+        if start >= self.n {
+            return None;
+        }
+        let end = (start + self.batch).min(self.n);
+        if end - start < self.batch && self.last_batch == LastBatch::Drop {
+            self.next = self.n;
+            return None;
+        }
+        self.next = end;
+        Some(start..end)
+    }
+}
+
+/// The part of a global batch `range` that data-parallel rank `rank` of `world` handles:
+/// contiguous, near-equal parts in rank order, the first `len % world` ranks one larger.
+/// Panics if `world == 0` or `rank >= world`.
+pub fn shard(range: Range<u64>, rank: usize, world: usize) -> Range<u64> {
+    assert!(world > 0 && rank < world, "bad shard {rank} of {world}");
+    let len = range.end.saturating_sub(range.start);
+    let (w, r) = (world as u64, rank as u64);
+    let (base, extra) = (len / w, len % w);
+    let start = range.start + r * base + r.min(extra);
+    let size = base + u64::from(r < extra);
+    start..start + size
+}

@@ -1,0 +1,26 @@
+use clap::Parser;
+use noisescale::cli::{Cli, run};
+use noisescale::train::{INTERRUPTED, Interrupted};
+use std::sync::atomic::Ordering;
+
+fn main() {
+    let cli = Cli::parse();
+    // First Ctrl-C: checkpoint after the current update and stop; second: stop at once.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: writing a checkpoint after the current update (Ctrl-C again to abort)"
+        );
+    });
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        let code = if e.downcast_ref::<Interrupted>().is_some() {
+            130
+        } else {
+            1
+        };
+        std::process::exit(code);
+    }
+}

@@ -1,0 +1,207 @@
+//! Per-epoch training metrics (`metrics.jsonl`) and the run summary (`summary.json`).
+//!
+//! One JSON object per line, one line per finished epoch, appended and flushed as the epoch ends,
+//! so a report can be drawn from a run that is still going or was killed. Every field that a
+//! deterministic CPU run reproduces bit for bit is separate from the timing fields
+//! ([`EpochMetrics::without_timing`]), which the resume tests compare.
+
+use crate::units::{Epochs, Samples, Updates};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+/// What one epoch of training did and reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epochs completed (1 after the first epoch).
+    pub epoch: Epochs,
+    /// Parameter updates so far, over the whole run.
+    pub updates: Updates,
+    /// Training samples consumed so far.
+    pub samples: Samples,
+    /// Learning rate ε in force at the end of the epoch.
+    pub lr: f64,
+    /// Global batch size B of the epoch.
+    pub batch_size: usize,
+    /// Momentum m (β1 for Adam) of the epoch.
+    pub momentum: f64,
+    /// Noise scale g = ε/(1−m)·(N/B − 1) of the epoch.
+    pub noise_scale: f64,
+    /// Mean training loss over the epoch's samples.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch's samples (in training mode, augmented).
+    pub train_accuracy: f64,
+    /// Mean test loss.
+    pub test_loss: f64,
+    /// Test accuracy in [0, 1].
+    pub test_accuracy: f64,
+    /// Data-parallel processes.
+    pub world_size: usize,
+    /// Gradient all-reduce calls in this epoch.
+    pub allreduce_calls: u64,
+    /// Bytes all-reduced in this epoch (per rank).
+    pub allreduce_bytes: u64,
+    /// Wall seconds since the start of the run (resumed runs continue the count).
+    pub wall_seconds: f64,
+    /// Wall seconds of this epoch, evaluation included.
+    pub epoch_seconds: f64,
+    /// Training samples per second in this epoch (evaluation excluded).
+    pub samples_per_second: f64,
+    /// Seconds spent in gradient communication this epoch.
+    pub comm_seconds: f64,
+    /// Peak resident memory of the process so far, bytes (0 where unknown).
+    pub peak_memory_bytes: u64,
+}
+
+impl EpochMetrics {
+    /// A copy with every timing-dependent field zeroed, for comparing runs.
+    pub fn without_timing(&self) -> Self {
+        Self {
+            wall_seconds: 0.0,
+            epoch_seconds: 0.0,
+            samples_per_second: 0.0,
+            comm_seconds: 0.0,
+            peak_memory_bytes: 0,
+            ..self.clone()
+        }
+    }
+}
+
+/// Reads a `metrics.jsonl`; a missing file is an empty run. A malformed line is an error naming
+/// the file and line.
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!("{}: line {} is not an epoch record", path.display(), i + 1)
+            })
+        })
+        .collect()
+}
+
+/// Appends one record to `metrics.jsonl` and flushes it to disk.
+pub fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let line = serde_json::to_string(m)?;
+    writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
+    f.sync_data().ok();
+    Ok(())
+}
+
+/// Rewrites `metrics.jsonl` with exactly `records` (atomically), used on resume to drop epochs
+/// logged after the checkpoint being resumed from.
+pub fn write_metrics(path: &Path, records: &[EpochMetrics]) -> Result<()> {
+    let mut text = String::new();
+    for m in records {
+        text.push_str(&serde_json::to_string(m)?);
+        text.push('\n');
+    }
+    crate::checkpoint::write_atomic(path, text.as_bytes())
+}
+
+/// The outcome of a finished run (`summary.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Run label, e.g. `increase-batch` or `decay-lr-seed1`.
+    pub name: String,
+    /// Schedule kind.
+    pub schedule: String,
+    /// Optimiser kind.
+    pub optimizer: String,
+    /// Model name.
+    pub model: String,
+    /// Seed.
+    pub seed: u64,
+    /// Epochs run.
+    pub epochs: Epochs,
+    /// Parameter updates in total.
+    pub updates: Updates,
+    /// Samples consumed in total.
+    pub samples: Samples,
+    /// Test accuracy after the last epoch.
+    pub final_test_accuracy: f64,
+    /// Best test accuracy over all epochs.
+    pub best_test_accuracy: f64,
+    /// Final training loss.
+    pub final_train_loss: f64,
+    /// Wall seconds of the whole run.
+    pub wall_seconds: f64,
+    /// Training samples per second over the run.
+    pub samples_per_second: f64,
+    /// Data-parallel processes.
+    pub world_size: usize,
+    /// All-reduce calls over the run.
+    pub allreduce_calls: u64,
+    /// Seconds in gradient communication over the run.
+    pub comm_seconds: f64,
+}
+
+impl RunSummary {
+    /// Summarises a run's epoch records.
+    pub fn from_metrics(
+        name: &str,
+        schedule: &str,
+        optimizer: &str,
+        model: &str,
+        seed: u64,
+        records: &[EpochMetrics],
+    ) -> Option<Self> {
+        let last = records.last()?;
+        let train_seconds: f64 = records
+            .iter()
+            .filter(|m| m.samples_per_second > 0.0)
+            .map(|m| m.epoch_seconds)
+            .sum();
+        Some(Self {
+            name: name.into(),
+            schedule: schedule.into(),
+            optimizer: optimizer.into(),
+            model: model.into(),
+            seed,
+            epochs: last.epoch,
+            updates: last.updates,
+            samples: last.samples,
+            final_test_accuracy: last.test_accuracy,
+            best_test_accuracy: records
+                .iter()
+                .map(|m| m.test_accuracy)
+                .fold(f64::NEG_INFINITY, f64::max),
+            final_train_loss: last.train_loss,
+            wall_seconds: last.wall_seconds,
+            samples_per_second: if train_seconds > 0.0 {
+                last.samples.0 as f64 / train_seconds
+            } else {
+                0.0
+            },
+            world_size: last.world_size,
+            allreduce_calls: records.iter().map(|m| m.allreduce_calls).sum(),
+            comm_seconds: records.iter().map(|m| m.comm_seconds).sum(),
+        })
+    }
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`), 0 where unknown.
+pub fn peak_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

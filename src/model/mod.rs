@@ -1,0 +1,272 @@
+//! The paper's models as burn `Module`s: an MLP, a LeNet-style CNN, CIFAR ResNets and the wide
+//! ResNet 16-4, every batch-norm layer optionally a ghost batch norm.
+//!
+//! [`ModelConfig`] is the `[model]` table of a run's TOML; [`ModelConfig::init`] builds a
+//! [`Model`] for the data set's image shape and class count on any `Device`.
+
+pub mod cnn;
+pub mod mlp;
+pub mod norm;
+pub mod resnet;
+pub mod wrn;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use cnn::Cnn;
+pub use mlp::Mlp;
+pub use norm::GhostBatchNorm;
+pub use resnet::ResNet;
+pub use wrn::WideResNet;
+
+/// Which model to train and its sizes (the `[model]` table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ModelConfig {
+    /// Fully connected network on flattened images.
+    Mlp {
+        /// Hidden layer widths.
+        #[serde(default = "default_mlp_widths")]
+        widths: Vec<usize>,
+    },
+    /// LeNet-style CNN (PyTorch MNIST example).
+    Cnn {
+        /// Width of the hidden fully connected layer.
+        #[serde(default = "default_cnn_hidden")]
+        hidden: usize,
+    },
+    /// CIFAR ResNet of basic blocks, depth 6n + 2 (8, 20, 32, ...).
+    Resnet {
+        /// Depth: 6n + 2.
+        #[serde(default = "default_resnet_depth")]
+        depth: usize,
+        /// Width of the first stage (16 in He et al.).
+        #[serde(default = "default_resnet_width")]
+        width: usize,
+        /// Ghost batch size for every batch norm; 0 for ordinary batch norm.
+        #[serde(default)]
+        ghost_batch_size: usize,
+    },
+    /// Wide ResNet d-k (the paper uses 16-4).
+    Wrn {
+        /// Depth: 6n + 4.
+        #[serde(default = "default_wrn_depth")]
+        depth: usize,
+        /// Widen factor k.
+        #[serde(default = "default_wrn_widen")]
+        widen: usize,
+        /// Dropout probability between the convolutions of a block.
+        #[serde(default)]
+        dropout: f64,
+        /// Ghost batch size for every batch norm; 0 for ordinary batch norm.
+        #[serde(default)]
+        ghost_batch_size: usize,
+    },
+}
+
+fn default_mlp_widths() -> Vec<usize> {
+    vec![256]
+}
+fn default_cnn_hidden() -> usize {
+    512
+}
+fn default_resnet_depth() -> usize {
+    8
+}
+fn default_resnet_width() -> usize {
+    16
+}
+fn default_wrn_depth() -> usize {
+    16
+}
+fn default_wrn_widen() -> usize {
+    4
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig::Mlp {
+            widths: default_mlp_widths(),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Checks the sizes, naming the key that is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            ModelConfig::Mlp { widths } => {
+                if widths.contains(&0) {
+                    return Err("model.widths: every width must be at least 1".into());
+                }
+            }
+            ModelConfig::Cnn { hidden } => {
+                if *hidden == 0 {
+                    return Err("model.hidden = 0 is out of range: must be at least 1".into());
+                }
+            }
+            ModelConfig::Resnet { depth, width, .. } => {
+                if *depth < 8 || (depth - 2) % 6 != 0 {
+                    return Err(format!(
+                        "model.depth = {depth} is not a CIFAR ResNet depth: must be 6n + 2 (8, 14, 20, ...)"
+                    ));
+                }
+                if *width == 0 {
+                    return Err("model.width = 0 is out of range: must be at least 1".into());
+                }
+            }
+            ModelConfig::Wrn {
+                depth,
+                widen,
+                dropout,
+                ..
+            } => {
+                if *depth < 10 || (depth - 4) % 6 != 0 {
+                    return Err(format!(
+                        "model.depth = {depth} is not a wide ResNet depth: must be 6n + 4 (10, 16, 22, 28, ...)"
+                    ));
+                }
+                if *widen == 0 {
+                    return Err("model.widen = 0 is out of range: must be at least 1".into());
+                }
+                if !(0.0..1.0).contains(dropout) {
+                    return Err(format!(
+                        "model.dropout = {dropout} is out of range: must be in [0, 1)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ghost batch size of the model's batch norms (0: none or ordinary batch norm).
+    pub fn ghost_batch_size(&self) -> usize {
+        match self {
+            ModelConfig::Resnet {
+                ghost_batch_size, ..
+            }
+            | ModelConfig::Wrn {
+                ghost_batch_size, ..
+            } => *ghost_batch_size,
+            _ => 0,
+        }
+    }
+
+    /// Whether the model normalises with batch statistics.
+    pub fn has_batch_norm(&self) -> bool {
+        matches!(self, ModelConfig::Resnet { .. } | ModelConfig::Wrn { .. })
+    }
+
+    /// A short name, e.g. `resnet-8` or `wrn-16-4`.
+    pub fn name(&self) -> String {
+        match self {
+            ModelConfig::Mlp { widths } => format!(
+                "mlp-{}",
+                widths
+                    .iter()
+                    .map(|w| w.to_string())
+                    .collect::<Vec<_>>()
+                    .join("-")
+            ),
+            ModelConfig::Cnn { .. } => "cnn".into(),
+            ModelConfig::Resnet { depth, .. } => format!("resnet-{depth}"),
+            ModelConfig::Wrn { depth, widen, .. } => format!("wrn-{depth}-{widen}"),
+        }
+    }
+
+    /// Builds the model for images of shape `[channels, height, width]` and `classes` classes.
+    pub fn init(&self, input: [usize; 3], classes: usize, device: &Device) -> Model {
+        let [c, h, w] = input;
+        match self {
+            ModelConfig::Mlp { widths } => Model::Mlp(Mlp::new(c * h * w, widths, classes, device)),
+            ModelConfig::Cnn { hidden } => Model::Cnn(Cnn::new(input, *hidden, classes, device)),
+            ModelConfig::Resnet {
+                depth,
+                width,
+                ghost_batch_size,
+            } => Model::ResNet(ResNet::new(
+                c,
+                *width,
+                (depth - 2) / 6,
+                classes,
+                *ghost_batch_size,
+                device,
+            )),
+            ModelConfig::Wrn {
+                depth,
+                widen,
+                dropout,
+                ghost_batch_size,
+            } => Model::Wrn(WideResNet::new(
+                c,
+                *depth,
+                *widen,
+                *dropout,
+                classes,
+                *ghost_batch_size,
+                device,
+            )),
+        }
+    }
+
+    /// Every model `noisescale models` lists, with the input shape it is shown on.
+    pub fn catalogue() -> Vec<(ModelConfig, [usize; 3])> {
+        vec![
+            (ModelConfig::default(), [1, 28, 28]),
+            (ModelConfig::Cnn { hidden: 512 }, [1, 28, 28]),
+            (
+                ModelConfig::Resnet {
+                    depth: 8,
+                    width: 16,
+                    ghost_batch_size: 0,
+                },
+                [3, 32, 32],
+            ),
+            (
+                ModelConfig::Resnet {
+                    depth: 20,
+                    width: 16,
+                    ghost_batch_size: 0,
+                },
+                [3, 32, 32],
+            ),
+            (
+                ModelConfig::Wrn {
+                    depth: 16,
+                    widen: 4,
+                    dropout: 0.0,
+                    ghost_batch_size: 128,
+                },
+                [3, 32, 32],
+            ),
+        ]
+    }
+}
+
+/// Any of the paper's models.
+// Built once per run and moved, never copied in a loop: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Model {
+    /// See [`Mlp`].
+    Mlp(Mlp),
+    /// See [`Cnn`].
+    Cnn(Cnn),
+    /// See [`ResNet`].
+    ResNet(ResNet),
+    /// See [`WideResNet`].
+    Wrn(WideResNet),
+}
+
+impl Model {
+    /// Logits `[batch, classes]` for images `[batch, c, h, w]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            Model::Mlp(m) => m.forward(images),
+            Model::Cnn(m) => m.forward(images),
+            Model::ResNet(m) => m.forward(images),
+            Model::Wrn(m) => m.forward(images),
+        }
+    }
+}

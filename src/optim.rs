@@ -1,0 +1,339 @@
+//! Optimisers that take ε, m and weight decay from the schedule at every step and keep their
+//! state across every change of ε, B or m.
+//!
+//! burn's own optimisers fix momentum at construction and default to a dampening of 0.1, while
+//! our references are PyTorch's (`torch.optim.SGD`, `Adam`, `AdamW`, dampening 0). The update
+//! rules here are PyTorch's, written on burn tensors, with state keyed by parameter path
+//! ([`crate::params`]) so that it checkpoints by name and restores exactly.
+//!
+//! # Momentum and the paper's accumulation variable
+//! The paper (Smith et al. 2018, §3) writes momentum as `ΔA = −(1−m)A + dĈ/dw`, `Δw = −εA`, that
+//! is `A ← m·A + g`, `w ← w − ε·A`: exactly PyTorch's heavy-ball form `v ← m·v + d`,
+//! `w ← w − ε·v` (`d = g + wd·w`), so `v` *is* the paper's `A`. Its noise scale is
+//! `g = ε/(1−m)·(N/B − 1)`. In this form a change of ε acts at once on the whole velocity, which is
+//! what Goyal et al. (2017, §2.1) obtain with "momentum correction" in the other common form
+//! `u ← m·u + ε·d`, `w ← w − u`. [`OptimizerConfig::velocity_rescale`] (off by default, as
+//! PyTorch) gives the uncorrected behaviour of that form instead: when ε changes from ε₀ to ε₁ the
+//! velocity is multiplied by ε₀/ε₁, so that the step already in flight, ε·v, is kept.
+//!
+//! Nesterov (PyTorch form): `v ← m·v + d`, `w ← w − ε·(d + m·v)`. Adam (Kingma & Ba, PyTorch
+//! form, bias-corrected with the β1 in force at each step): `m1 ← β1·m1 + (1−β1)·d`,
+//! `m2 ← β2·m2 + (1−β2)·d²`, `w ← w − ε/(1−β1ᵗ) · m1 / (√m2/√(1−β2ᵗ) + eps)`. AdamW decays
+//! the weights directly, `w ← w·(1 − ε·wd)`, before the Adam step (Loshchilov & Hutter).
+
+use crate::params::Grads;
+use anyhow::{Result, bail};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// Plain SGD: `w ← w − ε·d` (the schedule's momentum must be 0).
+    Sgd,
+    /// Heavy-ball momentum, PyTorch form.
+    #[default]
+    Momentum,
+    /// Nesterov momentum, PyTorch form.
+    Nesterov,
+    /// Adam with L2 weight decay added to the gradient; the schedule's momentum is β1.
+    Adam,
+    /// AdamW (decoupled weight decay); the schedule's momentum is β1.
+    Adamw,
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Momentum => "momentum",
+            OptimizerKind::Nesterov => "nesterov",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::Adamw => "adamw",
+        })
+    }
+}
+
+/// The `[optimizer]` table: the update rule and the settings the schedule does not drive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Update rule.
+    #[serde(default)]
+    pub kind: OptimizerKind,
+    /// L2 weight decay (decoupled for AdamW).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Adam's β2.
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Adam's ε (added to the denominator).
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Rescale the velocity by ε_old/ε_new when ε changes (see the module docs); off = PyTorch.
+    #[serde(default)]
+    pub velocity_rescale: bool,
+}
+
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::Momentum,
+            weight_decay: 0.0,
+            beta2: default_beta2(),
+            eps: default_eps(),
+            velocity_rescale: false,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Checks the settings, naming the key and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            bail!(
+                "optimizer.weight_decay = {} is out of range: must be a finite number >= 0",
+                self.weight_decay
+            );
+        }
+        if !(0.0..1.0).contains(&self.beta2) {
+            bail!(
+                "optimizer.beta2 = {} is out of range: must be in [0, 1)",
+                self.beta2
+            );
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            bail!(
+                "optimizer.eps = {} is out of range: must be a finite number > 0",
+                self.eps
+            );
+        }
+        Ok(())
+    }
+
+    /// A fresh optimiser with empty state.
+    pub fn init(&self) -> Optimizer {
+        Optimizer {
+            config: self.clone(),
+            state: OptimizerState::default(),
+        }
+    }
+}
+
+/// The hyper-parameters in force for one step, read from the schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepHyper {
+    /// Learning rate ε.
+    pub lr: f64,
+    /// Momentum m (β1 for Adam).
+    pub momentum: f64,
+}
+
+/// Everything an optimiser remembers between steps.
+#[derive(Debug, Clone, Default)]
+pub struct OptimizerState {
+    /// Steps taken.
+    pub step: u64,
+    /// ε of the last step (for the optional velocity rescale).
+    pub last_lr: Option<f64>,
+    /// Per-parameter buffers: velocity (`v`), or Adam's first and second moments (`m1`, `m2`),
+    /// keyed by `"{param path}#{buffer}"`, flattened.
+    pub buffers: HashMap<String, Tensor<1>>,
+}
+
+/// A host copy of [`OptimizerState`] for checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct OptimizerRecord {
+    /// Steps taken.
+    pub step: u64,
+    /// ε of the last step.
+    pub last_lr: Option<f64>,
+    /// Buffers in a stable order.
+    pub buffers: BTreeMap<String, Vec<f32>>,
+}
+
+/// An optimiser: its settings and its state.
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    /// Settings.
+    pub config: OptimizerConfig,
+    /// State.
+    pub state: OptimizerState,
+}
+
+struct StepMapper<'a> {
+    path: Vec<String>,
+    grads: HashMap<String, Tensor<1>>,
+    opt: &'a mut Optimizer,
+    hyper: StepHyper,
+    rescale: Option<f64>,
+}
+
+impl ModuleMapper for StepMapper<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.path.join(".");
+        let Some(grad) = self.grads.remove(&name) else {
+            return param;
+        };
+        let (id, tensor, mapper) = param.consume();
+        let require_grad = tensor.is_require_grad();
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        let w: Tensor<1> = tensor.inner().reshape([n]);
+        let device = w.device();
+        let w = self
+            .opt
+            .update(&name, w, grad.to_device(&device), self.hyper, self.rescale);
+        let mut value: Tensor<D> = Tensor::from_inner(w.reshape(shape));
+        if require_grad {
+            value = value.require_grad();
+        }
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+impl Optimizer {
+    /// Applies one update to every parameter of `module` that has a gradient in `grads`.
+    pub fn step<M: Module>(&mut self, module: M, grads: Grads, hyper: StepHyper) -> M {
+        self.state.step += 1;
+        let rescale = match self.state.last_lr {
+            Some(old) if self.config.velocity_rescale && old != hyper.lr => Some(old / hyper.lr),
+            _ => None,
+        };
+        self.state.last_lr = Some(hyper.lr);
+        let mut mapper = StepMapper {
+            path: Vec::new(),
+            grads: grads.tensors.into_iter().collect(),
+            opt: self,
+            hyper,
+            rescale,
+        };
+        module.map(&mut mapper)
+    }
+
+    /// The update of one flattened parameter `w` with gradient `g`.
+    pub fn update(
+        &mut self,
+        name: &str,
+        w: Tensor<1>,
+        g: Tensor<1>,
+        hyper: StepHyper,
+        rescale: Option<f64>,
+    ) -> Tensor<1> {
+        let wd = self.config.weight_decay;
+        let (lr, m) = (hyper.lr, hyper.momentum);
+        // Compute in the parameter's precision whatever the gradient's.
+        let g = if g.dtype() != w.dtype() {
+            g.cast(w.dtype())
+        } else {
+            g
+        };
+        let buffers = &mut self.state.buffers;
+        match self.config.kind {
+            OptimizerKind::Sgd | OptimizerKind::Momentum | OptimizerKind::Nesterov => {
+                let d = if wd != 0.0 {
+                    g + w.clone().mul_scalar(wd)
+                } else {
+                    g
+                };
+                if self.config.kind == OptimizerKind::Sgd && m == 0.0 {
+                    return w - d.mul_scalar(lr);
+                }
+                let key = format!("{name}#v");
+                // PyTorch initialises the buffer with the first d (no dampening).
+                let v = match buffers.remove(&key) {
+                    Some(v) => {
+                        let v = match rescale {
+                            Some(r) => v.mul_scalar(r),
+                            None => v,
+                        };
+                        v.mul_scalar(m) + d.clone()
+                    }
+                    None => d.clone(),
+                };
+                buffers.insert(key, v.clone());
+                let step = if self.config.kind == OptimizerKind::Nesterov {
+                    d + v.mul_scalar(m)
+                } else {
+                    v
+                };
+                w - step.mul_scalar(lr)
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let t = self.state.step as i32;
+                let (b1, b2, eps) = (m, self.config.beta2, self.config.eps);
+                let (w, d) = if self.config.kind == OptimizerKind::Adamw {
+                    (w.mul_scalar(1.0 - lr * wd), g)
+                } else if wd != 0.0 {
+                    let d = g + w.clone().mul_scalar(wd);
+                    (w, d)
+                } else {
+                    (w, g)
+                };
+                let k1 = format!("{name}#m1");
+                let k2 = format!("{name}#m2");
+                let m1 = match buffers.remove(&k1) {
+                    Some(m1) => m1.mul_scalar(b1) + d.clone().mul_scalar(1.0 - b1),
+                    None => d.clone().mul_scalar(1.0 - b1),
+                };
+                let d2 = d.clone() * d;
+                let m2 = match buffers.remove(&k2) {
+                    Some(m2) => m2.mul_scalar(b2) + d2.mul_scalar(1.0 - b2),
+                    None => d2.mul_scalar(1.0 - b2),
+                };
+                buffers.insert(k1, m1.clone());
+                buffers.insert(k2, m2.clone());
+                let bc1 = 1.0 - b1.powi(t);
+                let bc2 = 1.0 - b2.powi(t);
+                let denom = m2.sqrt().div_scalar(bc2.sqrt()).add_scalar(eps);
+                w - (m1 / denom).mul_scalar(lr / bc1)
+            }
+        }
+    }
+
+    /// A host copy of the state, for a checkpoint.
+    pub fn to_record(&self) -> OptimizerRecord {
+        OptimizerRecord {
+            step: self.state.step,
+            last_lr: self.state.last_lr,
+            buffers: self
+                .state
+                .buffers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_data().iter::<f32>().collect()))
+                .collect(),
+        }
+    }
+
+    /// Restores the state from a record (on `device`).
+    pub fn load_record(&mut self, record: &OptimizerRecord, device: &Device) {
+        self.state = OptimizerState {
+            step: record.step,
+            last_lr: record.last_lr,
+            buffers: record
+                .buffers
+                .iter()
+                .map(|(k, v)| {
+                    let data = TensorData::new(v.clone(), [v.len()]);
+                    (k.clone(), Tensor::from_data(data, device))
+                })
+                .collect(),
+        };
+    }
+}

@@ -1,0 +1,242 @@
+//! Named access to a module's tensors, in burn's visiting order.
+//!
+//! Optimiser state, gradient accumulation, checkpoints and the cross-rank checksum all key a
+//! parameter by its dotted path in the module tree (`ResNet.blocks.0.conv1.weight`), which is
+//! stable across processes and runs, unlike burn's random `ParamId`s. Tensors are handled
+//! flattened (`Tensor<1>`) so that state of any rank fits one container and the gradients of a
+//! whole model can be concatenated into one buffer for an all-reduce.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Gradients, Tensor};
+use std::collections::HashMap;
+
+/// One named tensor, flattened, with its original shape.
+#[derive(Debug, Clone)]
+pub struct Named {
+    /// Dotted path in the module tree.
+    pub name: String,
+    /// Original shape.
+    pub shape: Vec<usize>,
+    /// Whether the optimiser trains it (false for running statistics).
+    pub trainable: bool,
+    /// The values, flattened, without autodiff.
+    pub value: Tensor<1>,
+}
+
+fn is_buffer(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+struct Path(Vec<String>);
+impl Path {
+    fn name(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+struct Collect {
+    path: Path,
+    out: Vec<Named>,
+}
+
+impl ModuleVisitor for Collect {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.0.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.0.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val().inner();
+        let shape = value.dims().to_vec();
+        let n = shape.iter().product::<usize>();
+        let name = self.path.name();
+        self.out.push(Named {
+            trainable: !is_buffer(&name),
+            name,
+            shape,
+            value: value.reshape([n]),
+        });
+    }
+}
+
+/// Every float tensor of `module` (parameters and running statistics), in visiting order.
+pub fn named_tensors<M: Module>(module: &M) -> Vec<Named> {
+    let mut v = Collect {
+        path: Path(Vec::new()),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Number of trainable parameters (running statistics excluded), as PyTorch's
+/// `sum(p.numel() for p in model.parameters())` counts them.
+pub fn trainable_params<M: Module>(module: &M) -> usize {
+    named_tensors(module)
+        .iter()
+        .filter(|t| t.trainable)
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum()
+}
+
+/// Gradients of the trainable parameters, flattened, in visiting order.
+#[derive(Debug, Clone, Default)]
+pub struct Grads {
+    /// `(name, gradient)` pairs.
+    pub tensors: Vec<(String, Tensor<1>)>,
+}
+
+struct GradCollect<'a> {
+    grads: &'a Gradients,
+    path: Path,
+    out: Vec<(String, Tensor<1>)>,
+}
+
+impl ModuleVisitor for GradCollect<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.0.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.0.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = param.grad(self.grads) {
+            let n = g.shape().num_elements();
+            self.out.push((self.path.name(), g.reshape([n])));
+        }
+    }
+}
+
+impl Grads {
+    /// Gathers the gradients of `module`'s parameters from a backward pass.
+    pub fn from_backward<M: Module>(module: &M, grads: &Gradients) -> Self {
+        let mut v = GradCollect {
+            grads,
+            path: Path(Vec::new()),
+            out: Vec::new(),
+        };
+        module.visit(&mut v);
+        Grads { tensors: v.out }
+    }
+
+    /// Element-wise sum with another set of gradients of the same model (accumulation).
+    pub fn accumulate(self, other: Grads) -> Self {
+        if self.tensors.is_empty() {
+            return other;
+        }
+        debug_assert_eq!(self.tensors.len(), other.tensors.len());
+        Grads {
+            tensors: self
+                .tensors
+                .into_iter()
+                .zip(other.tensors)
+                .map(|((n, a), (m, b))| {
+                    debug_assert_eq!(n, m);
+                    (n, a + b)
+                })
+                .collect(),
+        }
+    }
+
+    /// Multiplies every gradient by `factor`.
+    pub fn scale(self, factor: f64) -> Self {
+        Grads {
+            tensors: self
+                .tensors
+                .into_iter()
+                .map(|(n, g)| (n, g.mul_scalar(factor)))
+                .collect(),
+        }
+    }
+
+    /// Total number of gradient elements.
+    pub fn numel(&self) -> usize {
+        self.tensors
+            .iter()
+            .map(|(_, t)| t.shape().num_elements())
+            .sum()
+    }
+
+    /// Whether every gradient element is finite.
+    pub fn all_finite(&self) -> bool {
+        self.tensors.iter().all(|(_, t)| {
+            t.clone()
+                .into_data()
+                .iter::<f32>()
+                .all(|x: f32| x.is_finite())
+        })
+    }
+
+    /// All gradients concatenated into one host buffer (for an all-reduce).
+    pub fn to_flat(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.numel());
+        for (_, t) in &self.tensors {
+            out.extend(t.to_data().iter::<f32>());
+        }
+        out
+    }
+
+    /// The inverse of [`Grads::to_flat`]: replaces every gradient by its slice of `flat`.
+    pub fn from_flat(&self, flat: &[f32]) -> Self {
+        let mut offset = 0;
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let len = t.shape().num_elements();
+                let data =
+                    burn::tensor::TensorData::new(flat[offset..offset + len].to_vec(), [len]);
+                offset += len;
+                (n.clone(), Tensor::from_data(data, &t.device()))
+            })
+            .collect();
+        Grads { tensors }
+    }
+}
+
+struct Replace<'a> {
+    path: Path,
+    values: &'a mut HashMap<String, Tensor<1>>,
+    missing: Vec<String>,
+}
+
+impl ModuleMapper for Replace<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.0.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.0.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.path.name();
+        let Some(flat) = self.values.remove(&name) else {
+            self.missing.push(name);
+            return param;
+        };
+        let (id, tensor, mapper) = param.consume();
+        let require_grad = tensor.is_require_grad();
+        let shape = tensor.shape();
+        let device = tensor.device();
+        let mut value: Tensor<D> = flat.to_device(&device).reshape(shape);
+        if require_grad {
+            value = value.require_grad();
+        }
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// Replaces `module`'s tensors by `values` (flattened, keyed by path). Returns the module and
+/// the names that `values` did not cover; entries of `values` that were used are removed from it.
+pub fn replace_tensors<M: Module>(
+    module: M,
+    values: &mut HashMap<String, Tensor<1>>,
+) -> (M, Vec<String>) {
+    let mut m = Replace {
+        path: Path(Vec::new()),
+        values,
+        missing: Vec::new(),
+    };
+    let module = module.map(&mut m);
+    (module, m.missing)
+}

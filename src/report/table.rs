@@ -1,0 +1,114 @@
+//! The summary table, as markdown (also readable in a terminal) and as HTML.
+
+use super::GroupSummary;
+use super::html::escape;
+
+/// Column headings.
+const HEADINGS: [&str; 9] = [
+    "group",
+    "runs",
+    "final test acc. (%)",
+    "best test acc. (%)",
+    "param. updates",
+    "updates vs first",
+    "wall time (s)",
+    "samples/s",
+    "all-reduce calls",
+];
+
+/// `98.12 ± 0.05`, or `98.12 ± —` for a single run.
+fn pm(mean: f64, std: Option<f64>) -> String {
+    match std {
+        Some(s) => format!("{mean:.2} ± {s:.2}"),
+        None => format!("{mean:.2} ± —"),
+    }
+}
+
+/// The cells of one row, unescaped.
+fn cells(g: &GroupSummary, first: &GroupSummary) -> [String; 9] {
+    let marker = if g.unfinished.is_empty() { "" } else { " *" };
+    [
+        format!("{}{marker}", g.group),
+        g.seeds.to_string(),
+        pm(g.final_acc_mean, g.final_acc_std),
+        pm(g.best_acc_mean, g.best_acc_std),
+        g.updates.0.to_string(),
+        g.updates_ratio(first)
+            .map_or_else(|| "—".to_string(), |r| format!("{:.0}%", 100.0 * r)),
+        format!("{:.1}", g.wall_seconds_mean),
+        format!("{:.0}", g.samples_per_second_mean),
+        g.allreduce_calls.to_string(),
+    ]
+}
+
+/// The note under a row with unfinished runs, if any.
+fn row_note(g: &GroupSummary) -> Option<String> {
+    if g.unfinished.is_empty() {
+        return None;
+    }
+    let how = if g.partial {
+        "no run finished: numbers are from the epochs so far"
+    } else {
+        "not in the numbers above"
+    };
+    Some(format!(
+        "* {} unfinished: {} ({how})",
+        g.group,
+        g.unfinished.join(", ")
+    ))
+}
+
+/// Escapes a markdown table cell.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// The summary table in markdown, one row per group, the first group being the reference for
+/// the updates ratio; unfinished runs get a note row below their group.
+pub fn markdown_table(groups: &[GroupSummary]) -> String {
+    let mut out = format!("| {} |\n", HEADINGS.join(" | "));
+    out.push_str(&format!("|{}\n", "---|".repeat(HEADINGS.len())));
+    let Some(first) = groups.first() else {
+        return out;
+    };
+    for g in groups {
+        let row: Vec<String> = cells(g, first).iter().map(|c| md_cell(c)).collect();
+        out.push_str(&format!("| {} |\n", row.join(" | ")));
+        if let Some(note) = row_note(g) {
+            out.push_str(&format!(
+                "| {} |{}\n",
+                md_cell(&note),
+                " |".repeat(HEADINGS.len() - 1)
+            ));
+        }
+    }
+    out
+}
+
+/// The summary table as an HTML `<table>` (same content as [`markdown_table`]).
+pub fn html_table(groups: &[GroupSummary]) -> String {
+    let mut out = String::from("<table>\n<thead><tr>");
+    for h in HEADINGS {
+        out.push_str(&format!("<th>{}</th>", escape(h)));
+    }
+    out.push_str("</tr></thead>\n<tbody>\n");
+    if let Some(first) = groups.first() {
+        for g in groups {
+            out.push_str("<tr>");
+            for (i, c) in cells(g, first).iter().enumerate() {
+                let class = if i == 0 { "" } else { " class=\"num\"" };
+                out.push_str(&format!("<td{class}>{}</td>", escape(c)));
+            }
+            out.push_str("</tr>\n");
+            if let Some(note) = row_note(g) {
+                out.push_str(&format!(
+                    "<tr class=\"note\"><td colspan=\"{}\">{}</td></tr>\n",
+                    HEADINGS.len(),
+                    escape(&note)
+                ));
+            }
+        }
+    }
+    out.push_str("</tbody>\n</table>\n");
+    out
+}

@@ -1,0 +1,264 @@
+//! `noisescale reproduce`: the paper's comparison, run by run, then the report.
+//!
+//! Everything but the schedule is held fixed: the same preset (model, data, optimiser, seed
+//! list), with `schedule.kind` set to decay-lr, hybrid and increase-batch in turn (Smith et al.
+//! 2018, figs. 2–3). With `--variants` it adds the optimiser comparison (plain SGD at the same
+//! effective learning rate ε/(1−m), Nesterov, Adam; each with decay-lr and increase-batch, figs.
+//! 4 and 6) and the effective-learning-rate variants (ε×5 with B×5, and m = 0.98 with
+//! B ∝ 1/(1−m), fig. 5). Each run lives in `OUT/runs/NAME/`; a run whose `summary.json` exists
+//! with the same config is reused and a run with a checkpoint is resumed, so an interrupted
+//! `reproduce` continues where it stopped.
+
+use crate::cli::{ConfigSource, Overrides, load_preset};
+use crate::config::RunConfig;
+use crate::dist::Local;
+use crate::optim::OptimizerKind;
+use crate::schedule::ScheduleKind;
+use crate::train::{self, TrainOptions};
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The `[reproduce]` table of a preset: what to compare.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReproduceConfig {
+    /// Seeds per schedule (default 1; `--seeds` overrides).
+    #[serde(default)]
+    pub seeds: Option<u32>,
+    /// Learning rate of the Adam variants (default 1e-3).
+    #[serde(default)]
+    pub adam_lr: Option<f64>,
+}
+
+/// `noisescale reproduce`.
+#[derive(Args, Debug)]
+pub struct ReproduceArgs {
+    #[command(flatten)]
+    source: ConfigSource,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// Seeds per schedule (default: the preset's).
+    #[arg(long)]
+    seeds: Option<u32>,
+    /// Output directory (default: runs/reproduce-PRESET).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also run the optimiser and effective-learning-rate variants.
+    #[arg(long)]
+    variants: bool,
+    /// Only per-run summaries, no per-epoch lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// One run of the comparison.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// Directory name and run label.
+    pub name: String,
+    /// Group label in the report.
+    pub group: String,
+    /// Its config.
+    pub config: RunConfig,
+}
+
+/// The runs of a comparison, in report order.
+pub fn plan(base: &RunConfig, seeds: u32, variants: bool) -> Vec<Planned> {
+    let mut groups: Vec<(String, RunConfig)> = Vec::new();
+    let with_kind = |c: &RunConfig, k: ScheduleKind| {
+        let mut c = c.clone();
+        c.schedule.kind = k;
+        c
+    };
+    for k in crate::config::default_schedules() {
+        groups.push((k.to_string(), with_kind(base, k)));
+    }
+    if variants {
+        let m = base.schedule.momentum;
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Nesterov,
+            OptimizerKind::Adam,
+        ] {
+            let mut c = base.clone();
+            c.optimizer.kind = kind;
+            match kind {
+                OptimizerKind::Sgd => {
+                    // Same noise scale without momentum: ε_sgd = ε/(1−m).
+                    c.schedule.lr = base.schedule.lr / (1.0 - m);
+                    c.schedule.momentum = 0.0;
+                }
+                OptimizerKind::Adam => {
+                    c.schedule.lr = base
+                        .reproduce
+                        .as_ref()
+                        .and_then(|r| r.adam_lr)
+                        .unwrap_or(1e-3);
+                }
+                _ => {}
+            }
+            for k in [ScheduleKind::DecayLr, ScheduleKind::IncreaseBatch] {
+                groups.push((format!("{kind} {k}"), with_kind(&c, k)));
+            }
+        }
+        let mut c = with_kind(base, ScheduleKind::IncreaseBatch);
+        c.schedule.lr_scale = 5.0;
+        groups.push(("lr×5 B×5 increase-batch".into(), c));
+        let mut c = with_kind(base, ScheduleKind::IncreaseBatch);
+        c.schedule.momentum_scaled = Some(0.98);
+        groups.push(("m=0.98 increase-batch".into(), c));
+    }
+    let mut runs = Vec::new();
+    for (group, cfg) in groups {
+        for s in 0..seeds {
+            let mut c = cfg.clone();
+            c.seed = base.seed + s as u64;
+            let slug: String = group
+                .chars()
+                .map(|ch| {
+                    if ch.is_ascii_alphanumeric() || ch == '.' {
+                        ch
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            let name = format!("{slug}-seed{}", c.seed);
+            c.name = Some(name.clone());
+            runs.push(Planned {
+                name,
+                group: group.clone(),
+                config: c,
+            });
+        }
+    }
+    runs
+}
+
+/// Lines describing where and how the results were measured, for reports.
+pub fn environment_notes() -> Vec<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    vec![
+        format!("machine: {cpu}, {cores} cores available"),
+        format!(
+            "noisescale {} on burn 0.22 (flex backend unless the config says otherwise)",
+            env!("CARGO_PKG_VERSION")
+        ),
+        format!(
+            "command: {}",
+            std::env::args().collect::<Vec<_>>().join(" ")
+        ),
+    ]
+}
+
+fn reusable(dir: &Path, cfg: &RunConfig) -> bool {
+    dir.join("summary.json").exists()
+        && RunConfig::load(&dir.join("config.toml")).is_ok_and(|saved| &saved == cfg)
+}
+
+/// Runs `noisescale reproduce`.
+pub fn run(a: ReproduceArgs) -> Result<()> {
+    let preset_name = a.source.preset.clone().unwrap_or_else(|| "mnist".into());
+    let mut base = match a.source.load()? {
+        Some(c) => c,
+        None => load_preset(&preset_name)?,
+    };
+    a.overrides.apply(&mut base)?;
+    let seeds = a
+        .seeds
+        .or(base.reproduce.as_ref().and_then(|r| r.seeds))
+        .unwrap_or(1)
+        .max(1);
+    let label = a
+        .source
+        .config
+        .as_ref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or(preset_name);
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{label}")));
+    let runs_dir = out.join("runs");
+    std::fs::create_dir_all(&runs_dir)
+        .with_context(|| format!("creating {}", runs_dir.display()))?;
+    let prepared = train::prepare_data(&base)?;
+    let n = prepared.train.samples();
+    let planned = plan(&base, seeds, a.variants);
+    eprintln!(
+        "reproduce {label}: {} runs ({seeds} seed(s) each) on {} ({} train / {} test) → {}",
+        planned.len(),
+        base.data.dataset,
+        prepared.train.len(),
+        prepared.test.len(),
+        out.display()
+    );
+    for p in &planned {
+        let dir = runs_dir.join(&p.name);
+        if reusable(&dir, &p.config) {
+            eprintln!("{}: finished earlier, reused", p.name);
+            continue;
+        }
+        let resolved = p.config.resolve(n, 1)?;
+        let resume = dir.join(crate::checkpoint::CHECKPOINT_FILE).exists()
+            && RunConfig::load(&dir.join("config.toml")).is_ok_and(|saved| saved == p.config);
+        eprintln!(
+            "{}: {} updates planned{}",
+            p.name,
+            resolved.schedule.total_updates(),
+            if resume { ", resuming" } else { "" }
+        );
+        let s = train::train(
+            &resolved,
+            &prepared,
+            &TrainOptions {
+                out: dir,
+                resume,
+                group: Some(p.group.clone()),
+                verbose: !a.quiet,
+            },
+            &Local,
+        )?;
+        eprintln!(
+            "{}: test accuracy {:.2}% after {} updates, {:.1}s",
+            p.name,
+            100.0 * s.final_test_accuracy,
+            s.updates,
+            s.wall_seconds
+        );
+    }
+    let mut runs = crate::report::load_runs(&[runs_dir])?;
+    let order: Vec<String> = planned.iter().map(|p| p.group.clone()).collect();
+    let order: Vec<&str> = order.iter().map(String::as_str).collect();
+    crate::report::order_groups(&mut runs, &order);
+    let files = crate::report::write_report(
+        &runs,
+        &out,
+        &format!("noisescale reproduce: {label}"),
+        &environment_notes(),
+    )?;
+    print!(
+        "{}",
+        crate::report::markdown_table(&crate::report::summarize(&runs))
+    );
+    println!(
+        "report: {} (and {})",
+        files.html.display(),
+        files.markdown.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! The command line: schedules of the paper's CIFAR-10 setting, help, errors, inspection.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_noisescale");
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(BIN).args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn total_updates(args: &[&str]) -> u64 {
+    let mut all = vec!["schedule", "--preset", "paper-cifar10", "--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run(&all);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["total_updates"].as_u64().unwrap()
+}
+
+#[test]
+fn paper_cifar10_update_counts() {
+    assert_eq!(total_updates(&["--schedule", "decay-lr"]), 78_200);
+    assert_eq!(total_updates(&["--schedule", "increase-batch"]), 29_000);
+    assert_eq!(
+        total_updates(&["--schedule", "increase-batch", "--milestones", "60,120,180"]),
+        29_240
+    );
+    // Hybrid, cap 5,120: 128 → 640 → 3200, then ε ÷ 5 at 160:
+    // 60·391 + 60·79 + 40·16 + 40·16.
+    assert_eq!(total_updates(&["--schedule", "hybrid"]), 29_480);
+}
+
+#[test]
+fn schedule_table_prints_phases_and_noise_scale() {
+    let (ok, out, err) = run(&[
+        "schedule",
+        "--preset",
+        "paper-cifar10",
+        "--schedule",
+        "increase-batch",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("16000"), "{out}");
+    assert!(out.contains("29000"), "{out}");
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let (ok, out, _) = run(&["--help"]);
+    assert!(ok);
+    for sub in [
+        "train",
+        "eval",
+        "schedule",
+        "reproduce",
+        "report",
+        "data",
+        "models",
+        "presets",
+    ] {
+        assert!(out.contains(sub), "{sub} missing from --help:\n{out}");
+    }
+}
+
+#[test]
+fn models_lists_pytorch_parameter_counts() {
+    let (ok, out, err) = run(&["models"]);
+    assert!(ok, "{err}");
+    for n in ["1663370", "78042", "2748890"] {
+        assert!(out.contains(n), "{n} missing:\n{out}");
+    }
+}
+
+fn bad_config(body: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("bad.toml");
+    std::fs::write(&p, body).unwrap();
+    let (ok, _, err) = run(&["schedule", p.to_str().unwrap(), "--dataset-size", "1000"]);
+    assert!(!ok);
+    err
+}
+
+const GOOD: &str = r#"
+[data]
+dataset = "synthetic"
+[schedule]
+epochs = 10
+lr = 0.1
+batch_size = 32
+momentum = 0.9
+milestones = [3, 6]
+"#;
+
+#[test]
+fn bad_settings_are_named() {
+    let err = bad_config(&format!("{GOOD}\nbogus = 1\n"));
+    assert!(err.contains("bogus"), "{err}");
+    let err = bad_config(&GOOD.replace("batch_size = 32", "batch_size = 0"));
+    assert!(
+        err.contains("schedule.batch_size = 0 is out of range"),
+        "{err}"
+    );
+    let err = bad_config(&GOOD.replace("momentum = 0.9", "momentum = 1.0"));
+    assert!(err.contains("schedule.momentum"), "{err}");
+    let err = bad_config(&GOOD.replace("[3, 6]", "[6, 3]"));
+    assert!(err.contains("schedule.milestones"), "{err}");
+    let err = bad_config(&GOOD.replace("[data]", "[data]\nworkerz = 2"));
+    assert!(err.contains("workerz"), "{err}");
+    let err = bad_config(&format!("{GOOD}\n[model]\nkind = \"resnet\"\ndepth = 9\n"));
+    assert!(err.contains("model.depth = 9"), "{err}");
+    let err = bad_config(&format!("{GOOD}\ndevice = \"tpu\"\n"));
+    assert!(err.contains("tpu"), "{err}");
+}
+
+#[test]
+fn missing_data_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, _, err) = run(&[
+        "train",
+        "--preset",
+        "mnist",
+        "--data",
+        tmp.path().to_str().unwrap(),
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("train-images-idx3-ubyte"), "{err}");
+}
+
+#[test]
+fn data_inspect_counts_the_shipped_sets() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data");
+    let (ok, out, err) = run(&["data", "inspect", dir, "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("60000") && out.contains("4000"), "{out}");
+    assert!(out.contains("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"));
+}

@@ -1,0 +1,374 @@
+//! The trainer end to end on the synthetic set: resume after SIGKILL, micro-batch parity,
+//! the divergence guard, and the CLI around them.
+
+use noisescale::checkpoint;
+use noisescale::config::RunConfig;
+use noisescale::dist::Local;
+use noisescale::metrics::read_metrics;
+use noisescale::params::named_tensors;
+use noisescale::train::{self, TrainOptions};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_noisescale");
+
+fn config(extra: &str) -> RunConfig {
+    let base = r#"
+seed = 3
+[data]
+dataset = "synthetic"
+workers = 2
+synthetic = { train = 4096, test = 512, classes = 10, shape = [3, 16, 16] }
+[model]
+kind = "mlp"
+widths = [128]
+[optimizer]
+kind = "momentum"
+weight_decay = 5e-4
+"#;
+    RunConfig::from_toml(&format!("{base}\n{extra}"), "test config").unwrap()
+}
+
+fn write_config(dir: &Path, cfg: &RunConfig) -> std::path::PathBuf {
+    let p = dir.join("run.toml");
+    std::fs::write(&p, cfg.to_toml()).unwrap();
+    p
+}
+
+fn timing_free(dir: &Path) -> Vec<noisescale::metrics::EpochMetrics> {
+    read_metrics(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|m| m.without_timing())
+        .collect()
+}
+
+#[test]
+fn a_run_killed_mid_epoch_resumes_to_identical_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        r#"
+[schedule]
+kind = "increase-batch"
+epochs = 6
+lr = 0.05
+batch_size = 8
+momentum = 0.9
+factor = 2.0
+milestones = [2, 4]
+[train]
+max_micro_batch = 64
+"#,
+    );
+    let file = write_config(tmp.path(), &cfg);
+    let straight = tmp.path().join("straight");
+    let killed = tmp.path().join("killed");
+    let ok = Command::new(BIN)
+        .args([
+            "train",
+            file.to_str().unwrap(),
+            "-q",
+            "--out",
+            straight.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+
+    let mut child = Command::new(BIN)
+        .args([
+            "train",
+            file.to_str().unwrap(),
+            "-q",
+            "--out",
+            killed.to_str().unwrap(),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch's record, then kill during the second epoch.
+    let start = Instant::now();
+    while read_metrics(&killed.join("metrics.jsonl"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no epoch finished"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(40));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial = read_metrics(&killed.join("metrics.jsonl")).unwrap().len();
+    assert!(partial < 6, "the run finished before it was killed");
+
+    let resumed = Command::new(BIN)
+        .args(["train", "-q", "--resume", killed.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(resumed.success());
+    let a = timing_free(&straight);
+    let b = timing_free(&killed);
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b, "resumed metrics differ from the uninterrupted run's");
+}
+
+#[test]
+fn sigint_checkpoints_mid_epoch_and_resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        r#"
+[schedule]
+kind = "decay-lr"
+epochs = 3
+lr = 0.05
+batch_size = 4
+momentum = 0.9
+milestones = [2]
+"#,
+    );
+    let file = write_config(tmp.path(), &cfg);
+    let straight = tmp.path().join("straight");
+    let cut = tmp.path().join("cut");
+    assert!(
+        Command::new(BIN)
+            .args([
+                "train",
+                file.to_str().unwrap(),
+                "-q",
+                "--out",
+                straight.to_str().unwrap()
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let child = Command::new(BIN)
+        .args([
+            "train",
+            file.to_str().unwrap(),
+            "-q",
+            "--out",
+            cut.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while read_metrics(&cut.join("metrics.jsonl"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(start.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(130) {
+        assert!(stderr.contains("resume with"), "{stderr}");
+        let (_, loaded) = checkpoint::load(
+            &cut.join(checkpoint::CHECKPOINT_FILE),
+            cfg.model
+                .init([3, 16, 16], 10, &burn::tensor::Device::flex().autodiff()),
+            &burn::tensor::Device::flex().autodiff(),
+        )
+        .unwrap();
+        assert!(loaded.state.position.offset > 0 || loaded.state.position.epoch > 1);
+        assert!(
+            Command::new(BIN)
+                .args(["train", "-q", "--resume", cut.to_str().unwrap()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(timing_free(&straight), timing_free(&cut));
+    } else {
+        // The run finished before the signal arrived; nothing to resume.
+        assert!(out.status.success(), "{stderr}");
+    }
+}
+
+fn one_update_weights(micro: usize, model: &str) -> Vec<(String, Vec<f32>)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(&format!(
+        r#"
+[schedule]
+kind = "decay-lr"
+epochs = 1
+lr = 0.1
+batch_size = 4096
+momentum = 0.9
+[train]
+max_micro_batch = {micro}
+"#
+    ));
+    let mut cfg = cfg;
+    if model == "resnet" {
+        cfg.model = noisescale::model::ModelConfig::Resnet {
+            depth: 8,
+            width: 4,
+            ghost_batch_size: 32,
+        };
+        cfg.data.synthetic.shape = [3, 8, 8];
+    }
+    let prepared = train::prepare_data(&cfg).unwrap();
+    let resolved = cfg.resolve(prepared.train.samples(), 1).unwrap();
+    assert_eq!(resolved.schedule.total_updates().0, 1);
+    let out = tmp.path().join("run");
+    train::train(
+        &resolved,
+        &prepared,
+        &TrainOptions {
+            out: out.clone(),
+            resume: false,
+            group: None,
+            verbose: false,
+        },
+        &Local,
+    )
+    .unwrap();
+    let device = burn::tensor::Device::flex().autodiff();
+    let m = cfg.model.init(prepared.train.image_shape(), 10, &device);
+    let (m, _) = checkpoint::load(&out.join(checkpoint::CHECKPOINT_FILE), m, &device).unwrap();
+    named_tensors(&m)
+        .into_iter()
+        .map(|t| (t.name, t.value.into_data().iter::<f32>().collect()))
+        .collect()
+}
+
+fn assert_same_update(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) {
+    assert_eq!(a.len(), b.len());
+    let mut moved = false;
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        for (x, y) in va.iter().zip(vb) {
+            assert!((x - y).abs() <= 2e-5 + 1e-4 * y.abs(), "{na}: {x} vs {y}");
+        }
+        moved |= va.iter().any(|x| *x != 0.0);
+    }
+    assert!(moved);
+}
+
+#[test]
+fn a_4096_batch_in_micro_batches_of_256_gives_the_same_update() {
+    assert_same_update(
+        &one_update_weights(4096, "mlp"),
+        &one_update_weights(256, "mlp"),
+    );
+}
+
+#[test]
+fn micro_batching_with_ghost_batch_norm_gives_the_same_update() {
+    assert_same_update(
+        &one_update_weights(4096, "resnet"),
+        &one_update_weights(256, "resnet"),
+    );
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_a_usable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        r#"
+[schedule]
+kind = "decay-lr"
+epochs = 4
+lr = 0.05
+batch_size = 256
+momentum = 0.9
+[train]
+inject_nan_at_update = 20
+"#,
+    );
+    let file = write_config(tmp.path(), &cfg);
+    let out = tmp.path().join("run");
+    let res = Command::new(BIN)
+        .args([
+            "train",
+            file.to_str().unwrap(),
+            "-q",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("training diverged: the loss is NaN at epoch 1, update 20"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("last good checkpoint"), "{stderr}");
+    // 16 updates per epoch: the checkpoint holds epoch 1.
+    assert_eq!(read_metrics(&out.join("metrics.jsonl")).unwrap().len(), 1);
+    let eval = Command::new(BIN)
+        .args(["eval", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&eval.stdout);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    assert!(text.contains("16 updates"), "{text}");
+}
+
+#[test]
+fn same_seed_same_numbers() {
+    let run = |dir: &Path| {
+        let cfg = config(
+            r#"
+[schedule]
+kind = "hybrid"
+epochs = 3
+lr = 0.05
+batch_size = 64
+momentum = 0.9
+milestones = [1, 2]
+max_batch_size = 400
+"#,
+        );
+        let prepared = train::prepare_data(&cfg).unwrap();
+        let resolved = cfg.resolve(prepared.train.samples(), 1).unwrap();
+        train::train(
+            &resolved,
+            &prepared,
+            &TrainOptions {
+                out: dir.to_path_buf(),
+                resume: false,
+                group: None,
+                verbose: false,
+            },
+            &Local,
+        )
+        .unwrap();
+        timing_free(dir)
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = run(&tmp.path().join("a"));
+    let b = run(&tmp.path().join("b"));
+    assert_eq!(a, b);
+    // Hybrid: 64 → 320, then B stays (cap 400) and ε ÷ 5.
+    assert_eq!(
+        a.iter().map(|m| m.batch_size).collect::<Vec<_>>(),
+        vec![64, 320, 320]
+    );
+    assert!((a[2].lr - 0.01).abs() < 1e-12);
+    assert_eq!(a[2].updates.0, 64 + 13 + 13);
+    assert!(
+        a[2].test_accuracy > 0.9,
+        "synthetic data is separable: {}",
+        a[2].test_accuracy
+    );
+}
