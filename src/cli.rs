@@ -2,7 +2,6 @@
 //! lives in the library modules.
 
 use crate::config::RunConfig;
-use crate::dist::Local;
 use crate::model::ModelConfig;
 use crate::params::trainable_params;
 use crate::schedule::ScheduleKind;
@@ -294,9 +293,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             out.display()
         );
     }
+    let comm = crate::dist::from_env()?;
+    let quiet = a.quiet || comm.rank() != 0;
     let prepared = train::prepare_data(&cfg)?;
-    let resolved = cfg.resolve(prepared.train.samples(), 1)?;
-    if !a.quiet {
+    let resolved = cfg.resolve(prepared.train.samples(), comm.world_size())?;
+    if !quiet {
         eprintln!(
             "{}",
             resolved.describe_batching(resolved.schedule.batch_size(crate::units::Epochs(0)))
@@ -309,11 +310,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             out: out.clone(),
             resume,
             group: None,
-            verbose: !a.quiet,
+            verbose: !quiet,
         },
-        &Local,
+        comm.as_ref(),
     )?;
-    if !a.quiet {
+    if !quiet {
         println!(
             "{}: final test accuracy {:.2}% (best {:.2}%) after {} epochs and {} updates in {:.1}s; metrics in {}",
             summary.name,

@@ -11,7 +11,6 @@
 
 use crate::cli::{ConfigSource, Overrides, load_preset};
 use crate::config::RunConfig;
-use crate::dist::Local;
 use crate::optim::OptimizerKind;
 use crate::schedule::ScheduleKind;
 use crate::train::{self, TrainOptions};
@@ -196,32 +195,39 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     let runs_dir = out.join("runs");
     std::fs::create_dir_all(&runs_dir)
         .with_context(|| format!("creating {}", runs_dir.display()))?;
+    let comm = crate::dist::from_env()?;
+    let leader = comm.rank() == 0;
     let prepared = train::prepare_data(&base)?;
     let n = prepared.train.samples();
     let planned = plan(&base, seeds, a.variants);
-    eprintln!(
+    let say = |msg: String| {
+        if leader {
+            eprintln!("{msg}");
+        }
+    };
+    say(format!(
         "reproduce {label}: {} runs ({seeds} seed(s) each) on {} ({} train / {} test) → {}",
         planned.len(),
         base.data.dataset,
         prepared.train.len(),
         prepared.test.len(),
         out.display()
-    );
+    ));
     for p in &planned {
         let dir = runs_dir.join(&p.name);
         if reusable(&dir, &p.config) {
-            eprintln!("{}: finished earlier, reused", p.name);
+            say(format!("{}: finished earlier, reused", p.name));
             continue;
         }
-        let resolved = p.config.resolve(n, 1)?;
+        let resolved = p.config.resolve(n, comm.world_size())?;
         let resume = dir.join(crate::checkpoint::CHECKPOINT_FILE).exists()
             && RunConfig::load(&dir.join("config.toml")).is_ok_and(|saved| saved == p.config);
-        eprintln!(
+        say(format!(
             "{}: {} updates planned{}",
             p.name,
             resolved.schedule.total_updates(),
             if resume { ", resuming" } else { "" }
-        );
+        ));
         let s = train::train(
             &resolved,
             &prepared,
@@ -229,17 +235,20 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
                 out: dir,
                 resume,
                 group: Some(p.group.clone()),
-                verbose: !a.quiet,
+                verbose: !a.quiet && leader,
             },
-            &Local,
+            comm.as_ref(),
         )?;
-        eprintln!(
+        say(format!(
             "{}: test accuracy {:.2}% after {} updates, {:.1}s",
             p.name,
             100.0 * s.final_test_accuracy,
             s.updates,
             s.wall_seconds
-        );
+        ));
+    }
+    if !leader {
+        return Ok(());
     }
     let mut runs = crate::report::load_runs(&[runs_dir])?;
     let order: Vec<String> = planned.iter().map(|p| p.group.clone()).collect();

@@ -366,7 +366,8 @@ pub fn train(
                 let mut flat = grads.to_flat();
                 comm.all_reduce_sum(&mut flat)?;
                 grads = grads.from_flat(&flat);
-                state.epoch.allreduce_calls += 1;
+                state.epoch.allreduce_calls +=
+                    flat.len().div_ceil(crate::dist::BUCKET_ELEMS) as u64;
                 state.epoch.allreduce_bytes += (flat.len() * 4) as u64;
                 state.epoch.comm_seconds += t.elapsed().as_secs_f64();
             }
