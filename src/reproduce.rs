@@ -271,3 +271,54 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::Samples;
+
+    #[test]
+    fn the_plan_holds_every_schedule_and_variant() {
+        let base = load_preset("mnist").unwrap();
+        let runs = plan(&base, 2, false);
+        assert_eq!(runs.len(), 6);
+        assert_eq!(runs[0].name, "decay-lr-seed0");
+        assert_eq!(runs[1].config.seed, 1);
+        assert_eq!(runs[5].group, "increase-batch");
+
+        let runs = plan(&base, 1, true);
+        let groups: Vec<&str> = runs.iter().map(|r| r.group.as_str()).collect();
+        assert_eq!(
+            groups,
+            vec![
+                "decay-lr",
+                "hybrid",
+                "increase-batch",
+                "sgd decay-lr",
+                "sgd increase-batch",
+                "nesterov decay-lr",
+                "nesterov increase-batch",
+                "adam decay-lr",
+                "adam increase-batch",
+                "lr×5 B×5 increase-batch",
+                "m=0.98 increase-batch",
+            ]
+        );
+        let n = Samples(60_000);
+        let updates = |g: &str| {
+            let r = runs.iter().find(|r| r.group == g).unwrap();
+            r.config.validate().unwrap();
+            r.config.resolve(n, 1).unwrap().schedule.total_updates().0
+        };
+        // Plain SGD at the same effective learning rate ε/(1−m) = 1.0 has the same g.
+        let sgd = runs.iter().find(|r| r.group == "sgd decay-lr").unwrap();
+        assert!((sgd.config.schedule.lr - 1.0).abs() < 1e-12);
+        assert_eq!(sgd.config.schedule.momentum, 0.0);
+        // Decay-lr: 30 × 938; increase-batch: 9·938 + 9·188 + 6·38 + 6·8.
+        assert_eq!(updates("decay-lr"), 28_140);
+        assert_eq!(updates("increase-batch"), 10_410);
+        // ε×5 with B×5 (B0 = 320): 9·188 + 9·38 + 6·8 + 6·2 = 2,094.
+        assert_eq!(updates("lr×5 B×5 increase-batch"), 2_094);
+        assert_eq!(updates("m=0.98 increase-batch"), 2_094);
+    }
+}

@@ -141,3 +141,46 @@ fn data_inspect_counts_the_shipped_sets() {
     assert!(out.contains("60000") && out.contains("4000"), "{out}");
     assert!(out.contains("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"));
 }
+
+#[test]
+fn reproduce_runs_the_three_schedules_writes_the_report_and_reuses_finished_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rep");
+    let args = [
+        "reproduce",
+        "--preset",
+        "synthetic",
+        "-q",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (ok, stdout, err) = run(&args);
+    assert!(ok, "{err}");
+    for g in ["decay-lr", "hybrid", "increase-batch"] {
+        assert!(stdout.contains(g), "{stdout}");
+        assert!(
+            out.join("runs")
+                .join(format!("{g}-seed0"))
+                .join("summary.json")
+                .exists()
+        );
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("data:image/png;base64,"));
+    assert!(out.join("test_accuracy_vs_updates.svg").exists());
+    // A second call finds every run finished and only redraws the report.
+    let (ok, _, err) = run(&args);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("finished earlier, reused").count(), 3, "{err}");
+    // `report` redraws from the run directories alone.
+    let again = tmp.path().join("again");
+    let (ok, stdout, err) = run(&[
+        "report",
+        out.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("increase-batch"));
+    assert!(again.join("report.md").exists());
+}
