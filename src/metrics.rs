@@ -159,11 +159,15 @@ impl RunSummary {
         records: &[EpochMetrics],
     ) -> Option<Self> {
         let last = records.last()?;
-        let train_seconds: f64 = records
-            .iter()
-            .filter(|m| m.samples_per_second > 0.0)
-            .map(|m| m.epoch_seconds)
-            .sum();
+        // Training time alone (evaluation excluded): each epoch's samples over its rate.
+        let mut before = Samples(0);
+        let mut train_seconds = 0.0;
+        for m in records {
+            if m.samples_per_second > 0.0 {
+                train_seconds += (m.samples.0 - before.0) as f64 / m.samples_per_second;
+            }
+            before = m.samples;
+        }
         Some(Self {
             name: name.into(),
             schedule: schedule.into(),
@@ -204,4 +208,64 @@ pub fn peak_memory_bytes() -> u64 {
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(epoch: u32, samples: u64, sps: f64, acc: f64) -> EpochMetrics {
+        EpochMetrics {
+            epoch: Epochs(epoch),
+            updates: Updates(epoch as u64 * 10),
+            samples: Samples(samples),
+            lr: 0.1,
+            batch_size: 100,
+            momentum: 0.9,
+            noise_scale: 1.0,
+            train_loss: 1.0 / epoch as f64,
+            train_accuracy: acc,
+            test_loss: 0.5,
+            test_accuracy: acc,
+            world_size: 1,
+            allreduce_calls: 0,
+            allreduce_bytes: 0,
+            wall_seconds: epoch as f64 * 12.0,
+            epoch_seconds: 12.0,
+            samples_per_second: sps,
+            comm_seconds: 0.0,
+            peak_memory_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn summary_uses_training_time_and_best_epoch() {
+        // 1,000 samples at 100/s (10 s) then 1,000 at 250/s (4 s): 2,000 / 14 s.
+        let r = [record(1, 1000, 100.0, 0.9), record(2, 2000, 250.0, 0.8)];
+        let s = RunSummary::from_metrics("a", "decay-lr", "momentum", "mlp", 0, &r).unwrap();
+        assert!((s.samples_per_second - 2000.0 / 14.0).abs() < 1e-9);
+        assert_eq!(s.best_test_accuracy, 0.9);
+        assert_eq!(s.final_test_accuracy, 0.8);
+        assert_eq!(s.updates, Updates(20));
+        assert!(RunSummary::from_metrics("a", "", "", "", 0, &[]).is_none());
+    }
+
+    #[test]
+    fn metrics_round_trip_and_bad_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let r = [record(1, 1000, 100.0, 0.9), record(2, 2000, 250.0, 0.8)];
+        for m in &r {
+            append_metrics(&p, m).unwrap();
+        }
+        assert_eq!(read_metrics(&p).unwrap(), r);
+        write_metrics(&p, &r[..1]).unwrap();
+        assert_eq!(read_metrics(&p).unwrap(), r[..1]);
+        std::fs::write(&p, "{\"epoch\": 1}\n").unwrap();
+        let err = format!("{:#}", read_metrics(&p).unwrap_err());
+        assert!(
+            err.contains("line 1") && err.contains("metrics.jsonl"),
+            "{err}"
+        );
+    }
 }

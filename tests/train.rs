@@ -372,3 +372,50 @@ max_batch_size = 400
         a[2].test_accuracy
     );
 }
+
+#[test]
+fn checkpoints_round_trip_and_bad_files_are_named() {
+    use burn::tensor::Device;
+    use noisescale::checkpoint::{TrainState, load, save};
+    use noisescale::model::ModelConfig;
+    use noisescale::optim::OptimizerRecord;
+    let tmp = tempfile::tempdir().unwrap();
+    let device = Device::flex().autodiff();
+    let cfg = config("[schedule]\nepochs = 1\nlr = 0.1\nbatch_size = 32\n");
+    let resolved = cfg.resolve(noisescale::units::Samples(4096), 1).unwrap();
+    let model = cfg.model.init([3, 16, 16], 10, &device);
+    let mut record = OptimizerRecord::default();
+    record.step = 7;
+    record.buffers.insert("x#v".into(), vec![1.0, 2.0]);
+    let path = tmp.path().join("c.safetensors");
+    save(&path, &model, &record, &TrainState::start(), &resolved).unwrap();
+    let fresh = cfg.model.init([3, 16, 16], 10, &device);
+    let (loaded, meta) = load(&path, fresh, &device).unwrap();
+    assert_eq!(meta.optimizer, record);
+    assert_eq!(meta.resolved, resolved);
+    let a: Vec<Vec<f32>> = named_tensors(&model)
+        .into_iter()
+        .map(|t| t.value.into_data().iter::<f32>().collect())
+        .collect();
+    let b: Vec<Vec<f32>> = named_tensors(&loaded)
+        .into_iter()
+        .map(|t| t.value.into_data().iter::<f32>().collect())
+        .collect();
+    assert_eq!(a, b);
+
+    // A truncated file and a checkpoint of another model are errors naming the file.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = tmp.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = format!(
+        "{:#}",
+        load(&cut, cfg.model.init([3, 16, 16], 10, &device), &device).unwrap_err()
+    );
+    assert!(
+        err.contains("cut.safetensors") && err.contains("corrupt or truncated"),
+        "{err}"
+    );
+    let other = ModelConfig::Mlp { widths: vec![64] }.init([3, 16, 16], 10, &device);
+    let err = format!("{:#}", load(&path, other, &device).unwrap_err());
+    assert!(err.contains("another model"), "{err}");
+}
