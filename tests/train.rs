@@ -384,8 +384,10 @@ fn checkpoints_round_trip_and_bad_files_are_named() {
     let cfg = config("[schedule]\nepochs = 1\nlr = 0.1\nbatch_size = 32\n");
     let resolved = cfg.resolve(noisescale::units::Samples(4096), 1).unwrap();
     let model = cfg.model.init([3, 16, 16], 10, &device);
-    let mut record = OptimizerRecord::default();
-    record.step = 7;
+    let mut record = OptimizerRecord {
+        step: 7,
+        ..Default::default()
+    };
     record.buffers.insert("x#v".into(), vec![1.0, 2.0]);
     let path = tmp.path().join("c.safetensors");
     save(&path, &model, &record, &TrainState::start(), &resolved).unwrap();
