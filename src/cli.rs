@@ -40,6 +40,8 @@ pub enum Command {
     Models,
     /// List the shipped presets.
     Presets,
+    /// Measure training-step and data-loading throughput (optionally against PyTorch).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where the config comes from: a file or a shipped preset.
@@ -213,6 +215,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Schedule(a) => cmd_schedule(a),
         Command::Reproduce(a) => crate::reproduce::run(a),
         Command::Report(a) => cmd_report(a),
+        Command::Bench(a) => crate::bench::run(a),
         Command::Data(DataCommand::Inspect { dir, json }) => {
             let report = crate::data::inspect(&dir)?;
             if json {
