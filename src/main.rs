@@ -3,6 +3,12 @@ use noisescale::cli::{Cli, run};
 use noisescale::train::{INTERRUPTED, Interrupted};
 use std::sync::atomic::Ordering;
 
+/// mimalloc instead of glibc malloc: training allocates and frees large activation and gradient
+/// buffers every step; glibc returns them to the kernel and page-faults them back in (a quarter
+/// of the step time was system time in `bench/RESULTS.md`), mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     // First Ctrl-C: checkpoint after the current update and stop; second: stop at once.
