@@ -421,3 +421,57 @@ fn checkpoints_round_trip_and_bad_files_are_named() {
     let err = format!("{:#}", load(&path, other, &device).unwrap_err());
     assert!(err.contains("another model"), "{err}");
 }
+
+#[test]
+fn micro_batches_bound_peak_memory() {
+    // One update of B = 2,048 through a ResNet-8 (width 8, ghost BN 64): in one piece, or in
+    // micro-batches of 128. Each run is its own process, so `peak_memory_bytes` (VmHWM) is its own.
+    let tmp = tempfile::tempdir().unwrap();
+    let peak = |micro: usize| {
+        let text = format!(
+            r#"
+seed = 1
+[data]
+dataset = "synthetic"
+workers = 0
+synthetic = {{ train = 2048, test = 128, classes = 10, shape = [3, 32, 32] }}
+[model]
+kind = "resnet"
+depth = 8
+width = 8
+ghost_batch_size = 64
+[schedule]
+epochs = 1
+lr = 0.1
+batch_size = 2048
+momentum = 0.9
+[train]
+max_micro_batch = {micro}
+eval_batch_size = 128
+"#
+        );
+        let file = tmp.path().join(format!("m{micro}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let out = tmp.path().join(format!("m{micro}"));
+        let ok = Command::new(BIN)
+            .args([
+                "train",
+                file.to_str().unwrap(),
+                "-q",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let m = read_metrics(&out.join("metrics.jsonl")).unwrap();
+        (m[0].peak_memory_bytes, m[0].train_loss)
+    };
+    let (whole, loss_whole) = peak(2048);
+    let (micro, loss_micro) = peak(128);
+    assert!((loss_whole - loss_micro).abs() < 1e-5 * loss_whole);
+    assert!(
+        (micro as f64) < 0.5 * whole as f64,
+        "peak memory with micro-batches {micro} vs whole batch {whole}"
+    );
+}
