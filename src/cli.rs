@@ -270,7 +270,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             if let Some(given) = a.source.load()? {
                 let mut given = given;
                 a.overrides.apply(&mut given)?;
-                if given != saved {
+                if !given.same_run(&saved) {
                     bail!(
                         "the config given differs from the one the run in {} was started with; resume without a config to use the saved one",
                         dir.display()
@@ -287,9 +287,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             (cfg, a.out.clone(), false)
         }
     };
-    if a.resume.is_none() {
-        a.overrides.apply(&mut cfg)?;
-    }
+    // On resume, --data and --device may point elsewhere (another machine); a different
+    // --seed is another run and is refused when the checkpoint is read.
+    a.overrides.apply(&mut cfg)?;
     if resume && !train::checkpoint_path(&out).exists() {
         bail!(
             "{}: no checkpoint to resume from (the run had not finished an epoch)",

@@ -203,6 +203,15 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Whether `other` describes the same run: equal but for where the data lives and which
+    /// device computes (a run may be resumed on another machine).
+    pub fn same_run(&self, other: &RunConfig) -> bool {
+        let mut a = self.clone();
+        a.data.dir = other.data.dir.clone();
+        a.device = other.device.clone();
+        &a == other
+    }
+
     /// A label for the run: `name`, or `{dataset}-{schedule kind}`.
     pub fn label(&self) -> String {
         self.name
@@ -257,7 +266,7 @@ impl Resolved {
         let per_rank = batch_size.div_ceil(self.world_size);
         let accum = per_rank.div_ceil(self.max_micro_batch).max(1);
         format!(
-            "B = {batch_size} = {} workers × {accum} micro-batches of ≤ {}",
+            "B = {batch_size} = {} worker(s) × {accum} micro-batch(es) of ≤ {}",
             self.world_size,
             self.max_micro_batch.min(per_rank)
         )
@@ -271,4 +280,52 @@ pub fn default_schedules() -> Vec<ScheduleKind> {
         ScheduleKind::Hybrid,
         ScheduleKind::IncreaseBatch,
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synthetic() -> RunConfig {
+        RunConfig::from_toml(
+            "[data]\ndataset = \"synthetic\"\n[schedule]\nepochs = 2\nlr = 0.1\nbatch_size = 8\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_run_may_move_its_data_and_device_but_not_its_seed() {
+        let a = synthetic();
+        let mut b = a.clone();
+        b.data.dir = PathBuf::from("/elsewhere");
+        b.device = "cuda:1".into();
+        assert!(a.same_run(&b));
+        b.seed = 1;
+        assert!(!a.same_run(&b));
+    }
+
+    #[test]
+    fn toml_round_trips_and_resolution_checks_ghost_chunks() {
+        let a = synthetic();
+        assert_eq!(RunConfig::from_toml(&a.to_toml(), "round trip").unwrap(), a);
+        let mut g = a.clone();
+        g.model = ModelConfig::Resnet {
+            depth: 8,
+            width: 4,
+            ghost_batch_size: 48,
+        };
+        g.train.max_micro_batch = 64;
+        let err = g.resolve(Samples(2048), 1).unwrap_err().to_string();
+        assert!(
+            err.contains("train.max_micro_batch = 64") && err.contains("48"),
+            "{err}"
+        );
+        let r = a.resolve(Samples(2048), 2).unwrap();
+        assert_eq!(r.max_micro_batch, AUTO_MICRO_BATCH);
+        assert_eq!(
+            r.describe_batching(1024),
+            "B = 1024 = 2 worker(s) × 1 micro-batch(es) of ≤ 512"
+        );
+    }
 }

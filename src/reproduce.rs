@@ -165,7 +165,7 @@ pub fn environment_notes() -> Vec<String> {
 
 fn reusable(dir: &Path, cfg: &RunConfig) -> bool {
     dir.join("summary.json").exists()
-        && RunConfig::load(&dir.join("config.toml")).is_ok_and(|saved| &saved == cfg)
+        && RunConfig::load(&dir.join("config.toml")).is_ok_and(|saved| saved.same_run(cfg))
 }
 
 /// Runs `noisescale reproduce`.
@@ -221,7 +221,8 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         }
         let resolved = p.config.resolve(n, comm.world_size())?;
         let resume = dir.join(crate::checkpoint::CHECKPOINT_FILE).exists()
-            && RunConfig::load(&dir.join("config.toml")).is_ok_and(|saved| saved == p.config);
+            && RunConfig::load(&dir.join("config.toml"))
+                .is_ok_and(|saved| saved.same_run(&p.config));
         say(format!(
             "{}: {} updates planned{}",
             p.name,

@@ -225,7 +225,7 @@ pub fn train(
 
     if opts.resume && ckpt_path.exists() {
         let (m, loaded) = checkpoint::load(&ckpt_path, model, &device)?;
-        if loaded.resolved.config != resolved.config {
+        if !loaded.resolved.config.same_run(&resolved.config) {
             bail!(
                 "{}: the checkpoint was written with another configuration; compare {} with the config given",
                 ckpt_path.display(),
