@@ -250,6 +250,12 @@ pub fn train(
 
     if leader {
         checkpoint::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        // What the config resolved to on this data and these workers: N, the schedule's
+        // phases, the micro-batch and the world size.
+        checkpoint::write_atomic(
+            &out.join("resolved.json"),
+            serde_json::to_string_pretty(resolved)?.as_bytes(),
+        )?;
         checkpoint::write_atomic(
             &out.join("schedule.json"),
             serde_json::to_string_pretty(&schedule.table())?.as_bytes(),

@@ -167,6 +167,12 @@ fn reproduce_runs_the_three_schedules_writes_the_report_and_reuses_finished_runs
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("data:image/png;base64,"));
+    let resolved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/hybrid-seed0/resolved.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(resolved["dataset_size"], 2048);
+    assert_eq!(resolved["world_size"], 1);
     assert!(out.join("test_accuracy_vs_updates.svg").exists());
     // A second call finds every run finished and only redraws the report.
     let (ok, _, err) = run(&args);
