@@ -151,6 +151,7 @@ pub fn environment_notes() -> Vec<String> {
         .map(|n| n.get())
         .unwrap_or(0);
     vec![
+        format!("date: {} UTC", utc_now()),
         format!("machine: {cpu}, {cores} cores available"),
         format!(
             "noisescale {} on burn 0.22 (flex backend unless the config says otherwise)",
@@ -161,6 +162,29 @@ pub fn environment_notes() -> Vec<String> {
             std::env::args().collect::<Vec<_>>().join(" ")
         ),
     ]
+}
+
+/// The current UTC time as `YYYY-MM-DD HH:MM` (civil-from-days, H. Hinnant's algorithm).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 fn reusable(dir: &Path, cfg: &RunConfig) -> bool {
@@ -277,6 +301,14 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
 mod tests {
     use super::*;
     use crate::units::Samples;
+
+    #[test]
+    fn the_date_is_well_formed() {
+        let d = utc_now();
+        assert_eq!(d.len(), 16, "{d}");
+        assert!(d.starts_with("20"), "{d}");
+        assert_eq!(&d[4..5], "-");
+    }
 
     #[test]
     fn the_plan_holds_every_schedule_and_variant() {
