@@ -36,6 +36,33 @@ fn write_config(dir: &Path, cfg: &RunConfig) -> std::path::PathBuf {
     p
 }
 
+/// Trains `file` into `out` through the binary, which must succeed.
+fn train_cli(file: &Path, out: &Path) {
+    let ok = Command::new(BIN)
+        .args(["train", file.to_str().unwrap(), "-q", "--out"])
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn train_lib(cfg: &RunConfig, out: &Path) -> noisescale::metrics::RunSummary {
+    let prepared = train::prepare_data(cfg).unwrap();
+    let resolved = cfg.resolve(prepared.train.samples(), 1).unwrap();
+    train::train(
+        &resolved,
+        &prepared,
+        &TrainOptions {
+            out: out.to_path_buf(),
+            resume: false,
+            group: None,
+            verbose: false,
+        },
+        &Local,
+    )
+    .unwrap()
+}
+
 fn timing_free(dir: &Path) -> Vec<noisescale::metrics::EpochMetrics> {
     read_metrics(&dir.join("metrics.jsonl"))
         .unwrap()
@@ -64,17 +91,7 @@ max_micro_batch = 64
     let file = write_config(tmp.path(), &cfg);
     let straight = tmp.path().join("straight");
     let killed = tmp.path().join("killed");
-    let ok = Command::new(BIN)
-        .args([
-            "train",
-            file.to_str().unwrap(),
-            "-q",
-            "--out",
-            straight.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    train_cli(&file, &straight);
 
     let mut child = Command::new(BIN)
         .args([
@@ -134,19 +151,7 @@ milestones = [2]
     let file = write_config(tmp.path(), &cfg);
     let straight = tmp.path().join("straight");
     let cut = tmp.path().join("cut");
-    assert!(
-        Command::new(BIN)
-            .args([
-                "train",
-                file.to_str().unwrap(),
-                "-q",
-                "--out",
-                straight.to_str().unwrap()
-            ])
-            .status()
-            .unwrap()
-            .success()
-    );
+    train_cli(&file, &straight);
     let child = Command::new(BIN)
         .args([
             "train",
@@ -221,24 +226,11 @@ max_micro_batch = {micro}
         };
         cfg.data.synthetic.shape = [3, 8, 8];
     }
-    let prepared = train::prepare_data(&cfg).unwrap();
-    let resolved = cfg.resolve(prepared.train.samples(), 1).unwrap();
-    assert_eq!(resolved.schedule.total_updates().0, 1);
     let out = tmp.path().join("run");
-    train::train(
-        &resolved,
-        &prepared,
-        &TrainOptions {
-            out: out.clone(),
-            resume: false,
-            group: None,
-            verbose: false,
-        },
-        &Local,
-    )
-    .unwrap();
+    assert_eq!(train_lib(&cfg, &out).updates.0, 1);
     let device = burn::tensor::Device::flex().autodiff();
-    let m = cfg.model.init(prepared.train.image_shape(), 10, &device);
+    let shape = cfg.data.synthetic.shape;
+    let m = cfg.model.init(shape, 10, &device);
     let (m, _) = checkpoint::load(&out.join(checkpoint::CHECKPOINT_FILE), m, &device).unwrap();
     named_tensors(&m)
         .into_iter()
@@ -339,20 +331,7 @@ milestones = [1, 2]
 max_batch_size = 400
 "#,
         );
-        let prepared = train::prepare_data(&cfg).unwrap();
-        let resolved = cfg.resolve(prepared.train.samples(), 1).unwrap();
-        train::train(
-            &resolved,
-            &prepared,
-            &TrainOptions {
-                out: dir.to_path_buf(),
-                resume: false,
-                group: None,
-                verbose: false,
-            },
-            &Local,
-        )
-        .unwrap();
+        train_lib(&cfg, dir);
         timing_free(dir)
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -453,17 +432,7 @@ eval_batch_size = 128
         let file = tmp.path().join(format!("m{micro}.toml"));
         std::fs::write(&file, text).unwrap();
         let out = tmp.path().join(format!("m{micro}"));
-        let ok = Command::new(BIN)
-            .args([
-                "train",
-                file.to_str().unwrap(),
-                "-q",
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        train_cli(&file, &out);
         let m = read_metrics(&out.join("metrics.jsonl")).unwrap();
         (m[0].peak_memory_bytes, m[0].train_loss)
     };
