@@ -1,6 +1,7 @@
 //! The LeNet-style CNN of the PyTorch MNIST example: two 5×5 convolutions with max-pooling, then
 //! two fully connected layers.
 
+use super::conv::conv2d;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -45,8 +46,8 @@ impl Cnn {
 
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.pool.forward(relu(self.conv1.forward(x)));
-        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        let x = self.pool.forward(relu(conv2d(&self.conv1, x)));
+        let x = self.pool.forward(relu(conv2d(&self.conv2, x)));
         let x: Tensor<2> = x.flatten(1, 3);
         self.fc2.forward(relu(self.fc1.forward(x)))
     }

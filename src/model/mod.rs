@@ -5,6 +5,7 @@
 //! [`Model`] for the data set's image shape and class count on any `Device`.
 
 pub mod cnn;
+pub mod conv;
 pub mod mlp;
 pub mod norm;
 pub mod resnet;

@@ -3,6 +3,7 @@
 //! Shortcuts that change shape are 1×1 projections followed by batch norm ("option B").
 //! ResNet-8 has one block per stage (78,042 parameters with widths 16/32/64), ResNet-20 three.
 
+use super::conv::conv2d;
 use super::norm::GhostBatchNorm;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -65,11 +66,11 @@ impl BasicBlock {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let skip = match &self.shortcut {
-            Some(p) => p.bn.forward(p.conv.forward(x.clone())),
+            Some(p) => p.bn.forward(conv2d(&p.conv, x.clone())),
             None => x.clone(),
         };
-        let y = relu(self.bn1.forward(self.conv1.forward(x)));
-        let y = self.bn2.forward(self.conv2.forward(y));
+        let y = relu(self.bn1.forward(conv2d(&self.conv1, x)));
+        let y = self.bn2.forward(conv2d(&self.conv2, y));
         relu(y + skip)
     }
 }
@@ -118,7 +119,7 @@ impl ResNet {
 
     /// Logits `[batch, classes]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu(self.stem_bn.forward(self.stem.forward(x)));
+        let mut x = relu(self.stem_bn.forward(conv2d(&self.stem, x)));
         for block in &self.blocks {
             x = block.forward(x);
         }
