@@ -155,7 +155,7 @@ ROWS = [
 ]
 
 
-def bench_row(make, shape, batch, steps, warmup, max_seconds):
+def bench_row(make, shape, batch, steps, warmup, max_seconds, min_seconds):
     torch.manual_seed(0)
     model = make()
     model.train()
@@ -163,7 +163,8 @@ def bench_row(make, shape, batch, steps, warmup, max_seconds):
     x = torch.rand(batch, *shape) * 2 - 1
     y = torch.randint(0, 10, (batch,))
     timed, elapsed = 0, 0.0
-    for i in range(warmup + steps):
+    i = 0
+    while not (i >= warmup and timed >= steps and elapsed >= min_seconds):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
@@ -176,6 +177,7 @@ def bench_row(make, shape, batch, steps, warmup, max_seconds):
             elapsed += dt
             if timed >= 3 and elapsed > max_seconds:
                 break
+        i += 1
     sps = elapsed / timed
     return {"steps": timed, "seconds_per_step": sps, "images_per_second": batch / sps}
 
@@ -185,7 +187,7 @@ def throughput(args):
     for name, make, shape, batches, slow in ROWS:
         for b in batches:
             steps, warmup = (max(args.steps // 4, 3), min(args.warmup, 1)) if slow else (args.steps, args.warmup)
-            r = bench_row(make, shape, b, steps, warmup, args.max_seconds)
+            r = bench_row(make, shape, b, steps, warmup, args.max_seconds, args.min_seconds)
             log(f"torch {name} B={b}: {r['images_per_second']:.1f} images/s ({r['steps']} steps)")
             rows.append({"model": name, "batch": b, **r})
     return {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
@@ -276,6 +278,8 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-seconds", type=float, default=30.0)
+    p.add_argument("--min-seconds", type=float, default=2.0,
+                   help="keep timing a row past --steps until this many seconds are timed")
     p.add_argument("--mnist-decay-lr", action="store_true")
     p.add_argument("--data", default="../shared/data/mnist")
     p.add_argument("--epochs", type=int, default=30)

@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Stop timing a training row after this many seconds (once 3 steps are timed).
     #[arg(long, default_value_t = 30.0)]
     pub max_seconds: f64,
+    /// Keep timing a training row past `--steps` until this many seconds are timed, so that
+    /// millisecond steps are not measured from a handful of samples.
+    #[arg(long, default_value_t = 2.0)]
+    pub min_seconds: f64,
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Only::All)]
     pub only: Only,
@@ -326,7 +330,10 @@ fn bench_train(
     eprint!("bench {} B={batch}: ", cfg.name());
     let mut timed = 0;
     let mut elapsed = 0.0;
-    for i in 0..warmup + steps {
+    for i in 0.. {
+        if i >= warmup && timed >= steps && elapsed >= args.min_seconds {
+            break;
+        }
         let t = Instant::now();
         let x = Tensor::<4>::from_data(TensorData::new(images.clone(), [batch, c, h, w]), device);
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [batch]), device);
@@ -347,7 +354,9 @@ fn bench_train(
                 break;
             }
         }
-        eprint!(".");
+        if i < warmup + steps {
+            eprint!(".");
+        }
     }
     let sps = elapsed / timed as f64;
     eprintln!(" {:.1} images/s", batch as f64 / sps);
@@ -441,6 +450,7 @@ fn run_pytorch(args: &BenchArgs) -> Result<TorchReport> {
         .args(["--steps", &args.steps.to_string()])
         .args(["--warmup", &args.warmup.to_string()])
         .args(["--max-seconds", &args.max_seconds.to_string()])
+        .args(["--min-seconds", &args.min_seconds.to_string()])
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("starting {}", args.python.display()))?;

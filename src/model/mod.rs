@@ -8,6 +8,7 @@ pub mod cnn;
 pub mod conv;
 pub mod mlp;
 pub mod norm;
+pub mod norm_kernel;
 pub mod resnet;
 pub mod wrn;
 

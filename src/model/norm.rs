@@ -11,6 +11,7 @@
 //! called once per chunk. Evaluation uses the running statistics. With `ghost_batch_size = 0` (or a
 //! chunk at least as large as the batch) the layer is ordinary batch normalisation.
 
+use super::norm_kernel;
 use burn::module::{Module, Param, RunningState};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
@@ -67,6 +68,30 @@ impl GhostBatchNorm {
             0 => batch,
             g => g.min(batch),
         };
+        if norm_kernel::supports(&input) {
+            let per_sample: usize = input.dims()[2..].iter().product();
+            let (output, mean, var) = norm_kernel::ghost_batch_norm_train(
+                input,
+                self.gamma.val(),
+                self.beta.val(),
+                chunk,
+                self.epsilon,
+            );
+            let (mean, var) = (mean.detach().inner(), var.detach().inner());
+            for (g, start) in (0..batch).step_by(chunk).enumerate() {
+                let count = chunk.min(batch - start) * per_sample;
+                let row = |t: &Tensor<2>| t.clone().narrow(0, g, 1).flatten::<1>(0, 1);
+                self.update_running(row(&mean), row(&var), count);
+            }
+            return output;
+        }
+        self.forward_composed(input, chunk)
+    }
+
+    /// Training-mode forward from burn's tensor operations (`batch_norm_train` per chunk): the
+    /// path for backends without [`norm_kernel`], and its reference in tests.
+    fn forward_composed<const D: usize>(&self, input: Tensor<D>, chunk: usize) -> Tensor<D> {
+        let batch = input.dims()[0];
         if chunk >= batch {
             return self.forward_chunk(input);
         }
@@ -87,14 +112,24 @@ impl GhostBatchNorm {
             self.beta.val(),
             self.epsilon,
         );
-        let mean = result.mean.detach().inner();
+        self.update_running(
+            result.mean.detach().inner(),
+            result.variance.detach().inner(),
+            count,
+        );
+        result.output
+    }
+
+    /// Folds one chunk's mean and biased variance (over `count` values) into the running
+    /// statistics as PyTorch does: `r ← (1 − m)·r + m·stat`, with the unbiased variance.
+    fn update_running(&self, mean: Tensor<1>, var: Tensor<1>, count: usize) {
         // PyTorch folds the unbiased variance into the running estimate.
         let bessel = if count > 1 {
             count as f64 / (count as f64 - 1.0)
         } else {
             1.0
         };
-        let var = result.variance.detach().inner().mul_scalar(bessel);
+        let var = var.mul_scalar(bessel);
         let m = self.momentum;
         let running_mean = self.running_mean.value_sync().inner();
         let running_var = self.running_var.value_sync().inner();
@@ -113,6 +148,104 @@ impl GhostBatchNorm {
         // the next read, and visitors (checkpoints, checksums) would see the previous value.
         self.running_mean.value_sync();
         self.running_var.value_sync();
-        result.output
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().expect("f32")
+    }
+
+    fn assert_close(what: &str, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (u, v)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (u - v).abs() <= 2e-4 * (1.0 + v.abs()),
+                "{what}[{i}]: fused {u} vs composed {v}"
+            );
+        }
+    }
+
+    /// The fused flex kernel against burn's composed operations: output, the three gradients and
+    /// the running statistics, for whole-batch, even and uneven ghost chunks, 4-D and 2-D input.
+    #[test]
+    fn fused_matches_composed_batch_norm() {
+        let device = Device::flex().autodiff();
+        for (shape, ghost) in [
+            (vec![6, 3, 5, 4], 0),
+            (vec![8, 4, 3, 3], 4),
+            (vec![7, 2, 4, 5], 3),
+            (vec![10, 5], 4),
+        ] {
+            let channels = shape[1];
+            let make = || {
+                let mut bn = GhostBatchNorm::new(channels, ghost, &device);
+                let gamma =
+                    Tensor::<1>::random([channels], Distribution::Uniform(0.5, 1.5), &device);
+                let beta =
+                    Tensor::<1>::random([channels], Distribution::Uniform(-0.5, 0.5), &device);
+                bn.gamma = Param::from_tensor(gamma);
+                bn.beta = Param::from_tensor(beta);
+                bn
+            };
+            let fused = make();
+            let mut composed = make();
+            composed.gamma = Param::from_tensor(fused.gamma.val());
+            composed.beta = Param::from_tensor(fused.beta.val());
+            let n: usize = shape.iter().product();
+            let x = Tensor::<1>::random([n], Distribution::Normal(1.0, 2.0), &device);
+            let mix = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+            let run = |bn: &GhostBatchNorm, fused_path: bool| {
+                let x = x.clone().require_grad();
+                let y = if shape.len() == 4 {
+                    let s = [shape[0], shape[1], shape[2], shape[3]];
+                    let xi = x.clone().reshape(s);
+                    let y = if fused_path {
+                        bn.forward(xi)
+                    } else {
+                        let chunk = if ghost == 0 { s[0] } else { ghost };
+                        bn.forward_composed(xi, chunk)
+                    };
+                    y.reshape([n])
+                } else {
+                    let s = [shape[0], shape[1]];
+                    let xi = x.clone().reshape(s);
+                    let y = if fused_path {
+                        bn.forward(xi)
+                    } else {
+                        bn.forward_composed(xi, if ghost == 0 { s[0] } else { ghost })
+                    };
+                    y.reshape([n])
+                };
+                let grads = (y.clone() * mix.clone()).sum().backward();
+                [
+                    values(y),
+                    values(x.grad(&grads).expect("x grad")),
+                    values(bn.gamma.grad(&grads).expect("gamma grad")),
+                    values(bn.beta.grad(&grads).expect("beta grad")),
+                    values(bn.running_mean.value()),
+                    values(bn.running_var.value()),
+                ]
+            };
+            let a = run(&fused, true);
+            let b = run(&composed, false);
+            for (what, (u, v)) in [
+                "output",
+                "input grad",
+                "gamma grad",
+                "beta grad",
+                "running mean",
+                "running var",
+            ]
+            .iter()
+            .zip(a.iter().zip(&b))
+            {
+                assert_close(&format!("{what}, shape {shape:?} ghost {ghost}"), u, v);
+            }
+        }
     }
 }

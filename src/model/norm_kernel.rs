@@ -1,0 +1,373 @@
+//! Training-mode (ghost) batch normalisation for the `flex` CPU backend as one fused operation.
+//!
+//! burn 0.22's default `batch_norm_train` and its backward are built from ~25 tensor operations,
+//! four of which transpose the whole activation (`swap_dims(0, 1)` + reshape: a copy each), and
+//! ghost batches add a `split` and a `cat`. Here each (ghost chunk, channel) pair is one rayon task
+//! that reads its planes twice forward (mean, then variance and output) and twice backward
+//! (the two sums, then the input gradient), the formulas of Ioffe & Szegedy (2015, §3) as
+//! PyTorch's CPU kernel (`aten/src/ATen/native/Normalization.cpp`) computes them:
+//!
+//! * `x̂ = (x − μ_g) / √(σ²_g + ε)`, `y = γ x̂ + β`, with the biased chunk variance `σ²_g`;
+//! * `dβ = Σ dy`, `dγ = Σ dy·x̂`, `dx = γ/√(σ²_g + ε) · (dy − mean_g(dy) − x̂ · mean_g(dy·x̂))`.
+//!
+//! The chunk statistics come back as `[G, C]` tensors for the running averages.
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Fused ghost batch normalisation as a burn backend extension (`Flex`, `Autodiff<Flex>`).
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedBatchNorm: Backend {
+    /// Normalises `x [N, C, ...]` per chunk of `ghost` samples (the last may be shorter) and
+    /// channel with the chunk's own statistics; returns `(y, mean [G, C], biased var [G, C])`.
+    fn ghost_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        ghost: usize,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Whether [`ghost_batch_norm_train`] runs on `x` (flex backend, f32).
+pub fn supports<const D: usize>(x: &Tensor<D>) -> bool {
+    let on_flex = matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_));
+    on_flex && x.dtype() == DType::F32 && D >= 2
+}
+
+/// `(y, mean [G, C], biased variance [G, C])` of training-mode ghost batch norm with chunks of
+/// `ghost` samples (0: the whole batch), fused; see [`supports`].
+pub fn ghost_batch_norm_train<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    ghost: usize,
+    epsilon: f64,
+) -> (Tensor<D>, Tensor<2>, Tensor<2>) {
+    let (y, mean, var) = <Dispatch as FusedBatchNorm>::ghost_batch_norm_train(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        ghost,
+        epsilon,
+    );
+    (
+        Tensor::from_dispatch(y),
+        Tensor::from_dispatch(mean),
+        Tensor::from_dispatch(var),
+    )
+}
+
+/// `[N, C, S]` view of an activation, and the chunking.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    s: usize,
+    ghost: usize,
+}
+
+impl Geometry {
+    fn new(shape: &[usize], ghost: usize) -> Self {
+        assert!(
+            shape.len() >= 2,
+            "batch norm needs [N, C, ...], got {shape:?}"
+        );
+        let (n, c) = (shape[0], shape[1]);
+        assert!(n > 0, "batch norm of an empty batch");
+        let ghost = if ghost == 0 { n } else { ghost.min(n) };
+        Self {
+            n,
+            c,
+            s: shape[2..].iter().product(),
+            ghost,
+        }
+    }
+
+    fn chunks(&self) -> usize {
+        self.n.div_ceil(self.ghost)
+    }
+
+    /// Samples in chunk `g`.
+    fn rows(&self, g: usize) -> std::ops::Range<usize> {
+        g * self.ghost..((g + 1) * self.ghost).min(self.n)
+    }
+
+    /// The `S`-element planes of channel `c` in chunk `g`, as offsets into `[N, C, S]`.
+    fn planes(&self, g: usize, c: usize) -> impl Iterator<Item = usize> + '_ {
+        self.rows(g).map(move |n| (n * self.c + c) * self.s)
+    }
+
+    fn count(&self, g: usize) -> f64 {
+        (self.rows(g).len() * self.s) as f64
+    }
+}
+
+/// A raw pointer that rayon tasks writing disjoint elements may share.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every task writes only the planes of its own (chunk, channel) pair, which are disjoint.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The plane `[offset, offset + len)`.
+    ///
+    /// # Safety
+    /// No other live reference may overlap this range.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn plane(&self, offset: usize, len: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+}
+
+/// Forward: `(y, mean, var)`; statistics accumulate in f64.
+fn forward(
+    g: &Geometry,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut y = vec![0.0f32; x.len()];
+    let out = SharedOut(y.as_mut_ptr());
+    let stats: Vec<(f32, f32)> = (0..g.chunks() * g.c)
+        .into_par_iter()
+        .map(|task| {
+            let (chunk, c) = (task / g.c, task % g.c);
+            let count = g.count(chunk);
+            let sum: f64 = g.planes(chunk, c).map(|o| sum_f64(&x[o..o + g.s])).sum();
+            let mean = sum / count;
+            let sq: f64 = g
+                .planes(chunk, c)
+                .map(|o| {
+                    x[o..o + g.s]
+                        .iter()
+                        .map(|&v| (v as f64 - mean).powi(2))
+                        .sum::<f64>()
+                })
+                .sum();
+            let var = sq / count;
+            let scale = gamma[c] as f64 / (var + eps).sqrt();
+            let (scale, shift) = (scale as f32, (beta[c] as f64 - mean * scale) as f32);
+            for o in g.planes(chunk, c) {
+                // SAFETY: plane `o` belongs to this task's (chunk, channel) only.
+                let dst = unsafe { out.plane(o, g.s) };
+                for (d, &v) in dst.iter_mut().zip(&x[o..o + g.s]) {
+                    *d = v * scale + shift;
+                }
+            }
+            (mean as f32, var as f32)
+        })
+        .collect();
+    let (mean, var) = stats.into_iter().unzip();
+    (y, mean, var)
+}
+
+fn sum_f64(v: &[f32]) -> f64 {
+    // Eight f32 lanes summed in f64 every 8 elements: vectorisable, and accurate enough for a
+    // plane of at most a few thousand values.
+    let mut acc = 0.0f64;
+    for block in v.chunks(8) {
+        acc += block.iter().sum::<f32>() as f64;
+    }
+    acc
+}
+
+/// Backward: `(dx, dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    g: &Geometry,
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0.0f32; x.len()];
+    let out = SharedOut(dx.as_mut_ptr());
+    let sums: Vec<(f64, f64)> = (0..g.chunks() * g.c)
+        .into_par_iter()
+        .map(|task| {
+            let (chunk, c) = (task / g.c, task % g.c);
+            let count = g.count(chunk);
+            let mu = mean[task];
+            let inv_std = (1.0 / (var[task] as f64 + eps).sqrt()) as f32;
+            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
+            for o in g.planes(chunk, c) {
+                let (xs, dys) = (&x[o..o + g.s], &dy[o..o + g.s]);
+                sum_dy += sum_f64(dys);
+                let mut acc = 0.0f32;
+                for (&v, &d) in xs.iter().zip(dys) {
+                    acc += (v - mu) * d;
+                }
+                sum_dy_xhat += acc as f64 * inv_std as f64;
+            }
+            let k = gamma[c] * inv_std;
+            let mean_dy = (sum_dy / count) as f32;
+            let mean_dy_xhat = (sum_dy_xhat / count) as f32;
+            for o in g.planes(chunk, c) {
+                // SAFETY: plane `o` belongs to this task's (chunk, channel) only.
+                let dst = unsafe { out.plane(o, g.s) };
+                for ((d, &v), &gy) in dst.iter_mut().zip(&x[o..o + g.s]).zip(&dy[o..o + g.s]) {
+                    let xhat = (v - mu) * inv_std;
+                    *d = k * (gy - mean_dy - xhat * mean_dy_xhat);
+                }
+            }
+            (sum_dy, sum_dy_xhat)
+        })
+        .collect();
+    let mut dgamma = vec![0.0f64; g.c];
+    let mut dbeta = vec![0.0f64; g.c];
+    for (task, (s_dy, s_dyx)) in sums.into_iter().enumerate() {
+        dbeta[task % g.c] += s_dy;
+        dgamma[task % g.c] += s_dyx;
+    }
+    let f32s = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
+    (dx, f32s(dgamma), f32s(dbeta))
+}
+
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    assert_eq!(
+        t.dtype(),
+        DType::F32,
+        "fused batch norm: f32 only, got {:?}",
+        t.dtype()
+    );
+    t.to_contiguous()
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 tensor")
+}
+
+fn flex_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+fn flex_forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    ghost: usize,
+    eps: f64,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+    let shape = x.layout().shape().to_vec();
+    let g = Geometry::new(&shape, ghost);
+    let (y, mean, var) = forward(&g, slice(&x), slice(&gamma), slice(&beta), eps);
+    let stats = vec![g.chunks(), g.c];
+    (
+        flex_tensor(y, shape),
+        flex_tensor(mean, stats.clone()),
+        flex_tensor(var, stats),
+    )
+}
+
+impl FusedBatchNorm for Flex {
+    fn ghost_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        ghost: usize,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        flex_forward(&x, &gamma, &beta, ghost, epsilon)
+    }
+}
+
+/// The backward step recorded on the autodiff graph.
+#[derive(Debug)]
+struct FusedBatchNormBackward;
+
+impl Backward<Flex, 3> for FusedBatchNormBackward {
+    /// Checkpointed input and γ, the chunk statistics, ghost size, ε.
+    type State = (NodeId, NodeId, FlexTensor, FlexTensor, usize, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (x_state, gamma_state, mean, var, ghost, eps) = ops.state;
+        let x = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(x_state));
+        let gamma = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(gamma_state));
+        let shape = x.layout().shape().to_vec();
+        let g = Geometry::new(&shape, ghost);
+        let (dx, dgamma, dbeta) = backward(
+            &g,
+            slice(&x),
+            slice(&gamma),
+            slice(&contiguous(&mean)),
+            slice(&contiguous(&var)),
+            eps,
+            slice(&dy),
+        );
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex_tensor(dx, shape));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex_tensor(dgamma, vec![g.c]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex_tensor(dbeta, vec![g.c]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> FusedBatchNorm for Autodiff<Flex, C> {
+    fn ghost_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        ghost: usize,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (y, mean, var) = flex_forward(
+            x.primitive(),
+            gamma.primitive(),
+            beta.primitive(),
+            ghost,
+            epsilon,
+        );
+        let y = match FusedBatchNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let gamma_state = prep.checkpoint(&gamma);
+                prep.finish(
+                    (
+                        x_state,
+                        gamma_state,
+                        mean.clone(),
+                        var.clone(),
+                        ghost,
+                        epsilon,
+                    ),
+                    y,
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        (
+            y,
+            FloatTensor::<Self>::new(mean),
+            FloatTensor::<Self>::new(var),
+        )
+    }
+}
