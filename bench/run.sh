@@ -60,8 +60,9 @@ if [ "$MNIST" = 1 ]; then
     # End to end, "time to the same test accuracy": the mnist preset's decay-lr run in both.
     "$PY" bench/pytorch_ref.py --mnist-decay-lr --threads "$THREADS" --data "$DATA/mnist" \
         --json bench/out/torch-mnist-decay-lr.json
+    # A fresh directory: `reproduce` would otherwise reuse finished runs instead of timing them.
+    rm -rf bench/out/reproduce-mnist
     RAYON_NUM_THREADS="$THREADS" cargo run --release -- reproduce --preset mnist --data "$DATA" \
         --seeds 1 --out bench/out/reproduce-mnist
-    echo "PyTorch per-epoch accuracy and wall time: bench/out/torch-mnist-decay-lr.json"
-    echo "noisescale: bench/out/reproduce-mnist (metrics.jsonl of the decay-lr run)"
+    python3 bench/e2e.py bench/out/torch-mnist-decay-lr.json bench/out/reproduce-mnist/runs/*
 fi

@@ -183,33 +183,64 @@ impl Geometry {
 
 /// Writes `col[K, P]` for one image `x [C, H, W]`: row `(c, i, j)` holds the input pixels that
 /// kernel tap `(i, j)` of channel `c` meets at each output pixel, zero where it meets padding.
+///
+/// Each channel is first copied into a zero-bordered `(H + 2ph) × (W + 2pw)` plane, so that every
+/// output row is one branch-free copy (in 8-float blocks: no `memcpy`/`memset` call per row).
 fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
     let (p, plane) = (g.p(), g.h * g.w);
-    for c in 0..g.c {
-        let src = &x[c * plane..(c + 1) * plane];
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &mut col[((c * g.kh + i) * g.kw + j) * p..][..p];
-                let (lo, hi) = g.valid_cols(j);
-                for (y, out) in row.chunks_exact_mut(g.ow).enumerate() {
-                    let Some(r) = g.input_row(y, i) else {
-                        out.fill(0.0);
-                        continue;
-                    };
-                    let line = &src[r * g.w..(r + 1) * g.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    let start = lo * g.sw + j - g.pw;
-                    if g.sw == 1 {
-                        out[lo..hi].copy_from_slice(&line[start..start + hi - lo]);
-                    } else {
-                        for (k, v) in out[lo..hi].iter_mut().enumerate() {
-                            *v = line[start + k * g.sw];
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let padded = g.ph > 0 || g.pw > 0;
+    PADDED.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if padded {
+            // Borders stay zero: each channel below overwrites the interior only.
+            buf.clear();
+            buf.resize(hp * wp, 0.0);
+        }
+        for c in 0..g.c {
+            let src_plane = &x[c * plane..(c + 1) * plane];
+            let src: &[f32] = if padded {
+                for (r, line) in src_plane.chunks_exact(g.w).enumerate() {
+                    let at = (r + g.ph) * wp + g.pw;
+                    copy_row(&mut buf[at..at + g.w], line);
+                }
+                &buf
+            } else {
+                src_plane
+            };
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let row = &mut col[((c * g.kh + i) * g.kw + j) * p..][..p];
+                    for (y, out) in row.chunks_exact_mut(g.ow).enumerate() {
+                        let start = (y * g.sh + i) * wp + j;
+                        if g.sw == 1 {
+                            copy_row(out, &src[start..start + g.ow]);
+                        } else {
+                            for (k, v) in out.iter_mut().enumerate() {
+                                *v = src[start + k * g.sw];
+                            }
                         }
                     }
                 }
             }
         }
+    });
+}
+
+/// `dst.copy_from_slice(src)` in fixed 8-float blocks, which compile to vector moves rather than
+/// a `memcpy` call: the rows here are 7–64 floats long and there are millions of them.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (a, b) in (&mut d).zip(&mut s) {
+        let b: &[f32; 8] = b.try_into().expect("8 floats");
+        let a: &mut [f32; 8] = a.try_into().expect("8 floats");
+        *a = *b;
+    }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a = *b;
     }
 }
 
@@ -322,6 +353,8 @@ fn matmul(dst: &mut [f32], a: Operand, b: Operand, accumulate: bool, par: gemm::
 thread_local! {
     /// Per-thread `col` scratch, kept between calls so it is neither reallocated nor zeroed.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread zero-bordered copy of one input channel for [`im2col`].
+    static PADDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with a scratch slice of `len` floats (contents unspecified: callers overwrite it).
@@ -341,7 +374,9 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 fn split(n: usize) -> (usize, gemm::Parallelism) {
     let threads = rayon::current_num_threads().max(1);
     if n >= threads {
-        (n.div_ceil(threads), gemm::Parallelism::None)
+        // `Rayon(1)` runs on the calling thread like `None`, but sizes gemm's zero-initialised
+        // packing buffer to the problem instead of 128 column blocks (zeroing ~1.5 MB per call).
+        (n.div_ceil(threads), gemm::Parallelism::Rayon(1))
     } else {
         (1, gemm::Parallelism::Rayon(threads))
     }
