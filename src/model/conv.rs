@@ -157,28 +157,6 @@ impl Geometry {
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
     }
-
-    /// The output columns `[lo, hi)` whose input column `ow·sw + j − pw` lies inside the image.
-    fn valid_cols(&self, j: usize) -> (usize, usize) {
-        let lo = if j >= self.pw {
-            0
-        } else {
-            (self.pw - j).div_ceil(self.sw)
-        };
-        let hi = if self.w + self.pw > j {
-            ((self.w - 1 + self.pw - j) / self.sw + 1).min(self.ow)
-        } else {
-            0
-        };
-        (lo.min(hi), hi)
-    }
-
-    /// The input row read by output row `y` for kernel row `i`, if inside the image.
-    fn input_row(&self, y: usize, i: usize) -> Option<usize> {
-        (y * self.sh + i)
-            .checked_sub(self.ph)
-            .filter(|&r| r < self.h)
-    }
 }
 
 /// Writes `col[K, P]` for one image `x [C, H, W]`: row `(c, i, j)` holds the input pixels that
@@ -245,32 +223,40 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
 }
 
 /// The adjoint of [`im2col`]: adds every entry of `col[K, P]` back onto the input pixel it was
-/// read from. `dx [C, H, W]` must start zeroed.
+/// read from, overwriting `dx [C, H, W]`. Accumulates in the same zero-bordered plane layout as
+/// [`im2col`] (one branch-free row add per output row), then copies the interior out.
 fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
     let (p, plane) = (g.p(), g.h * g.w);
-    for c in 0..g.c {
-        let dst = &mut dx[c * plane..(c + 1) * plane];
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &col[((c * g.kh + i) * g.kw + j) * p..][..p];
-                let (lo, hi) = g.valid_cols(j);
-                for (y, src) in row.chunks_exact(g.ow).enumerate() {
-                    let Some(r) = g.input_row(y, i) else { continue };
-                    let line = &mut dst[r * g.w..(r + 1) * g.w];
-                    let start = lo * g.sw + j - g.pw;
-                    if g.sw == 1 {
-                        for (d, s) in line[start..start + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                            *d += s;
-                        }
-                    } else {
-                        for (k, s) in src[lo..hi].iter().enumerate() {
-                            line[start + k * g.sw] += s;
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    PADDED.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        for c in 0..g.c {
+            buf.clear();
+            buf.resize(hp * wp, 0.0);
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let row = &col[((c * g.kh + i) * g.kw + j) * p..][..p];
+                    for (y, src) in row.chunks_exact(g.ow).enumerate() {
+                        let start = (y * g.sh + i) * wp + j;
+                        if g.sw == 1 {
+                            for (d, s) in buf[start..start + g.ow].iter_mut().zip(src) {
+                                *d += s;
+                            }
+                        } else {
+                            for (k, s) in src.iter().enumerate() {
+                                buf[start + k * g.sw] += s;
+                            }
                         }
                     }
                 }
             }
+            let dst = &mut dx[c * plane..(c + 1) * plane];
+            for (r, line) in dst.chunks_exact_mut(g.w).enumerate() {
+                let at = (r + g.ph) * wp + g.pw;
+                copy_row(line, &buf[at..at + g.w]);
+            }
         }
-    }
+    });
 }
 
 /// A row-major matrix operand for [`matmul`]: pointer, rows, columns, and whether it is read
@@ -368,17 +354,22 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// How to spread `n` images over the rayon pool: `(images per task, GEMM parallelism)`. Enough
-/// images: one task per thread, single-threaded GEMMs; fewer images than threads: one image
-/// per task and each GEMM on the whole pool.
+/// Tasks a batch is cut into. Fixed, not the thread count, so that the weight gradient (summed
+/// per task, then over tasks in order) has the same rounding whatever `RAYON_NUM_THREADS` is.
+const TASKS: usize = 8;
+
+/// How to spread `n` images over the rayon pool: `(images per task, GEMM parallelism)`. At
+/// least as many tasks as threads: single-threaded GEMMs; fewer: each GEMM on the whole pool
+/// (gemm splits the output, not the sums, so the numbers are the same).
 fn split(n: usize) -> (usize, gemm::Parallelism) {
     let threads = rayon::current_num_threads().max(1);
-    if n >= threads {
+    let per_task = n.div_ceil(TASKS.min(n).max(1)).max(1);
+    if n.div_ceil(per_task) >= threads {
         // `Rayon(1)` runs on the calling thread like `None`, but sizes gemm's zero-initialised
         // packing buffer to the problem instead of 128 column blocks (zeroing ~1.5 MB per call).
-        (n.div_ceil(threads), gemm::Parallelism::Rayon(1))
+        (per_task, gemm::Parallelism::Rayon(1))
     } else {
-        (1, gemm::Parallelism::Rayon(threads))
+        (per_task, gemm::Parallelism::Rayon(threads))
     }
 }
 
@@ -696,6 +687,30 @@ mod tests {
             "im2col left entries unwritten"
         );
         assert_eq!(lhs, rhs);
+    }
+
+    /// The same input gives bit-identical gradients on 1, 2 and 3 threads.
+    #[test]
+    fn backward_does_not_depend_on_the_thread_count() {
+        let g = Geometry::new(&[13, 3, 9, 9], &[5, 3, 3, 3], [1, 1], [1, 1]);
+        let fill = |n: usize, m: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * m) % 1009) as f32 / 1009.0 - 0.5) * 3.1)
+                .collect()
+        };
+        let x = fill(g.n * g.image(), 7919);
+        let w = fill(g.o * g.k(), 104729);
+        let dy = fill(g.n * g.o * g.p(), 31337);
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| backward(&g, &x, &w, &dy, true, true))
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
     }
 
     #[test]
