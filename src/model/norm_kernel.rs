@@ -22,6 +22,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Fused ghost batch normalisation as a burn backend extension (`Flex`, `Autodiff<Flex>`).
 #[backend_extension(Flex, Autodiff)]
@@ -111,21 +112,42 @@ impl Geometry {
     }
 }
 
-/// A raw pointer that rayon tasks writing disjoint elements may share.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every task writes only the planes of its own (chunk, channel) pair, which are disjoint.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+/// An output buffer of `len` floats that rayon tasks fill in disjoint planes without zeroing it
+/// first: every element is written exactly once before [`Output::finish`] hands the vector out.
+struct Output {
+    data: Vec<f32>,
+    ptr: SharedPtr,
+}
 
-impl SharedOut {
-    /// The plane `[offset, offset + len)`.
+/// The buffer's start, shareable between tasks that write disjoint ranges.
+#[derive(Clone, Copy)]
+struct SharedPtr(*mut MaybeUninit<f32>);
+// SAFETY: tasks write only the planes of their own (chunk, channel) pair, which are disjoint.
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
+
+impl Output {
+    fn new(len: usize) -> Self {
+        let mut data = Vec::with_capacity(len);
+        let ptr = SharedPtr(data.spare_capacity_mut().as_mut_ptr());
+        Self { data, ptr }
+    }
+
+    /// The uninitialised plane `[offset, offset + len)`.
     ///
     /// # Safety
-    /// No other live reference may overlap this range.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn plane(&self, offset: usize, len: usize) -> &mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    /// `offset + len` must be within the buffer and no other live reference may overlap it.
+    unsafe fn plane<'a>(ptr: SharedPtr, offset: usize, len: usize) -> &'a mut [MaybeUninit<f32>] {
+        unsafe { std::slice::from_raw_parts_mut(ptr.0.add(offset), len) }
+    }
+
+    /// The filled vector.
+    ///
+    /// # Safety
+    /// Every one of the `len` elements must have been written.
+    unsafe fn finish(mut self, len: usize) -> Vec<f32> {
+        unsafe { self.data.set_len(len) };
+        self.data
     }
 }
 
@@ -137,8 +159,8 @@ fn forward(
     beta: &[f32],
     eps: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut y = vec![0.0f32; x.len()];
-    let out = SharedOut(y.as_mut_ptr());
+    let y = Output::new(x.len());
+    let out = y.ptr;
     let stats: Vec<(f32, f32)> = (0..g.chunks() * g.c)
         .into_par_iter()
         .map(|task| {
@@ -160,16 +182,17 @@ fn forward(
             let (scale, shift) = (scale as f32, (beta[c] as f64 - mean * scale) as f32);
             for o in g.planes(chunk, c) {
                 // SAFETY: plane `o` belongs to this task's (chunk, channel) only.
-                let dst = unsafe { out.plane(o, g.s) };
+                let dst = unsafe { Output::plane(out, o, g.s) };
                 for (d, &v) in dst.iter_mut().zip(&x[o..o + g.s]) {
-                    *d = v * scale + shift;
+                    d.write(v * scale + shift);
                 }
             }
             (mean as f32, var as f32)
         })
         .collect();
     let (mean, var) = stats.into_iter().unzip();
-    (y, mean, var)
+    // SAFETY: the (chunk, channel) tasks together wrote every plane of every sample once.
+    (unsafe { y.finish(x.len()) }, mean, var)
 }
 
 fn sum_f64(v: &[f32]) -> f64 {
@@ -193,8 +216,8 @@ fn backward(
     eps: f64,
     dy: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0.0f32; x.len()];
-    let out = SharedOut(dx.as_mut_ptr());
+    let dx = Output::new(x.len());
+    let out = dx.ptr;
     let sums: Vec<(f64, f64)> = (0..g.chunks() * g.c)
         .into_par_iter()
         .map(|task| {
@@ -217,10 +240,10 @@ fn backward(
             let mean_dy_xhat = (sum_dy_xhat / count) as f32;
             for o in g.planes(chunk, c) {
                 // SAFETY: plane `o` belongs to this task's (chunk, channel) only.
-                let dst = unsafe { out.plane(o, g.s) };
+                let dst = unsafe { Output::plane(out, o, g.s) };
                 for ((d, &v), &gy) in dst.iter_mut().zip(&x[o..o + g.s]).zip(&dy[o..o + g.s]) {
                     let xhat = (v - mu) * inv_std;
-                    *d = k * (gy - mean_dy - xhat * mean_dy_xhat);
+                    d.write(k * (gy - mean_dy - xhat * mean_dy_xhat));
                 }
             }
             (sum_dy, sum_dy_xhat)
@@ -233,7 +256,8 @@ fn backward(
         dgamma[task % g.c] += s_dyx;
     }
     let f32s = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
-    (dx, f32s(dgamma), f32s(dbeta))
+    // SAFETY: the (chunk, channel) tasks together wrote every plane of every sample once.
+    (unsafe { dx.finish(x.len()) }, f32s(dgamma), f32s(dbeta))
 }
 
 fn contiguous(t: &FlexTensor) -> FlexTensor {
