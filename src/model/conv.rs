@@ -17,6 +17,7 @@
 //! extension with its own backward step on `Autodiff<Flex>`; [`conv2d`] falls back to burn's
 //! `Conv2d::forward` on other backends, dtypes, groups or dilations.
 
+use super::flex::{contiguous_f32, f32_slice, from_f32, is_flex_f32};
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -24,10 +25,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -73,8 +74,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// The padding of a convolution [`Im2colConv`] can run, or `None` to use burn's own.
 fn fast_path(conv: &Conv2d, x: &Tensor<4>) -> Option<(usize, usize)> {
-    let on_flex = matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_));
-    if !on_flex || x.dtype() != DType::F32 || conv.groups != 1 || conv.dilation != [1, 1] {
+    if !is_flex_f32(x) || conv.groups != 1 || conv.dilation != [1, 1] {
         return None;
     }
     match &conv.padding {
@@ -472,25 +472,11 @@ fn backward(
     (want_dx.then_some(dx), dw)
 }
 
-/// The contiguous f32 contents of a flex tensor and its shape.
+/// `t` as a contiguous f32 tensor, and its shape.
 fn f32_contents(t: &FlexTensor) -> (FlexTensor, Vec<usize>) {
-    assert_eq!(
-        t.dtype(),
-        DType::F32,
-        "im2col_conv2d: f32 only, got {:?}",
-        t.dtype()
-    );
-    let t = t.to_contiguous();
+    let t = contiguous_f32(t, "im2col_conv2d");
     let shape = t.layout().shape().to_vec();
     (t, shape)
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
-fn flex_tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
 }
 
 fn flex_forward(
@@ -502,7 +488,10 @@ fn flex_forward(
     let (x, xs) = f32_contents(x);
     let (w, ws) = f32_contents(weight);
     let g = Geometry::new(&xs, &ws, stride, pad);
-    flex_tensor(forward(&g, slice(&x), slice(&w)), [g.n, g.o, g.oh, g.ow])
+    from_f32(
+        forward(&g, f32_slice(&x), f32_slice(&w)),
+        [g.n, g.o, g.oh, g.ow],
+    )
 }
 
 impl Im2colConv for Flex {
@@ -543,17 +532,17 @@ impl Backward<Flex, 2> for Im2colConvBackward {
         let g = Geometry::new(&xs, &ws, stride, pad);
         let (dx, dw) = backward(
             &g,
-            slice(&x),
-            slice(&w),
-            slice(&dy),
+            f32_slice(&x),
+            f32_slice(&w),
+            f32_slice(&dy),
             node_x.is_some(),
             node_w.is_some(),
         );
         if let (Some(node), Some(dx)) = (node_x, dx) {
-            grads.register::<Flex>(node.id, flex_tensor(dx, [g.n, g.c, g.h, g.w]));
+            grads.register::<Flex>(node.id, from_f32(dx, [g.n, g.c, g.h, g.w]));
         }
         if let (Some(node), Some(dw)) = (node_w, dw) {
-            grads.register::<Flex>(node.id, flex_tensor(dw, [g.o, g.c, g.kh, g.kw]));
+            grads.register::<Flex>(node.id, from_f32(dw, [g.o, g.c, g.kh, g.kw]));
         }
     }
 }
@@ -589,6 +578,7 @@ impl<C: CheckpointStrategy> Im2colConv for Autodiff<Flex, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::flex::assert_close;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Device, Distribution, Int};
 
@@ -651,17 +641,8 @@ mod tests {
                 .iter()
                 .zip(ours.iter().zip(&burns))
             {
-                assert_eq!(
-                    a.len(),
-                    b.len(),
-                    "{what} length, case {n}×{c}×{h}×{w} k{kernel:?} s{stride:?}"
-                );
-                for (i, (u, v)) in a.iter().zip(b).enumerate() {
-                    assert!(
-                        (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
-                        "{what}[{i}]: {u} vs burn {v}, case {n}×{c}×{h}×{w} k{kernel:?} s{stride:?} p({ph},{pw})"
-                    );
-                }
+                let case = format!("case {n}×{c}×{h}×{w} k{kernel:?} s{stride:?} p({ph},{pw})");
+                assert_close(&format!("{what}, {case}"), a, b, 1e-4);
             }
         }
     }

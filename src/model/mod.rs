@@ -6,6 +6,7 @@
 
 pub mod cnn;
 pub mod conv;
+mod flex;
 pub mod mlp;
 pub mod norm;
 pub mod norm_kernel;

@@ -154,20 +154,11 @@ impl GhostBatchNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::flex::assert_close;
     use burn::tensor::Distribution;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_into_vec::<f32>().expect("f32")
-    }
-
-    fn assert_close(what: &str, a: &[f32], b: &[f32]) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (u, v)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (u - v).abs() <= 2e-4 * (1.0 + v.abs()),
-                "{what}[{i}]: fused {u} vs composed {v}"
-            );
-        }
     }
 
     /// The fused flex kernel against burn's composed operations: output, the three gradients and
@@ -244,7 +235,12 @@ mod tests {
             .iter()
             .zip(a.iter().zip(&b))
             {
-                assert_close(&format!("{what}, shape {shape:?} ghost {ghost}"), u, v);
+                assert_close(
+                    &format!("{what}, shape {shape:?} ghost {ghost}"),
+                    u,
+                    v,
+                    2e-4,
+                );
             }
         }
     }

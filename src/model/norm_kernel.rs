@@ -12,6 +12,7 @@
 //!
 //! The chunk statistics come back as `[G, C]` tensors for the running averages.
 
+use super::flex::{contiguous_f32, f32_slice, from_f32, is_flex_f32};
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -19,8 +20,8 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, DispatchDevice, Flex, backend_extension};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -40,8 +41,7 @@ pub trait FusedBatchNorm: Backend {
 
 /// Whether [`ghost_batch_norm_train`] runs on `x` (flex backend, f32).
 pub fn supports<const D: usize>(x: &Tensor<D>) -> bool {
-    let on_flex = matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_));
-    on_flex && x.dtype() == DType::F32 && D >= 2
+    is_flex_f32(x) && D >= 2
 }
 
 /// `(y, mean [G, C], biased variance [G, C])` of training-mode ghost batch norm with chunks of
@@ -261,21 +261,7 @@ fn backward(
 }
 
 fn contiguous(t: &FlexTensor) -> FlexTensor {
-    assert_eq!(
-        t.dtype(),
-        DType::F32,
-        "fused batch norm: f32 only, got {:?}",
-        t.dtype()
-    );
-    t.to_contiguous()
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
-fn flex_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
+    contiguous_f32(t, "fused batch norm")
 }
 
 fn flex_forward(
@@ -288,12 +274,12 @@ fn flex_forward(
     let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
     let shape = x.layout().shape().to_vec();
     let g = Geometry::new(&shape, ghost);
-    let (y, mean, var) = forward(&g, slice(&x), slice(&gamma), slice(&beta), eps);
+    let (y, mean, var) = forward(&g, f32_slice(&x), f32_slice(&gamma), f32_slice(&beta), eps);
     let stats = vec![g.chunks(), g.c];
     (
-        flex_tensor(y, shape),
-        flex_tensor(mean, stats.clone()),
-        flex_tensor(var, stats),
+        from_f32(y, shape),
+        from_f32(mean, stats.clone()),
+        from_f32(var, stats),
     )
 }
 
@@ -332,21 +318,21 @@ impl Backward<Flex, 3> for FusedBatchNormBackward {
         let g = Geometry::new(&shape, ghost);
         let (dx, dgamma, dbeta) = backward(
             &g,
-            slice(&x),
-            slice(&gamma),
-            slice(&contiguous(&mean)),
-            slice(&contiguous(&var)),
+            f32_slice(&x),
+            f32_slice(&gamma),
+            f32_slice(&contiguous(&mean)),
+            f32_slice(&contiguous(&var)),
             eps,
-            slice(&dy),
+            f32_slice(&dy),
         );
         if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, flex_tensor(dx, shape));
+            grads.register::<Flex>(node.id, from_f32(dx, shape));
         }
         if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, flex_tensor(dgamma, vec![g.c]));
+            grads.register::<Flex>(node.id, from_f32(dgamma, vec![g.c]));
         }
         if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, flex_tensor(dbeta, vec![g.c]));
+            grads.register::<Flex>(node.id, from_f32(dbeta, vec![g.c]));
         }
     }
 }
