@@ -6,12 +6,15 @@ Mode 1 (default): training-step throughput of the same models, same step as nois
 on random inputs; prints JSON {"torch_version", "threads", "rows": [{"model", "batch",
 "images_per_second", "steps", "seconds_per_step"}]}.
 
-Mode 2 (--mnist-decay-lr): trains the `mnist` preset's decay-lr run (MLP 784-256-10, SGD momentum
-0.9, lr 0.1, B 64, MultiStepLR gamma 0.2 at epochs 9/18/24, 30 epochs, mean 0.1307 std 0.3081)
-and prints per-epoch test accuracy and wall time as JSON, for "time to the same test accuracy".
+Mode 2 (--mnist-schedule FILE): trains the `mnist` preset's MLP 784-256-10 (SGD momentum 0.9,
+mean 0.1307 std 0.3081) under the phases of FILE, the JSON of
+`noisescale schedule --preset mnist --schedule KIND --json` (epochs, lr, batch size and momentum
+per phase: decay-lr, increase-batch or hybrid, exactly as noisescale runs them), and prints
+per-epoch test accuracy and wall time as JSON, for "time to the same test accuracy".
+`--mnist-decay-lr` is the decay-lr run without a FILE (lr 0.1, B 64, x0.2 at 9/18/24).
 
 Usage: python bench/pytorch_ref.py [--json FILE|-] [--threads 2] [--steps 20] [--warmup 3]
-       python bench/pytorch_ref.py --mnist-decay-lr [--data ../shared/data/mnist] [--epochs 30]
+       python bench/pytorch_ref.py --mnist-schedule FILE [--data ../shared/data/mnist]
 """
 
 import argparse
@@ -224,28 +227,49 @@ def load_mnist(dir_, split):
     return x, y
 
 
-def mnist_decay_lr(args):
+DECAY_LR_PHASES = [
+    {"start": 0, "end": 9, "lr": 0.1, "batch_size": 64, "momentum": 0.9},
+    {"start": 9, "end": 18, "lr": 0.02, "batch_size": 64, "momentum": 0.9},
+    {"start": 18, "end": 24, "lr": 0.004, "batch_size": 64, "momentum": 0.9},
+    {"start": 24, "end": 30, "lr": 0.0008, "batch_size": 64, "momentum": 0.9},
+]
+
+
+def phase_of(phases, epoch):
+    for p in phases:
+        if p["start"] <= epoch < p["end"]:
+            return p
+    raise ValueError(f"no phase holds epoch {epoch}")
+
+
+def mnist_schedule(args, phases, name):
     torch.manual_seed(args.seed)
     xtr, ytr = load_mnist(args.data, "train")
     xte, yte = load_mnist(args.data, "test")
     model = Mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[9, 18, 24], gamma=0.2)
+    first = phases[0]
+    opt = torch.optim.SGD(model.parameters(), lr=first["lr"], momentum=first["momentum"], weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed)
-    epochs, wall = [], 0.0
-    for epoch in range(args.epochs):
+    epochs, wall, updates = [], 0.0, 0
+    n_epochs = phases[-1]["end"]
+    for epoch in range(n_epochs):
+        phase = phase_of(phases, epoch)
+        b = phase["batch_size"]
+        for group in opt.param_groups:
+            group["lr"] = phase["lr"]
+            group["momentum"] = phase["momentum"]
         t = time.perf_counter()
         model.train()
         perm = torch.randperm(len(ytr), generator=g)
         loss_sum = 0.0
-        for s in range(0, len(ytr), 64):
-            idx = perm[s : s + 64]
+        for s in range(0, len(ytr), b):
+            idx = perm[s : s + b]
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
             loss_sum += loss.item() * len(idx)
             loss.backward()
             opt.step()
-        sched.step()
+            updates += 1
         train_s = time.perf_counter() - t
         model.eval()
         with torch.no_grad():
@@ -256,17 +280,21 @@ def mnist_decay_lr(args):
         wall += time.perf_counter() - t
         row = {
             "epoch": epoch + 1,
+            "batch_size": b,
+            "lr": phase["lr"],
+            "updates": updates,
             "train_loss": loss_sum / len(ytr),
             "test_accuracy": correct / len(yte),
             "train_seconds": train_s,
             "wall_seconds": wall,
         }
-        log(f"torch mnist epoch {epoch + 1}: acc {row['test_accuracy']:.4f}, wall {wall:.1f}s")
+        log(f"torch mnist {name} epoch {epoch + 1}: B {b}, acc {row['test_accuracy']:.4f}, wall {wall:.1f}s")
         epochs.append(row)
     return {
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
-        "run": "mnist decay-lr: MLP 784-256-10, SGD m 0.9, lr 0.1, B 64, x0.2 at 9/18/24",
+        "run": f"mnist {name}: MLP 784-256-10, SGD m 0.9, phases {phases}",
+        "schedule": name,
         "epochs": epochs,
     }
 
@@ -281,12 +309,26 @@ def main():
     p.add_argument("--min-seconds", type=float, default=2.0,
                    help="keep timing a row past --steps until this many seconds are timed")
     p.add_argument("--mnist-decay-lr", action="store_true")
+    p.add_argument("--mnist-schedule", metavar="FILE",
+                   help="JSON of `noisescale schedule --preset mnist --schedule KIND --json`")
+    p.add_argument("--name", default=None, help="schedule name for the output (default: from FILE)")
     p.add_argument("--data", default="../shared/data/mnist")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    out = mnist_decay_lr(args) if args.mnist_decay_lr else throughput(args)
+    if args.mnist_schedule:
+        with open(args.mnist_schedule) as f:
+            table = json.load(f)
+        phases = [
+            {k: p[k] for k in ("start", "end", "lr", "batch_size", "momentum")} for p in table["phases"]
+        ]
+        name = args.name or os.path.splitext(os.path.basename(args.mnist_schedule))[0]
+        out = mnist_schedule(args, phases, name)
+    elif args.mnist_decay_lr:
+        out = mnist_schedule(args, DECAY_LR_PHASES, "decay-lr")
+    else:
+        out = throughput(args)
     text = json.dumps(out, indent=2)
     if args.json == "-":
         print(text)

@@ -57,12 +57,18 @@ cargo run --release -- bench --threads "$THREADS" --steps "$STEPS" --data "$DATA
     --pytorch --python "$PY" --json bench/out/bench.json
 
 if [ "$MNIST" = 1 ]; then
-    # End to end, "time to the same test accuracy": the mnist preset's decay-lr run in both.
-    "$PY" bench/pytorch_ref.py --mnist-decay-lr --threads "$THREADS" --data "$DATA/mnist" \
-        --json bench/out/torch-mnist-decay-lr.json
+    # End to end, "time to the same test accuracy": the mnist preset's three schedules in both,
+    # PyTorch driven by the phase tables noisescale itself runs.
+    for kind in decay-lr increase-batch hybrid; do
+        cargo run --release -q -- schedule --preset mnist --schedule "$kind" --json \
+            > "bench/out/schedule-$kind.json"
+        "$PY" bench/pytorch_ref.py --mnist-schedule "bench/out/schedule-$kind.json" --name "$kind" \
+            --threads "$THREADS" --data "$DATA/mnist" --json "bench/out/torch-mnist-$kind.json"
+    done
     # A fresh directory: `reproduce` would otherwise reuse finished runs instead of timing them.
     rm -rf bench/out/reproduce-mnist
     RAYON_NUM_THREADS="$THREADS" cargo run --release -- reproduce --preset mnist --data "$DATA" \
         --seeds 1 --out bench/out/reproduce-mnist
-    python3 bench/e2e.py bench/out/torch-mnist-decay-lr.json bench/out/reproduce-mnist/runs/*
+    python3 bench/e2e.py bench/out/torch-mnist-decay-lr.json bench/out/torch-mnist-increase-batch.json \
+        bench/out/torch-mnist-hybrid.json bench/out/reproduce-mnist/runs/*
 fi

@@ -11,6 +11,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = Cli::parse();
+    // Denormals flushed on this thread and every compute thread (see `cpu`).
+    noisescale::cpu::setup();
     // First Ctrl-C: checkpoint after the current update and stop; second: stop at once.
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use super::sampler::{LastBatch, Position, Sampler, shard};
+use super::sampler::{LastBatch, Position, Sampler, Shard, shard};
 use super::{Augment, Dataset, Normalizer};
 
 /// One (possibly sharded) batch ready for the model.
@@ -197,7 +197,7 @@ impl Loader {
     }
 
     /// The batches of `epoch` at `batch_size` from `start_offset` on, in order; with
-    /// `shard = Some((rank, world))` each holds this rank's part of the global batch.
+    /// `shard_of = Some(..)` each holds this rank's part of the global batch.
     /// Each call may use a different batch size. Panics if `batch_size == 0` or the shard
     /// is invalid.
     pub fn epoch(
@@ -205,14 +205,14 @@ impl Loader {
         epoch: u32,
         batch_size: usize,
         start_offset: u64,
-        shard_of: Option<(usize, usize)>,
+        shard_of: Option<Shard>,
     ) -> EpochIter {
         let ranges: Vec<_> = self
             .sampler
             .batches(epoch, batch_size, start_offset)
             .map(|g| {
                 let local = match shard_of {
-                    Some((rank, world)) => shard(g.clone(), rank, world),
+                    Some(s) => shard(g.clone(), s),
                     None => g.clone(),
                 };
                 (g, local)
@@ -238,7 +238,10 @@ impl Loader {
             let (job, stop) = (job.clone(), stop.clone());
             let h = std::thread::Builder::new()
                 .name(format!("data-loader-{w}"))
-                .spawn(move || worker(job, w, nw, total, tx, stop))
+                .spawn(move || {
+                    crate::cpu::flush_denormals_on_this_thread();
+                    worker(job, w, nw, total, tx, stop)
+                })
                 .expect("spawning a data loader thread");
             rxs.push(rx);
             handles.push(h);
