@@ -90,6 +90,11 @@ pub struct TrainConfig {
     /// Write a checkpoint every this-many epochs (0: only at the end and on Ctrl-C).
     #[serde(default = "default_one")]
     pub checkpoint_every: u32,
+    /// Measure the gradient noise scale B_simple while training ([`crate::gns`]): the squared
+    /// gradient norm of every micro-batch, and, where one micro-batch would hold the whole
+    /// batch, two pieces instead (not with ordinary batch norm, whose statistics would change).
+    #[serde(default = "default_true")]
+    pub noise_scale: bool,
     /// Fault injection for testing the divergence guard: make the loss NaN at this update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_nan_at_update: Option<u64>,
@@ -101,6 +106,9 @@ fn default_eval_batch() -> usize {
 fn default_one() -> u32 {
     1
 }
+fn default_true() -> bool {
+    true
+}
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -108,6 +116,7 @@ impl Default for TrainConfig {
             max_micro_batch: 0,
             eval_batch_size: default_eval_batch(),
             checkpoint_every: 1,
+            noise_scale: true,
             inject_nan_at_update: None,
         }
     }
@@ -185,6 +194,13 @@ impl RunConfig {
                 self.schedule.momentum
             );
         }
+        if self.optimizer.kind == OptimizerKind::Sgd
+            && let Some(m) = self.schedule.momentum_scaled
+        {
+            bail!(
+                "optimizer.kind = \"sgd\" takes no momentum but schedule.momentum_scaled = {m}: remove schedule.momentum_scaled or use kind = \"momentum\""
+            );
+        }
         if self.train.eval_batch_size == 0 {
             bail!("train.eval_batch_size = 0 is out of range: must be at least 1");
         }
@@ -235,12 +251,40 @@ impl RunConfig {
                 "train.max_micro_batch = {micro} must be a multiple of model.ghost_batch_size = {ghost}, so that ghost batches never straddle two micro-batches"
             );
         }
+        if ghost > 0 && world_size > 1 {
+            // Ranks take whole ghost chunks (`data::shard`), so the statistics do not depend on
+            // the number of ranks; a batch that is not a whole number of chunks per rank would
+            // leave ranks with less work than others, or none.
+            for p in schedule.phases() {
+                if !p.batch_size.is_multiple_of(ghost * world_size) {
+                    bail!(
+                        "the batch size B = {} (from epoch {}) is not a multiple of model.ghost_batch_size × ranks = {ghost} × {world_size}: each rank normalises whole ghost batches; set schedule.batch_multiple = {} (or batch_size), a smaller model.ghost_batch_size, or run on fewer ranks",
+                        p.batch_size,
+                        p.start.0 + 1,
+                        ghost * world_size
+                    );
+                }
+            }
+        }
+        let normalization_batch = if !self.model.has_batch_norm() {
+            Vec::new()
+        } else {
+            schedule
+                .phases()
+                .iter()
+                .map(|p| match ghost {
+                    0 => micro.min(p.batch_size.div_ceil(world_size)),
+                    g => g.min(p.batch_size),
+                })
+                .collect()
+        };
         Ok(Resolved {
             config: self.clone(),
             dataset_size: n,
             schedule,
             max_micro_batch: micro,
             world_size,
+            normalization_batch,
         })
     }
 }
@@ -258,9 +302,65 @@ pub struct Resolved {
     pub max_micro_batch: usize,
     /// Data-parallel workers.
     pub world_size: usize,
+    /// Per schedule phase, the samples each batch-norm statistic is computed over: the ghost
+    /// batch size, or with ordinary batch norm what one forward pass holds (the micro-batch or
+    /// the rank's shard), which is less than B once B outgrows them. Empty without batch norm.
+    #[serde(default)]
+    pub normalization_batch: Vec<usize>,
 }
 
 impl Resolved {
+    /// Over how many samples batch norm computes its statistics, for `run.json` and reports:
+    /// `ghost batches of 32`, `the whole batch`, or `parts of 512 (B = 64 → 2560)` (empty
+    /// without batch norm).
+    pub fn describe_normalization(&self) -> String {
+        let nb = &self.normalization_batch;
+        if nb.is_empty() {
+            return String::new();
+        }
+        let ghost = self.config.model.ghost_batch_size();
+        let phases = self.schedule.phases();
+        let whole = phases.iter().zip(nb).all(|(p, n)| *n >= p.batch_size);
+        if whole {
+            "the whole batch".into()
+        } else if ghost > 0 {
+            format!("ghost batches of {ghost}")
+        } else {
+            let sizes: Vec<String> = nb.iter().map(|n| n.to_string()).collect();
+            let batches: Vec<String> = phases.iter().map(|p| p.batch_size.to_string()).collect();
+            format!(
+                "parts of {} samples (B = {}): ordinary batch norm split by micro-batches/ranks",
+                sizes.join(" → "),
+                batches.join(" → ")
+            )
+        }
+    }
+
+    /// A warning when ordinary batch norm (`model.ghost_batch_size = 0`) normalises over fewer
+    /// samples than the batch in some phase: micro-batches and ranks each normalise their own
+    /// part, which makes it ghost batch norm of that size and changes the model as B grows.
+    pub fn normalization_warning(&self) -> Option<String> {
+        if self.config.model.ghost_batch_size() > 0 {
+            return None;
+        }
+        let split: Vec<String> = self
+            .schedule
+            .phases()
+            .iter()
+            .zip(&self.normalization_batch)
+            .filter(|(p, nb)| **nb < p.batch_size)
+            .map(|(p, nb)| format!("B = {} normalised in parts of {nb}", p.batch_size))
+            .collect();
+        (!split.is_empty()).then(|| {
+            format!(
+                "ordinary batch norm (model.ghost_batch_size = 0) sees one micro-batch (train.max_micro_batch = {}) on one of {} rank(s) at a time: {}; that is ghost batch norm of those sizes. Set model.ghost_batch_size to fix the normalisation batch for the whole run",
+                self.max_micro_batch,
+                self.world_size,
+                split.join(", ")
+            )
+        })
+    }
+
     /// One line describing the effective batch: micro-batch × accumulation × workers.
     pub fn describe_batching(&self, batch_size: usize) -> String {
         let per_rank = batch_size.div_ceil(self.world_size);
@@ -326,6 +426,78 @@ mod tests {
         assert_eq!(
             r.describe_batching(1024),
             "B = 1024 = 2 worker(s) × 1 micro-batch(es) of ≤ 512"
+        );
+    }
+
+    #[test]
+    fn sgd_refuses_a_scaled_momentum() {
+        let text = "[data]\ndataset = \"synthetic\"\n[optimizer]\nkind = \"sgd\"\n[schedule]\nepochs = 2\nlr = 0.1\nbatch_size = 8\nmomentum = 0.0\nmomentum_scaled = 0.9\n";
+        let err = format!("{:#}", RunConfig::from_toml(text, "t").unwrap_err());
+        assert!(
+            err.contains("optimizer.kind = \"sgd\"") && err.contains("schedule.momentum_scaled"),
+            "{err}"
+        );
+    }
+
+    fn resnet(ghost: usize, batch: usize, micro: usize) -> RunConfig {
+        let mut c = synthetic();
+        c.model = ModelConfig::Resnet {
+            depth: 8,
+            width: 4,
+            ghost_batch_size: ghost,
+        };
+        c.schedule.batch_size = batch;
+        c.schedule.kind = ScheduleKind::IncreaseBatch;
+        c.schedule.milestones = vec![1];
+        c.schedule.factor = 4.0;
+        c.train.max_micro_batch = micro;
+        c
+    }
+
+    #[test]
+    fn ghost_chunks_must_divide_evenly_over_ranks() {
+        // B = 64 then 256; ghost 32 over 2 ranks: 64 chunks of 32, fine; over 4 ranks: 64 is
+        // not a multiple of 32 × 4.
+        let c = resnet(32, 64, 64);
+        assert!(c.resolve(Samples(2048), 2).is_ok());
+        let err = c.resolve(Samples(2048), 4).unwrap_err().to_string();
+        assert!(
+            err.contains("B = 64 (from epoch 1)")
+                && err.contains("model.ghost_batch_size × ranks = 32 × 4"),
+            "{err}"
+        );
+        // One process takes any B.
+        assert!(resnet(32, 48, 64).resolve(Samples(2048), 1).is_ok());
+    }
+
+    #[test]
+    fn plain_batch_norm_split_by_micro_batches_is_reported() {
+        // B = 64 then 256 with micro-batches of 128: the second phase normalises over 128.
+        let r = resnet(0, 64, 128).resolve(Samples(2048), 1).unwrap();
+        assert_eq!(r.normalization_batch, vec![64, 128]);
+        let w = r.normalization_warning().expect("a warning");
+        assert!(w.contains("B = 256 normalised in parts of 128"), "{w}");
+        assert!(r.describe_normalization().contains("128"));
+        // On 2 ranks each rank normalises its half even when it fits one micro-batch.
+        let r = resnet(0, 64, 512).resolve(Samples(2048), 2).unwrap();
+        assert_eq!(r.normalization_batch, vec![32, 128]);
+        assert!(r.normalization_warning().is_some());
+        // Ghost batch norm fixes the normalisation batch: no warning.
+        let r = resnet(32, 64, 128).resolve(Samples(2048), 1).unwrap();
+        assert_eq!(r.normalization_batch, vec![32, 32]);
+        assert!(r.normalization_warning().is_none());
+        assert_eq!(r.describe_normalization(), "ghost batches of 32");
+        // One process, B within the micro-batch: the whole batch, no warning.
+        let r = resnet(0, 64, 512).resolve(Samples(2048), 1).unwrap();
+        assert!(r.normalization_warning().is_none());
+        assert_eq!(r.describe_normalization(), "the whole batch");
+        // No batch norm, nothing to say.
+        assert!(
+            synthetic()
+                .resolve(Samples(2048), 4)
+                .unwrap()
+                .normalization_batch
+                .is_empty()
         );
     }
 }

@@ -15,6 +15,9 @@ pub trait Communicator {
     fn world_size(&self) -> usize;
     /// Sums `buf` element-wise over all ranks, in place.
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
+    /// Sums `buf` element-wise over all ranks, in place, in f64 (epoch totals, statistics
+    /// whose sums must not lose digits to f32).
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// Gathers one `u64` from every rank (for weight checksums).
     fn all_gather_u64(&self, value: u64) -> Result<Vec<u64>>;
     /// Waits for every rank.
@@ -33,6 +36,9 @@ impl Communicator for Local {
         1
     }
     fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, _buf: &mut [f64]) -> Result<()> {
         Ok(())
     }
     fn all_gather_u64(&self, value: u64) -> Result<Vec<u64>> {
@@ -176,6 +182,14 @@ mod mpi_comm {
                     self.world
                         .all_reduce_into(&send[..], chunk, SystemOperation::sum());
                 }
+            });
+            Ok(())
+        }
+        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+            self.guarded(|| {
+                let send = buf.to_vec();
+                self.world
+                    .all_reduce_into(&send[..], buf, SystemOperation::sum());
             });
             Ok(())
         }

@@ -70,6 +70,22 @@ pub fn named_tensors<M: Module>(module: &M) -> Vec<Named> {
     v.out
 }
 
+/// Initialises every lazily initialised parameter of `module` now, in visiting order.
+///
+/// burn draws a parameter's initial values on first access. Without this, a parameter first
+/// touched by the forward pass would draw them after the trainer has reseeded the backend for
+/// that pass, so the initial weights would depend on whether anything (a progress line counting
+/// parameters, say) looked at the model before training.
+pub fn materialize<M: Module>(module: &M) {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+}
+
 /// Number of trainable parameters (running statistics excluded), as PyTorch's
 /// `sum(p.numel() for p in model.parameters())` counts them.
 pub fn trainable_params<M: Module>(module: &M) -> usize {
@@ -121,22 +137,46 @@ impl Grads {
     }
 
     /// Element-wise sum with another set of gradients of the same model (accumulation).
-    pub fn accumulate(self, other: Grads) -> Self {
+    /// Gradients that do not pair up name for name and shape for shape are an error, in release
+    /// builds too: summing misaligned buffers would train silently wrong.
+    pub fn accumulate(self, other: Grads) -> anyhow::Result<Self> {
         if self.tensors.is_empty() {
-            return other;
+            return Ok(other);
         }
-        debug_assert_eq!(self.tensors.len(), other.tensors.len());
-        Grads {
-            tensors: self
-                .tensors
-                .into_iter()
-                .zip(other.tensors)
-                .map(|((n, a), (m, b))| {
-                    debug_assert_eq!(n, m);
-                    (n, a + b)
-                })
-                .collect(),
+        if self.tensors.len() != other.tensors.len() {
+            anyhow::bail!(
+                "cannot accumulate gradients of {} tensors with gradients of {}",
+                self.tensors.len(),
+                other.tensors.len()
+            );
         }
+        let tensors = self
+            .tensors
+            .into_iter()
+            .zip(other.tensors)
+            .map(|((n, a), (m, b))| {
+                if n != m || a.dims() != b.dims() {
+                    anyhow::bail!(
+                        "cannot accumulate gradients: {n} {:?} is paired with {m} {:?}",
+                        a.dims(),
+                        b.dims()
+                    );
+                }
+                Ok((n, a + b))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Grads { tensors })
+    }
+
+    /// Zero gradients for every trainable parameter of `module`: what a rank with no samples in
+    /// a batch contributes, so that it still joins the all-reduce with a buffer of the right size.
+    pub fn zeros_like<M: Module>(module: &M) -> Self {
+        let tensors = named_tensors(module)
+            .into_iter()
+            .filter(|t| t.trainable)
+            .map(|t| (t.name, t.value.zeros_like()))
+            .collect();
+        Grads { tensors }
     }
 
     /// Multiplies every gradient by `factor`.
@@ -148,6 +188,24 @@ impl Grads {
                 .map(|(n, g)| (n, g.mul_scalar(factor)))
                 .collect(),
         }
+    }
+
+    /// `Σ g²` over every element: squares summed per tensor on the device (f32, one pass),
+    /// the per-tensor sums added in f64 after one transfer.
+    pub fn sq_norm(&self) -> f64 {
+        let sums: Vec<Tensor<1>> = self
+            .tensors
+            .iter()
+            .map(|(_, t)| (t.clone() * t.clone()).sum())
+            .collect();
+        if sums.is_empty() {
+            return 0.0;
+        }
+        Tensor::cat(sums, 0)
+            .into_data()
+            .iter::<f32>()
+            .map(f64::from)
+            .sum()
     }
 
     /// Total number of gradient elements.
@@ -239,4 +297,40 @@ pub fn replace_tensors<M: Module>(
     };
     let module = module.map(&mut m);
     (module, m.missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    fn grads(spec: &[(&str, usize)]) -> Grads {
+        let device = Device::flex();
+        Grads {
+            tensors: spec
+                .iter()
+                .map(|(n, len)| (n.to_string(), Tensor::<1>::ones([*len], &device)))
+                .collect(),
+        }
+    }
+
+    /// Misaligned gradients are an error in release builds too, naming the tensors.
+    #[test]
+    fn accumulating_misaligned_gradients_is_an_error() {
+        let a = || grads(&[("w", 3), ("b", 2)]);
+        let sum = a().accumulate(a()).unwrap();
+        assert_eq!(sum.to_flat(), vec![2.0; 5]);
+        let err = a().accumulate(grads(&[("w", 3)])).unwrap_err().to_string();
+        assert!(err.contains("2 tensors") && err.contains("1"), "{err}");
+        let err = a()
+            .accumulate(grads(&[("w", 3), ("c", 2)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("b [2] is paired with c [2]"), "{err}");
+        let err = a()
+            .accumulate(grads(&[("w", 4), ("b", 2)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("w [3] is paired with w [4]"), "{err}");
+    }
 }

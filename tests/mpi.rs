@@ -1,11 +1,14 @@
-//! Data parallelism over MPI: `mpirun -np 2` gives the metrics of a single process with the
-//! same global batch (same seed, no batch norm), within f32 tolerance.
+//! Data parallelism over MPI: `mpirun -np 2` and `-np 3` give the metrics of a single process
+//! with the same global batch (same seed), within f32 tolerance, also when the last batch of an
+//! epoch has fewer samples than ranks; batch norm's running statistics agree across ranks; a
+//! signal to one rank stops all of them after the same update.
 #![cfg(feature = "mpi")]
 
-use noisescale::metrics::read_metrics;
+mod common;
+use common::{BIN, spawn, timing_free, wait_for_epochs};
+use noisescale::metrics::{EpochMetrics, read_metrics};
+use std::path::Path;
 use std::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_noisescale");
 
 const CONFIG: &str = r#"
 seed = 7
@@ -31,15 +34,198 @@ milestones = [1, 2]
 max_micro_batch = 16
 "#;
 
-fn mpirun(np: usize, args: &[&str]) -> std::process::Output {
-    Command::new("mpirun")
-        .args(["-np", &np.to_string(), "--oversubscribe", BIN])
-        .args(args)
+/// `mpirun -np NP --oversubscribe` with the environment the tests need; the caller adds the
+/// program and its arguments.
+fn mpirun_base(np: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-np", &np.to_string(), "--oversubscribe"])
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("RAYON_NUM_THREADS", "1")
+        .env("NOISESCALE_COMM_TIMEOUT", "60")
+        .env("RAYON_NUM_THREADS", "1");
+    c
+}
+
+fn mpirun(np: usize, args: &[&str]) -> std::process::Output {
+    mpirun_base(np)
+        .arg(BIN)
+        .args(args)
         .output()
         .expect("mpirun (openmpi-bin) must be installed for the mpi feature's tests")
+}
+
+/// Trains `config` into `dir/name` on `np` ranks (1: a plain process) and returns its metrics.
+fn train_on(np: usize, config: &Path, dir: &Path, name: &str) -> Vec<EpochMetrics> {
+    let out = dir.join(name);
+    let args = [
+        "train",
+        config.to_str().unwrap(),
+        "-q",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = if np == 1 {
+        Command::new(BIN).args(args).output().unwrap()
+    } else {
+        mpirun(np, &args)
+    };
+    assert!(
+        o.status.success(),
+        "{np} rank(s): {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    read_metrics(&out.join("metrics.jsonl")).unwrap()
+}
+
+fn assert_close(what: &str, x: f64, y: f64, tol: f64) {
+    assert!(
+        (x - y).abs() <= tol * x.abs().max(1.0),
+        "{what}: {x} vs {y}"
+    );
+}
+
+/// N = 1537 = 48·32 + 1: every epoch's last batch holds one sample, so at 2 and 3 ranks all
+/// ranks but one have an empty shard for it (at B = 32, 128 and 512 alike).
+#[test]
+fn a_last_batch_smaller_than_the_ranks_matches_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, CONFIG.replace("train = 1536", "train = 1537")).unwrap();
+    let one = train_on(1, &cfg, tmp.path(), "one");
+    assert_eq!(one.len(), 3);
+    // 49 + 13 + 4 updates: the one-sample batch is an update of its own.
+    assert_eq!(
+        one.iter().map(|m| m.updates.0).collect::<Vec<_>>(),
+        vec![49, 62, 66]
+    );
+    for np in [2, 3] {
+        let many = train_on(np, &cfg, tmp.path(), &format!("np{np}"));
+        assert_eq!(many.len(), 3);
+        for (x, y) in one.iter().zip(&many) {
+            assert_eq!((x.updates, x.samples), (y.updates, y.samples), "{np} ranks");
+            assert_eq!(y.world_size, np);
+            assert_close("train loss", x.train_loss, y.train_loss, 1e-4);
+            assert_close("test loss", x.test_loss, y.test_loss, 1e-4);
+            assert_close("train accuracy", x.train_accuracy, y.train_accuracy, 1e-9);
+        }
+    }
+}
+
+/// A ResNet with ghost batch norm on 2 ranks: ghost chunks never straddle ranks, so training
+/// (batch statistics) follows one process; the running statistics are averaged over the ranks
+/// before each evaluation and checkpoint, so the ranks hold identical models (the run checks
+/// every tensor's checksum across ranks each epoch, and would stop otherwise). N mod B = 8
+/// leaves rank 1 without data in each epoch's last batch.
+#[test]
+fn ghost_batch_norm_on_two_ranks_follows_one_process_and_ranks_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("r.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+seed = 4
+[data]
+dataset = "synthetic"
+workers = 1
+synthetic = { train = 520, test = 128, classes = 10, shape = [3, 8, 8] }
+[model]
+kind = "resnet"
+depth = 8
+width = 4
+ghost_batch_size = 8
+[schedule]
+kind = "increase-batch"
+epochs = 2
+lr = 0.05
+batch_size = 16
+momentum = 0.9
+factor = 2.0
+milestones = [1]
+[train]
+max_micro_batch = 16
+"#,
+    )
+    .unwrap();
+    let one = train_on(1, &cfg, tmp.path(), "one");
+    let two = train_on(2, &cfg, tmp.path(), "two");
+    for (x, y) in one.iter().zip(&two) {
+        assert_eq!(x.updates, y.updates);
+        assert_close("train loss", x.train_loss, y.train_loss, 1e-4);
+        // Evaluation uses running statistics: averaged over ranks, not one sequence.
+        assert_close("test loss", x.test_loss, y.test_loss, 0.05);
+    }
+    // A batch size that is not a whole number of ghost batches per rank is refused up front.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("batch_size = 16", "batch_size = 24"),
+    )
+    .unwrap();
+    let o = mpirun(
+        2,
+        &[
+            "train",
+            bad.to_str().unwrap(),
+            "-q",
+            "--out",
+            tmp.path().join("b").to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("model.ghost_batch_size × ranks = 8 × 2") && err.contains("B = 24"),
+        "{err}"
+    );
+}
+
+/// SIGINT to one rank only (mpirun would forward a Ctrl-C to all): the stop request travels
+/// with the gradients, every rank stops after the same update, the checkpoint counts each
+/// sample once, and resuming on 2 ranks gives the uninterrupted run's metrics.
+#[test]
+fn a_signal_to_one_rank_stops_all_ranks_after_the_same_update() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    let slow = CONFIG
+        .replace("train = 1536", "train = 6000")
+        .replace("batch_size = 32", "batch_size = 4")
+        .replace("max_micro_batch = 16", "max_micro_batch = 4");
+    std::fs::write(&cfg, &slow).unwrap();
+    train_on(2, &cfg, tmp.path(), "straight");
+    let cut = tmp.path().join("cut");
+    // Rank 1 signals itself once the first epoch is logged; rank 0 is never signalled.
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (while [ ! -s {m} ]; do sleep 0.01; done; kill -INT $$) & fi; exec {BIN} train {c} -q --out {o}",
+        m = cut.join("metrics.jsonl").display(),
+        c = cfg.display(),
+        o = cut.display(),
+    );
+    let mut cmd = mpirun_base(2);
+    cmd.args(["sh", "-c", &script]);
+    let child = spawn(cmd);
+    wait_for_epochs(&cut, 1);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted at epoch 1"), "{stderr}");
+    assert_eq!(timing_free(&cut).len(), 1, "{stderr}");
+    let o = mpirun(2, &["train", "-q", "--resume", cut.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let straight = timing_free(&tmp.path().join("straight"));
+    let resumed = timing_free(&cut);
+    assert_eq!(straight.len(), 3);
+    for (x, y) in straight.iter().zip(&resumed) {
+        assert_eq!(
+            (x.epoch, x.updates, x.samples, x.allreduce_calls),
+            (y.epoch, y.updates, y.samples, y.allreduce_calls)
+        );
+        assert_close("train loss", x.train_loss, y.train_loss, 1e-9);
+        assert_close("test loss", x.test_loss, y.test_loss, 1e-9);
+        assert_eq!(x.train_accuracy, y.train_accuracy);
+    }
 }
 
 #[test]

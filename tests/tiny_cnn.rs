@@ -1,6 +1,7 @@
 //! Our layers against PyTorch on `../shared/testdata/tiny_cnn.json`: conv → batch norm (train)
 //! → ReLU → max-pool → linear → cross-entropy, with plain and ghost (chunks of 2) batch norm:
-//! logits, loss, every gradient, running statistics and eval logits.
+//! logits, loss, every gradient, running statistics and eval logits. The convolution goes
+//! through the models' own path (`model::conv::conv2d`, our im2col kernel on flex), not burn's.
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -9,7 +10,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use noisescale::model::GhostBatchNorm;
+use noisescale::model::{GhostBatchNorm, conv};
 use serde_json::Value;
 
 #[derive(Module, Debug)]
@@ -24,7 +25,7 @@ impl Tiny {
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self
             .pool
-            .forward(relu(self.bn.forward(self.conv.forward(x))));
+            .forward(relu(self.bn.forward(conv::conv2d(&self.conv, x))));
         self.fc.forward(x.flatten(1, 3))
     }
 }
@@ -88,6 +89,10 @@ fn check(case: &str, ghost: usize) {
     };
 
     let x: Tensor<4> = tensor(&data["input"], [4, 1, 4, 4], &device);
+    assert!(
+        conv::uses_kernel(&model.conv, &x),
+        "the test must exercise our conv kernel"
+    );
     let labels: Vec<i64> = data["labels"]
         .as_array()
         .unwrap()

@@ -136,6 +136,16 @@ max_micro_batch = 64
 
 #[test]
 fn sigint_checkpoints_mid_epoch_and_resume_continues_exactly() {
+    signal_checkpoints_mid_epoch_and_resume_continues_exactly("-INT");
+}
+
+/// SIGTERM is what Slurm and Kubernetes send before killing a preempted job.
+#[test]
+fn sigterm_checkpoints_like_ctrl_c() {
+    signal_checkpoints_mid_epoch_and_resume_continues_exactly("-TERM");
+}
+
+fn signal_checkpoints_mid_epoch_and_resume_continues_exactly(signal: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(
         r#"
@@ -174,12 +184,14 @@ milestones = [2]
     }
     std::thread::sleep(Duration::from_millis(30));
     Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(130) {
+    // Epochs of 1,024 updates: the signal always arrives with most of the run to go.
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    {
         assert!(stderr.contains("resume with"), "{stderr}");
         let (_, loaded) = checkpoint::load(
             &cut.join(checkpoint::CHECKPOINT_FILE),
@@ -197,27 +209,26 @@ milestones = [2]
                 .success()
         );
         assert_eq!(timing_free(&straight), timing_free(&cut));
-    } else {
-        // The run finished before the signal arrived; nothing to resume.
-        assert!(out.status.success(), "{stderr}");
     }
 }
 
-fn one_update_weights(micro: usize, model: &str) -> Vec<(String, Vec<f32>)> {
+/// The weights after one update of a batch of `batch` samples (the whole synthetic training
+/// set) pushed through in micro-batches of at most `micro`, and the initial weights.
+fn one_update_weights(batch: usize, micro: usize, model: &str) -> [Vec<(String, Vec<f32>)>; 2] {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(&format!(
+    let mut cfg = config(&format!(
         r#"
 [schedule]
 kind = "decay-lr"
 epochs = 1
 lr = 0.1
-batch_size = 4096
+batch_size = {batch}
 momentum = 0.9
 [train]
 max_micro_batch = {micro}
 "#
     ));
-    let mut cfg = cfg;
+    cfg.data.synthetic.train = batch;
     if model == "resnet" {
         cfg.model = noisescale::model::ModelConfig::Resnet {
             depth: 8,
@@ -230,40 +241,74 @@ max_micro_batch = {micro}
     assert_eq!(train_lib(&cfg, &out).updates.0, 1);
     let device = burn::tensor::Device::flex().autodiff();
     let shape = cfg.data.synthetic.shape;
-    let m = cfg.model.init(shape, 10, &device);
-    let (m, _) = checkpoint::load(&out.join(checkpoint::CHECKPOINT_FILE), m, &device).unwrap();
-    named_tensors(&m)
-        .into_iter()
-        .map(|t| (t.name, t.value.into_data().iter::<f32>().collect()))
-        .collect()
+    let values = |m: &noisescale::model::Model| -> Vec<(String, Vec<f32>)> {
+        named_tensors(m)
+            .into_iter()
+            .map(|t| (t.name, t.value.into_data().iter::<f32>().collect()))
+            .collect()
+    };
+    // The trainer seeds the device with the run's seed before building the model.
+    device.seed(cfg.seed);
+    let initial = cfg.model.init(shape, 10, &device);
+    let before = values(&initial);
+    let (m, _) =
+        checkpoint::load(&out.join(checkpoint::CHECKPOINT_FILE), initial, &device).unwrap();
+    [values(&m), before]
 }
 
-fn assert_same_update(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) {
+/// Both runs made the same update (to f32 rounding of differently ordered sums), and it moved
+/// the weights by far more than that tolerance.
+fn assert_same_update(a: &[Vec<(String, Vec<f32>)>; 2], b: &[Vec<(String, Vec<f32>)>; 2]) {
+    let ([a, init_a], [b, init_b]) = (a, b);
+    assert_eq!(init_a, init_b, "both runs must start from the same weights");
     assert_eq!(a.len(), b.len());
-    let mut moved = false;
-    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+    let mut moved = 0.0f32;
+    for (((na, va), (nb, vb)), (_, v0)) in a.iter().zip(b).zip(init_a) {
         assert_eq!(na, nb);
-        for (x, y) in va.iter().zip(vb) {
+        for ((x, y), w0) in va.iter().zip(vb).zip(v0) {
             assert!((x - y).abs() <= 2e-5 + 1e-4 * y.abs(), "{na}: {x} vs {y}");
+            moved = moved.max((y - w0).abs());
         }
-        moved |= va.iter().any(|x| *x != 0.0);
     }
-    assert!(moved);
+    assert!(
+        moved > 1e-2,
+        "the update moved the weights by at most {moved}"
+    );
 }
 
 #[test]
 fn a_4096_batch_in_micro_batches_of_256_gives_the_same_update() {
     assert_same_update(
-        &one_update_weights(4096, "mlp"),
-        &one_update_weights(256, "mlp"),
+        &one_update_weights(4096, 4096, "mlp"),
+        &one_update_weights(4096, 256, "mlp"),
+    );
+}
+
+/// B = 100 in micro-batches of 32, 32, 32 and 4: weighting the pieces by len/B (right) and by
+/// 1/k (wrong) give different updates here, unlike with equal pieces.
+#[test]
+fn unequal_micro_batches_are_weighted_by_their_size() {
+    assert_same_update(
+        &one_update_weights(100, 100, "mlp"),
+        &one_update_weights(100, 32, "mlp"),
     );
 }
 
 #[test]
 fn micro_batching_with_ghost_batch_norm_gives_the_same_update() {
     assert_same_update(
-        &one_update_weights(4096, "resnet"),
-        &one_update_weights(256, "resnet"),
+        &one_update_weights(4096, 4096, "resnet"),
+        &one_update_weights(4096, 256, "resnet"),
+    );
+}
+
+/// Unequal micro-batches with ghost batch norm: B = 200 in micro-batches of 64 (64, 64, 64, 8),
+/// ghost chunks of 32 (the last one 8), against one piece (224 ≥ 200, a multiple of 32).
+#[test]
+fn unequal_micro_batches_with_ghost_batch_norm_give_the_same_update() {
+    assert_same_update(
+        &one_update_weights(200, 224, "resnet"),
+        &one_update_weights(200, 64, "resnet"),
     );
 }
 

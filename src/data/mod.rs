@@ -30,7 +30,9 @@
 //! or skipped.
 //!
 //! **Sharding.** For data parallelism every rank walks the same global batches and takes
-//! [`shard`] of each: contiguous near-equal parts, the first `len % world` ranks one larger.
+//! [`shard`] of each: the batch cut into chunks of [`Shard::quantum`] samples (the ghost batch
+//! size, so a ghost batch never straddles two ranks), dealt out in contiguous near-equal runs,
+//! the first ranks one chunk more; a rank's share of a small last batch may be empty.
 //! The global batch is the unit of the schedule; a batch's `start`/`end` are global, so all
 //! ranks checkpoint the same position.
 //!
@@ -68,5 +70,5 @@ pub use error::DataError;
 pub use idx::{IdxImages, load_mnist, load_mnist_with, read_decoded, read_images, read_labels};
 pub use inspect::{DatasetReport, FileDigest, InspectReport, SplitReport, inspect, sha256_hex};
 pub use loader::{Batch, EpochIter, Loader, assemble, eval_batches};
-pub use sampler::{Batches, LastBatch, Position, Sampler, derive_rng, shard};
+pub use sampler::{Batches, LastBatch, Position, Sampler, Shard, derive_rng, shard};
 pub use synthetic::{default_split, synthetic};

@@ -164,15 +164,36 @@ impl Iterator for Batches {
     }
 }
 
-/// The part of a global batch `range` that data-parallel rank `rank` of `world` handles:
-/// contiguous, near-equal parts in rank order, the first `len % world` ranks one larger.
-/// Panics if `world == 0` or `rank >= world`.
-pub fn shard(range: Range<u64>, rank: usize, world: usize) -> Range<u64> {
-    assert!(world > 0 && rank < world, "bad shard {rank} of {world}");
+/// One data-parallel rank's place: which of `world` ranks, and the indivisible unit a global
+/// batch is cut in (the ghost batch size, so that no ghost chunk straddles two ranks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This rank, `0..world`.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+    /// Samples per indivisible chunk (1: any sample boundary).
+    pub quantum: usize,
+}
+
+/// The part of a global batch `range` that a rank handles: the batch is cut into chunks of
+/// `quantum` samples from its start (the last one possibly shorter), and the chunks are dealt
+/// out in contiguous, near-equal runs in rank order, the first `chunks % world` ranks one chunk
+/// more. A rank may get nothing (a last batch smaller than the ranks); it must still join every
+/// collective. Panics if `world == 0`, `rank >= world` or `quantum == 0`.
+pub fn shard(range: Range<u64>, s: Shard) -> Range<u64> {
+    assert!(
+        s.world > 0 && s.rank < s.world && s.quantum > 0,
+        "bad shard {s:?}"
+    );
     let len = range.end.saturating_sub(range.start);
-    let (w, r) = (world as u64, rank as u64);
-    let (base, extra) = (len / w, len % w);
-    let start = range.start + r * base + r.min(extra);
-    let size = base + u64::from(r < extra);
-    start..start + size
+    let q = s.quantum as u64;
+    let chunks = len.div_ceil(q);
+    let (w, r) = (s.world as u64, s.rank as u64);
+    let (base, extra) = (chunks / w, chunks % w);
+    let first = r * base + r.min(extra);
+    let count = base + u64::from(r < extra);
+    let start = (range.start + first * q).min(range.end);
+    let end = (range.start + (first + count) * q).min(range.end);
+    start..end
 }

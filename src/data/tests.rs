@@ -506,7 +506,16 @@ fn shards_cover_each_batch_once() {
     for len in 0..20u64 {
         for world in 1..6 {
             let range = 100..100 + len;
-            let parts: Vec<_> = (0..world).map(|r| shard(range.clone(), r, world)).collect();
+            let parts: Vec<_> = (0..world)
+                .map(|rank| {
+                    let s = Shard {
+                        rank,
+                        world,
+                        quantum: 1,
+                    };
+                    shard(range.clone(), s)
+                })
+                .collect();
             let mut next = range.start;
             for (r, p) in parts.iter().enumerate() {
                 assert_eq!(p.start, next);
@@ -517,6 +526,50 @@ fn shards_cover_each_batch_once() {
             assert_eq!(next, range.end);
         }
     }
+}
+
+/// With a quantum (the ghost batch size), every shard starts on a multiple of it from the
+/// batch's start, so ghost chunks are the same whatever the number of ranks; the last chunk
+/// may be short and ranks past the data get empty shards.
+#[test]
+fn shards_keep_whole_chunks() {
+    for len in 0..40u64 {
+        for world in 1..5 {
+            for quantum in [1usize, 3, 4, 8] {
+                let range = 50..50 + len;
+                let mut next = range.start;
+                let mut sizes = Vec::new();
+                for rank in 0..world {
+                    let p = shard(
+                        range.clone(),
+                        Shard {
+                            rank,
+                            world,
+                            quantum,
+                        },
+                    );
+                    assert_eq!(p.start, next, "len {len} world {world} q {quantum}");
+                    assert!(
+                        p.is_empty() || (p.start - range.start).is_multiple_of(quantum as u64),
+                        "shard {p:?} of {range:?} splits a chunk of {quantum}"
+                    );
+                    sizes.push((p.end - p.start).div_ceil(quantum as u64));
+                    next = p.end;
+                }
+                assert_eq!(next, range.end);
+                // Chunks near-equally dealt: counts differ by at most one, larger first.
+                assert!(sizes.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 1));
+            }
+        }
+    }
+    // 10 samples in chunks of 4 over 2 ranks: [0, 8) and [8, 10).
+    let s = |rank| Shard {
+        rank,
+        world: 2,
+        quantum: 4,
+    };
+    assert_eq!(shard(0..10, s(0)), 0..8);
+    assert_eq!(shard(0..10, s(1)), 8..10);
 }
 
 // ---------------------------------------------------------------- augmentation
@@ -707,7 +760,14 @@ fn loader_shards_partition_global_batches() {
     let whole: Vec<Batch> = loader.epoch(0, 10, 0, None).collect();
     let world = 3;
     let ranks: Vec<Vec<Batch>> = (0..world)
-        .map(|r| loader.epoch(0, 10, 0, Some((r, world))).collect())
+        .map(|rank| {
+            let s = Shard {
+                rank,
+                world,
+                quantum: 1,
+            };
+            loader.epoch(0, 10, 0, Some(s)).collect()
+        })
         .collect();
     for (i, w) in whole.iter().enumerate() {
         let mut labels = Vec::new();

@@ -72,6 +72,12 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
 }
 
+/// Whether [`conv2d`] runs `conv` on `x` through our kernel (rather than burn's convolution):
+/// lets tests show that they exercise the kernel.
+pub fn uses_kernel(conv: &Conv2d, x: &Tensor<4>) -> bool {
+    fast_path(conv, x).is_some()
+}
+
 /// The padding of a convolution [`Im2colConv`] can run, or `None` to use burn's own.
 fn fast_path(conv: &Conv2d, x: &Tensor<4>) -> Option<(usize, usize)> {
     if !is_flex_f32(x) || conv.groups != 1 || conv.dilation != [1, 1] {
@@ -344,14 +350,24 @@ thread_local! {
 }
 
 /// Runs `f` with a scratch slice of `len` floats (contents unspecified: callers overwrite it).
+///
+/// The buffer is taken out of the thread-local for the duration of `f`, not borrowed: `f` runs
+/// a GEMM that may spread over the rayon pool, and a thread waiting in it can steal another conv
+/// task and come back here (re-entrancy). That nested call then finds the slot empty and uses a
+/// buffer of its own; whichever finishes last leaves its buffer for the next call.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|cell| cell.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let out = f(&mut buf[..len]);
     SCRATCH.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < len {
-            buf.resize(len, 0.0);
+        let mut slot = cell.borrow_mut();
+        if slot.len() < buf.len() {
+            *slot = buf;
         }
-        f(&mut buf[..len])
-    })
+    });
+    out
 }
 
 /// Tasks a batch is cut into. Fixed, not the thread count, so that the weight gradient (summed
@@ -626,6 +642,9 @@ mod tests {
             (1, 2, 11, 10, 4, [5, 5], [1, 1], (2, 2), true),
             (4, 3, 6, 7, 2, [3, 2], [2, 1], (0, 1), false),
             (2, 1, 5, 5, 2, [5, 5], [1, 1], (0, 0), true),
+            // More images than tasks: each task accumulates several images' weight gradients.
+            (19, 3, 6, 6, 4, [3, 3], [1, 1], (1, 1), true),
+            (17, 4, 5, 5, 3, [1, 1], [1, 1], (0, 0), false),
         ];
         for (n, c, h, w, o, kernel, stride, (ph, pw), bias) in cases {
             let conv = Conv2dConfig::new([c, o], kernel)
@@ -670,28 +689,53 @@ mod tests {
         assert_eq!(lhs, rhs);
     }
 
-    /// The same input gives bit-identical gradients on 1, 2 and 3 threads.
+    /// The same input gives bit-identical outputs and gradients on pools of 1, 2, 3, 16 and 32
+    /// threads, both when tasks outnumber threads (single-threaded GEMMs) and when threads
+    /// outnumber tasks (GEMMs over the whole pool, where a thread waiting in a GEMM steals
+    /// another conv task and re-enters the scratch buffer: this panicked with 9+ threads).
     #[test]
-    fn backward_does_not_depend_on_the_thread_count() {
-        let g = Geometry::new(&[13, 3, 9, 9], &[5, 3, 3, 3], [1, 1], [1, 1]);
+    fn results_do_not_depend_on_the_thread_count() {
         let fill = |n: usize, m: usize| -> Vec<f32> {
             (0..n)
                 .map(|i| (((i * m) % 1009) as f32 / 1009.0 - 0.5) * 3.1)
                 .collect()
         };
-        let x = fill(g.n * g.image(), 7919);
-        let w = fill(g.o * g.k(), 104729);
-        let dy = fill(g.n * g.o * g.p(), 31337);
-        let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("pool")
-                .install(|| backward(&g, &x, &w, &dy, true, true))
-        };
-        let one = run(1);
-        assert_eq!(one, run(2));
-        assert_eq!(one, run(3));
+        // 13 images: 7 tasks of 2; 37 images: 8 tasks of 5 (accumulating); 1×1 and 3×3.
+        for (n, kernel, pad) in [(13, 3, 1), (37, 3, 1), (13, 1, 0)] {
+            let g = Geometry::new(&[n, 3, 9, 9], &[5, 3, kernel, kernel], [1, 1], [pad, pad]);
+            let x = fill(g.n * g.image(), 7919);
+            let w = fill(g.o * g.k(), 104729);
+            let dy = fill(g.n * g.o * g.p(), 31337);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                // Several convolutions at once, as the layers of a batch's forward pass are not,
+                // but as rayon may interleave them when GEMMs share the pool.
+                pool.install(|| {
+                    // The branch taken: single-threaded GEMMs exactly when tasks ≥ threads.
+                    let (per_task, par) = split(n);
+                    assert_eq!(
+                        matches!(par, gemm::Parallelism::Rayon(1)),
+                        n.div_ceil(per_task) >= threads
+                    );
+                    let runs: Vec<_> = (0..4)
+                        .into_par_iter()
+                        .map(|_| (forward(&g, &x, &w), backward(&g, &x, &w, &dy, true, true)))
+                        .collect();
+                    assert!(runs.windows(2).all(|p| p[0] == p[1]));
+                    runs.into_iter().next().expect("one run")
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3, 16, 32] {
+                assert!(
+                    one == run(threads),
+                    "{n} images, {kernel}×{kernel}: {threads} threads differ from 1"
+                );
+            }
+        }
     }
 
     #[test]

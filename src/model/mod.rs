@@ -179,7 +179,16 @@ impl ModelConfig {
     }
 
     /// Builds the model for images of shape `[channels, height, width]` and `classes` classes.
+    ///
+    /// Every parameter is initialised here, from the device's random stream as it stands now
+    /// (see [`crate::params::materialize`]).
     pub fn init(&self, input: [usize; 3], classes: usize, device: &Device) -> Model {
+        let model = self.build(input, classes, device);
+        crate::params::materialize(&model);
+        model
+    }
+
+    fn build(&self, input: [usize; 3], classes: usize, device: &Device) -> Model {
         let [c, h, w] = input;
         match self {
             ModelConfig::Mlp { widths } => Model::Mlp(Mlp::new(c * h * w, widths, classes, device)),

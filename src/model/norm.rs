@@ -244,4 +244,44 @@ mod tests {
             }
         }
     }
+
+    /// The fused kernel gives bit-identical outputs, gradients and running statistics on pools
+    /// of 1, 2, 16 and 32 threads (more threads than (chunk, channel) tasks included).
+    #[test]
+    fn fused_kernel_does_not_depend_on_the_thread_count() {
+        let device = Device::flex().autodiff();
+        let (shape, ghost) = ([12, 3, 5, 5], 4);
+        let n: usize = shape.iter().product();
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 997) as f32 / 97.0 - 5.0)
+            .collect();
+        let mix: Vec<f32> = (0..n)
+            .map(|i| ((i * 104729) % 991) as f32 / 991.0 - 0.5)
+            .collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| {
+                let bn = GhostBatchNorm::new(shape[1], ghost, &device);
+                let x = Tensor::<1>::from_floats(x.as_slice(), &device).require_grad();
+                let m = Tensor::<1>::from_floats(mix.as_slice(), &device);
+                let y = bn.forward(x.clone().reshape(shape)).reshape([n]);
+                let grads = (y.clone() * m).sum().backward();
+                [
+                    values(y),
+                    values(x.grad(&grads).expect("x grad")),
+                    values(bn.gamma.grad(&grads).expect("gamma grad")),
+                    values(bn.beta.grad(&grads).expect("beta grad")),
+                    values(bn.running_mean.value()),
+                    values(bn.running_var.value()),
+                ]
+            })
+        };
+        let one = run(1);
+        for threads in [2, 16, 32] {
+            assert!(one == run(threads), "{threads} threads differ from 1");
+        }
+    }
 }

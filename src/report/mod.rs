@@ -66,6 +66,10 @@ pub struct RunInfo {
     /// Data set name, e.g. `mnist`.
     #[serde(default)]
     pub dataset: String,
+    /// Over how many samples batch norm computes its statistics, e.g. `ghost batches of 32`
+    /// (empty for models without batch norm).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub normalization: String,
 }
 
 /// One run as read from its directory.
@@ -141,6 +145,7 @@ impl Run {
                     .as_ref()
                     .map_or_else(String::new, |s| s.model.clone()),
                 dataset: String::new(),
+                normalization: String::new(),
                 name,
             }
         };
@@ -366,7 +371,9 @@ parameter updates. So the curves of test accuracy against epochs should overlap,
 against parameter updates (log axis) should be shifted left for the schedules that increase \
 B, and the schedule plots show ε, B and g per epoch (B and g on log axes). Thick lines are the \
 mean over seeds, thin lines the individual seeds; groups marked * include unfinished runs. \
-All-reduce calls matter only for data-parallel runs (world size > 1).";
+The gradient-noise-scale plot shows the measured B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) \
+beside the batch size each schedule used: a schedule whose B stays below B_simple spends its \
+samples efficiently. All-reduce calls matter only for data-parallel runs (world size > 1).";
 
 /// Writes `report.md`, `report.html` and every plot (PNG and SVG, see [`PLOT_NAMES`]) into
 /// `out`, creating it. `notes` (hardware, versions, command line) are listed under the table.
@@ -392,6 +399,21 @@ pub fn write_report(
         plots.push(svg);
     }
 
+    // What batch norm normalised over, per group: it changes the model, so a reader comparing
+    // schedules must see it.
+    let mut notes = notes.to_vec();
+    for run in runs {
+        if !run.info.normalization.is_empty() {
+            let note = format!(
+                "batch norm in {}: {}",
+                run.info.group, run.info.normalization
+            );
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+    }
+    let notes = &notes[..];
     let mut md = format!("# {title}\n\n## Summary\n\n");
     md.push_str(&markdown_table(&groups));
     if !notes.is_empty() {

@@ -54,6 +54,11 @@ fn records(group: &str, final_acc: f64, epochs: u32, world: usize) -> Vec<EpochM
                 samples_per_second: 6000.0,
                 comm_seconds: 0.0,
                 peak_memory_bytes: 0,
+                gns: crate::metrics::GnsMetrics {
+                    gns_b_simple: Some(40.0 * (e + 1) as f64),
+                    gns_b_simple_stderr: Some(4.0),
+                    ..Default::default()
+                },
             }
         })
         .collect()
@@ -71,6 +76,7 @@ fn write_run(dir: &Path, group: &str, seed: u64, recs: &[EpochMetrics], finished
         optimizer: "momentum".into(),
         model: "mlp-256".into(),
         dataset: "mnist".into(),
+        normalization: String::new(),
     };
     std::fs::write(dir.join("run.json"), serde_json::to_string(&info).unwrap()).unwrap();
     crate::metrics::write_metrics(&dir.join("metrics.jsonl"), recs).unwrap();

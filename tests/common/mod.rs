@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: the binary, CLI runs, waiting on a live run, and
+//! metrics without their timing fields.
+#![allow(dead_code)] // each test crate uses its own subset
+
+use noisescale::metrics::{EpochMetrics, read_metrics};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `noisescale` binary built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_noisescale");
+
+/// Writes `text` as `name` in `dir` and returns its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `noisescale train CONFIG -q --out OUT` with extra environment variables.
+pub fn train_cmd(config: &Path, out: &Path, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["train", config.to_str().unwrap(), "-q", "--out"])
+        .arg(out)
+        .envs(env.iter().copied());
+    c
+}
+
+/// Runs a command and asserts it succeeded, showing its output otherwise.
+pub fn succeed(mut cmd: Command) -> Output {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{:?} failed: {}{}",
+        cmd,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Epoch records of a run directory without the timing fields.
+pub fn timing_free(dir: &Path) -> Vec<EpochMetrics> {
+    read_metrics(&dir.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|m| m.without_timing())
+        .collect()
+}
+
+/// Waits until the run in `dir` has logged `epochs` epochs (2 minutes at most).
+pub fn wait_for_epochs(dir: &Path, epochs: usize) {
+    let start = Instant::now();
+    while read_metrics(&dir.join("metrics.jsonl")).map_or(0, |m| m.len()) < epochs {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{} logged fewer than {epochs} epochs in 2 minutes",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts `cmd` with its standard error captured.
+pub fn spawn(mut cmd: Command) -> Child {
+    cmd.stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// Sends `signal` (e.g. `-INT`) to process `pid`.
+pub fn kill(signal: &str, pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
