@@ -1,23 +1,23 @@
 //! `noisescale bench`: training-step and data-loading throughput on the current device, and
 //! optionally the same training steps in PyTorch eager (`bench/pytorch_ref.py`) for a ratio.
 //!
-//! A training step is what the trainer does for one micro-batch plus one optimiser step: host
-//! batch → tensors, forward, cross-entropy, `loss.into_scalar()`, backward,
-//! [`Grads::from_backward`], and one SGD-momentum step (`weight_decay` 5e-4, ε 0.1, m 0.9), on
+//! A training step is the trainer's own [`crate::train::forward_backward`] (host batch →
+//! tensors, forward, cross-entropy, `loss.into_scalar()`, backward, gradients gathered, in
+//! micro-batches of [`crate::config::AUTO_MICRO_BATCH`]) plus one SGD-momentum step
+//! (`weight_decay` 5e-4, ε 0.1, m 0.9), on
 //! random inputs of the model's input shape. Data loading is [`assemble`] (one thread, the CPU cost
 //! of a batch) and the background [`Loader`] (its worker threads, consumed without training).
 //!
-//! Threads: burn-flex parallelises through rayon's global pool, and only when burn is built with
-//! its `rayon` feature; `--threads` sets `RAYON_NUM_THREADS` before any burn work (no effect on a
-//! build without that feature) and is passed to PyTorch as `torch.set_num_threads`.
+//! Threads: burn-flex and our kernels parallelise over the current rayon pool; `--threads` runs
+//! the whole benchmark in a pool of that many threads (flushing denormals, as training does) and
+//! is passed to PyTorch as `torch.set_num_threads`. The table names the CPU, whether it has
+//! AVX-512 and whether denormals are flushed.
 
 use crate::data::{self, Augment, Dataset, DatasetKind, Loader, Normalizer, Sampler, assemble};
 use crate::model::ModelConfig;
 use crate::optim::{OptimizerConfig, OptimizerKind, StepHyper};
-use crate::params::Grads;
 use anyhow::{Context, Result, bail};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -39,7 +39,7 @@ pub enum Only {
 /// `noisescale bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Compute threads: `RAYON_NUM_THREADS` for burn-flex, `torch.set_num_threads` for PyTorch.
+    /// Compute threads: the rayon pool for burn-flex, `torch.set_num_threads` for PyTorch.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Timed steps per training row (WRN-16-4 takes a quarter of them, at least 3).
@@ -84,6 +84,9 @@ pub struct TrainRow {
     pub input: [usize; 3],
     /// Batch size.
     pub batch: usize,
+    /// Whether the step measured the gradient noise scale (`train.noise_scale`).
+    #[serde(default)]
+    pub noise_scale: bool,
     /// Timed steps.
     pub steps: usize,
     /// Mean seconds per step.
@@ -146,6 +149,15 @@ pub struct BenchReport {
     pub threads: usize,
     /// `RAYON_NUM_THREADS` as seen by the process.
     pub rayon_num_threads: Option<String>,
+    /// The processor's model name: a speed figure means nothing without it.
+    #[serde(default)]
+    pub cpu: String,
+    /// Whether the processor has AVX-512F (gemm's AVX-512 kernels run).
+    #[serde(default)]
+    pub avx512: bool,
+    /// Whether the compute threads flush denormals to zero (see [`crate::cpu`]).
+    #[serde(default)]
+    pub denormals_flushed: bool,
     /// Training rows.
     pub train: Vec<TrainRow>,
     /// Data rows.
@@ -201,11 +213,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps = 0 is out of range: must be at least 1");
     }
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // SAFETY: set before any burn work starts a thread; this process has only the main
-        // thread here (the Ctrl-C handler's thread does not read the environment).
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
-    }
+    // burn-flex and our kernels parallelise over the current rayon pool: this one, whose
+    // workers flush denormals like the global pool's.
+    crate::cpu::pool(args.threads)?.install(|| run_in_pool(args))
+}
+
+fn run_in_pool(args: BenchArgs) -> Result<()> {
     let device = crate::device::device(crate::device::DeviceSpec::Flex)?;
     let mut train = Vec::new();
     let mut data_rows = Vec::new();
@@ -213,7 +226,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.only != Only::Data {
         for (cfg, input, batches, slow) in train_rows() {
             for b in batches {
-                train.push(bench_train(&args, &cfg, input, b, slow, &device)?);
+                train.push(bench_train(&args, &cfg, input, b, slow, false, &device)?);
+            }
+        }
+        // The cost of measuring the gradient noise scale (on by default in training): the same
+        // steps with the per-micro-batch norms, at a batch that fits one micro-batch (split in
+        // two) and at one that is already split.
+        for (cfg, input, batches, _) in train_rows().into_iter().take(3) {
+            for b in batches {
+                train.push(bench_train(&args, &cfg, input, b, false, true, &device)?);
             }
         }
     } else {
@@ -223,6 +244,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 &resnet8(),
                 [3, 32, 32],
                 b,
+                false,
                 false,
                 &device,
             )?);
@@ -270,6 +292,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         noisescale_version: env!("CARGO_PKG_VERSION").to_string(),
         threads: args.threads,
         rayon_num_threads: std::env::var("RAYON_NUM_THREADS").ok(),
+        cpu: crate::cpu::model_name(),
+        avx512: crate::cpu::has_avx512(),
+        denormals_flushed: rayon::broadcast(|_| crate::cpu::denormals_flushed())
+            .into_iter()
+            .all(|f| f),
         train,
         data: data_rows,
         pytorch,
@@ -299,6 +326,7 @@ fn bench_train(
     input: [usize; 3],
     batch: usize,
     slow: bool,
+    measure: bool,
     device: &Device,
 ) -> Result<TrainRow> {
     let (steps, warmup) = if slow {
@@ -318,16 +346,43 @@ fn bench_train(
         lr: 0.1,
         momentum: 0.9,
     };
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
     let [c, h, w] = input;
     let mut rng = data::derive_rng(0, 0, 99, batch as u64);
-    let images: Vec<f32> = (0..batch * c * h * w)
-        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
-        .collect();
-    let labels: Vec<i64> = (0..batch)
-        .map(|_| rng.random_range(0..classes as i64))
-        .collect();
-    eprint!("bench {} B={batch}: ", cfg.name());
+    let batch_data = data::Batch {
+        images: (0..batch * c * h * w)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect(),
+        labels: (0..batch)
+            .map(|_| rng.random_range(0..classes as u8))
+            .collect(),
+        shape: [batch, c, h, w],
+        epoch: 0,
+        start: 0,
+        end: batch as u64,
+    };
+    // The trainer's step on one process: micro-batches of `AUTO_MICRO_BATCH`, and with the
+    // noise scale measured, a batch that fits one micro-batch in two pieces.
+    let plan = crate::train::StepPlan {
+        max_micro_batch: crate::config::AUTO_MICRO_BATCH,
+        min_pieces: if measure && cfg.ghost_batch_size() == 0 && cfg.has_batch_norm() {
+            1
+        } else if measure {
+            2
+        } else {
+            1
+        },
+        quantum: cfg.ghost_batch_size().max(1),
+        measure,
+        seed: 0,
+        update: 0,
+        inject_nan: false,
+    };
+    let label = format!(
+        "{} B={batch}{}",
+        cfg.name(),
+        if measure { " +gns" } else { "" }
+    );
+    eprint!("bench {label}: ");
     let mut timed = 0;
     let mut elapsed = 0.0;
     for i in 0.. {
@@ -335,16 +390,18 @@ fn bench_train(
             break;
         }
         let t = Instant::now();
-        let x = Tensor::<4>::from_data(TensorData::new(images.clone(), [batch, c, h, w]), device);
-        let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [batch]), device);
-        let logits = model.forward(x);
-        let loss = loss_fn.forward(logits, y);
-        let value = loss.clone().into_scalar::<f32>();
-        if !value.is_finite() {
-            bail!("bench {} B={batch}: the loss is {value}", cfg.name());
+        let step = crate::train::forward_backward(&model, &batch_data, batch, &plan, device)
+            .map_err(|e| match e {
+                crate::train::StepError::NonFinite { loss } => {
+                    anyhow::anyhow!("bench {label}: the loss is {loss}")
+                }
+                crate::train::StepError::Other(e) => e,
+            })?;
+        if measure {
+            // What the trainer adds per update: the batch gradient's squared norm.
+            std::hint::black_box(step.grads.sq_norm());
         }
-        let grads = Grads::from_backward(&model, &loss.backward());
-        model = optim.step(model, grads, hyper);
+        model = optim.step(model, step.grads, hyper);
         let _ = device.sync();
         let dt = t.elapsed().as_secs_f64();
         if i >= warmup {
@@ -364,6 +421,7 @@ fn bench_train(
         model: cfg.name(),
         input,
         batch,
+        noise_scale: measure,
         steps: timed,
         seconds_per_step: sps,
         images_per_second: batch as f64 / sps,
@@ -483,6 +541,17 @@ pub fn format_report(r: &BenchReport) -> String {
         .collect();
     let _ = writeln!(
         s,
+        "\nCPU: {} · AVX-512: {} · denormals flushed to zero: {}",
+        if r.cpu.is_empty() { "unknown" } else { &r.cpu },
+        if r.avx512 {
+            "yes (gemm's AVX-512 kernels)"
+        } else {
+            "no (gemm's AVX2/FMA kernels)"
+        },
+        if r.denormals_flushed { "yes" } else { "no" },
+    );
+    let _ = writeln!(
+        s,
         "\nTraining step (forward, cross-entropy, backward, SGD momentum step), threads = {}{}",
         r.threads,
         match &r.pytorch {
@@ -503,7 +572,7 @@ pub fn format_report(r: &BenchReport) -> String {
         let _ = write!(s, "--:|--:|");
     }
     let _ = writeln!(s);
-    for row in &r.train {
+    for row in r.train.iter().filter(|row| !row.noise_scale) {
         let [c, h, w] = row.input;
         let _ = write!(
             s,
@@ -521,6 +590,32 @@ pub fn format_report(r: &BenchReport) -> String {
             }
         }
         let _ = writeln!(s);
+    }
+    let with_gns: Vec<&TrainRow> = r.train.iter().filter(|row| row.noise_scale).collect();
+    if !with_gns.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nMeasuring the gradient noise scale (train.noise_scale, on by default): the same step with it"
+        );
+        let _ = writeln!(s, "| model | B | img/s without | img/s with | cost |");
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|");
+        for row in with_gns {
+            let plain = r
+                .train
+                .iter()
+                .find(|p| !p.noise_scale && p.model == row.model && p.batch == row.batch);
+            if let Some(p) = plain {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.0} | {:.0} | {:+.1}% |",
+                    row.model,
+                    row.batch,
+                    p.images_per_second,
+                    row.images_per_second,
+                    100.0 * (p.images_per_second / row.images_per_second - 1.0)
+                );
+            }
+        }
     }
     if !r.data.is_empty() {
         let _ = writeln!(

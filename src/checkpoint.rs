@@ -83,6 +83,9 @@ pub struct TrainState {
     pub wall_seconds: f64,
     /// Sums over the unfinished epoch.
     pub epoch: EpochAccumulator,
+    /// The gradient-noise-scale estimator (its averages and the epoch's measurements).
+    #[serde(default)]
+    pub gns: crate::gns::Estimator,
 }
 
 impl TrainState {
@@ -94,6 +97,7 @@ impl TrainState {
             samples: Samples(0),
             wall_seconds: 0.0,
             epoch: EpochAccumulator::default(),
+            gns: crate::gns::Estimator::default(),
         }
     }
 }

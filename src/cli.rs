@@ -42,6 +42,29 @@ pub enum Command {
     Presets,
     /// Measure training-step and data-loading throughput (optionally against PyTorch).
     Bench(crate::bench::BenchArgs),
+    /// Measure the gradient noise scale B_simple of a checkpoint on its training data.
+    Noise(NoiseArgs),
+}
+
+/// `noisescale noise`.
+#[derive(Args, Debug)]
+pub struct NoiseArgs {
+    /// A checkpoint file, or a run directory holding `checkpoint.safetensors`.
+    checkpoint: PathBuf,
+    /// Batches to average over (each drawn without replacement).
+    #[arg(long, default_value_t = 100)]
+    batches: usize,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Equal pieces each batch is computed in (the small batch size is batch-size/pieces).
+    #[arg(long, default_value_t = 8)]
+    pieces: usize,
+    /// Seed of the batches drawn.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 /// Where the config comes from: a file or a shipped preset.
@@ -212,6 +235,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => cmd_train(a),
         Command::Eval(a) => cmd_eval(a),
+        Command::Noise(a) => cmd_noise(a),
         Command::Schedule(a) => cmd_schedule(a),
         Command::Reproduce(a) => crate::reproduce::run(a),
         Command::Report(a) => cmd_report(a),
@@ -445,5 +469,56 @@ fn cmd_report(a: ReportArgs) -> Result<()> {
         crate::report::markdown_table(&crate::report::summarize(&runs))
     );
     println!("report: {}", files.html.display());
+    Ok(())
+}
+
+fn cmd_noise(a: NoiseArgs) -> Result<()> {
+    let path = if a.checkpoint.is_dir() {
+        a.checkpoint.join(crate::checkpoint::CHECKPOINT_FILE)
+    } else {
+        a.checkpoint.clone()
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut cfg = RunConfig::load(&dir.join("config.toml")).with_context(|| {
+        format!(
+            "{}: the run's config.toml is needed beside the checkpoint",
+            path.display()
+        )
+    })?;
+    a.overrides.apply(&mut cfg)?;
+    let prepared = train::prepare_data(&cfg)?;
+    let device = crate::device::device(crate::device::parse(&cfg.device)?)?;
+    let model = cfg.model.init(
+        prepared.train.image_shape(),
+        prepared.train.num_classes,
+        &device,
+    );
+    let (model, loaded) = crate::checkpoint::load(&path, model, &device)?;
+    let r = train::measure_noise_scale(
+        &model,
+        &prepared,
+        a.batches,
+        a.batch_size,
+        a.pieces,
+        a.seed,
+        &device,
+    )?;
+    println!(
+        "{}: epoch {} (+{} samples), {} updates\nB_simple = tr(Σ)/|G|² ≈ {:.1} ± {:.1} (tr(Σ) ≈ {:.4e}, |G|² ≈ {:.4e}) from {} batches of {} in {} pieces",
+        path.display(),
+        loaded.state.position.epoch,
+        loaded.state.position.offset,
+        loaded.state.updates,
+        r.b_simple,
+        r.b_simple_stderr,
+        r.trace,
+        r.grad_sq,
+        a.batches,
+        a.batch_size,
+        a.pieces
+    );
+    println!(
+        "Batches well below B_simple cut the updates needed almost in proportion; well above it they mostly spend more samples (McCandlish et al. 2018)."
+    );
     Ok(())
 }

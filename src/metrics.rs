@@ -52,6 +52,43 @@ pub struct EpochMetrics {
     pub comm_seconds: f64,
     /// Peak resident memory of the process so far, bytes (0 where unknown).
     pub peak_memory_bytes: u64,
+    /// The measured gradient noise scale (`gns_*` fields; absent when not measured).
+    #[serde(flatten)]
+    pub gns: GnsMetrics,
+}
+
+/// The gradient-noise-scale fields of an epoch record ([`crate::gns`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GnsMetrics {
+    /// B_simple = tr(Σ)/|G|² at the end of the epoch, smoothed over updates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gns_b_simple: Option<f64>,
+    /// Its standard error, from the spread of this epoch's estimate over windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gns_b_simple_stderr: Option<f64>,
+    /// B_simple from this epoch's updates alone (ratio of the epoch's sums).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gns_epoch_b_simple: Option<f64>,
+    /// Smoothed estimate of tr(Σ), the numerator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gns_trace: Option<f64>,
+    /// Smoothed estimate of |G|², the denominator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gns_grad_sq: Option<f64>,
+}
+
+impl GnsMetrics {
+    /// The fields of a reading (non-finite values become absent: JSON has no NaN).
+    pub fn from_reading(r: Option<crate::gns::Reading>) -> Self {
+        let finite = |v: f64| v.is_finite().then_some(v);
+        Self {
+            gns_b_simple: r.and_then(|r| finite(r.b_simple)),
+            gns_b_simple_stderr: r.and_then(|r| finite(r.b_simple_stderr)),
+            gns_epoch_b_simple: r.and_then(|r| finite(r.epoch_b_simple)),
+            gns_trace: r.and_then(|r| finite(r.trace)),
+            gns_grad_sq: r.and_then(|r| finite(r.grad_sq)),
+        }
+    }
 }
 
 impl EpochMetrics {
@@ -235,6 +272,7 @@ mod tests {
             samples_per_second: sps,
             comm_seconds: 0.0,
             peak_memory_bytes: 1,
+            gns: GnsMetrics::default(),
         }
     }
 

@@ -15,12 +15,13 @@
 
 use crate::checkpoint::{self, CHECKPOINT_FILE, EpochAccumulator, TrainState};
 use crate::config::{Resolved, RunConfig};
-use crate::data::{self, Dataset, DatasetKind, Loader, Normalizer, Split};
+use crate::data::{self, Dataset, DatasetKind, Loader, Normalizer, Shard, Split};
 use crate::dist::Communicator;
+use crate::gns::StepNorms;
 use crate::metrics::{self, EpochMetrics, RunSummary};
 use crate::model::Model;
 use crate::optim::{Optimizer, StepHyper};
-use crate::params::{Grads, named_tensors, trainable_params};
+use crate::params::{Grads, named_tensors, replace_tensors, trainable_params};
 use crate::report::RunInfo;
 use crate::units::{Epochs, Samples, Updates};
 use anyhow::{Context, Result, bail};
@@ -169,10 +170,11 @@ fn accuracy_count(logits: Tensor<2>, y: Tensor<1, Int>) -> u64 {
     pred.equal(y).int().sum().into_scalar::<i64>() as u64
 }
 
-/// A 64-bit FNV-1a checksum of the trainable weights, to check ranks agree.
+/// A 64-bit FNV-1a checksum of every tensor of the model (weights and running statistics), to
+/// check that ranks agree.
 pub fn weights_checksum(model: &Model) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for t in named_tensors(model).into_iter().filter(|t| t.trainable) {
+    for t in named_tensors(model) {
         for x in t.value.into_data().iter::<f32>() {
             for b in x.to_bits().to_le_bytes() {
                 h ^= b as u64;
@@ -183,12 +185,192 @@ pub fn weights_checksum(model: &Model) -> u64 {
     h
 }
 
+/// Replaces every rank's batch-norm running statistics by their mean over the ranks.
+///
+/// Each rank updates its running statistics from its own shards only; averaging them (in f64)
+/// before every evaluation and checkpoint makes all ranks hold the same model, which the
+/// checkpoint stores and the weight checksum then covers.
+fn average_running_stats(model: Model, comm: &dyn Communicator) -> Result<Model> {
+    let world = comm.world_size();
+    let buffers: Vec<_> = named_tensors(&model)
+        .into_iter()
+        .filter(|t| !t.trainable)
+        .collect();
+    if world == 1 || buffers.is_empty() {
+        return Ok(model);
+    }
+    let mut flat: Vec<f64> = Vec::new();
+    for t in &buffers {
+        flat.extend(t.value.to_data().iter::<f32>().map(f64::from));
+    }
+    comm.all_reduce_sum_f64(&mut flat)?;
+    let mut offset = 0;
+    let mut values = std::collections::HashMap::new();
+    for t in buffers {
+        let len = t.value.shape().num_elements();
+        let mean: Vec<f32> = flat[offset..offset + len]
+            .iter()
+            .map(|&v| (v / world as f64) as f32)
+            .collect();
+        offset += len;
+        let device = t.value.device();
+        values.insert(
+            t.name,
+            Tensor::<1>::from_data(TensorData::new(mean, [len]), &device),
+        );
+    }
+    // `replace_tensors` names every tensor it left alone (the trainable ones); what matters is
+    // that every running statistic found its place.
+    let (model, _) = replace_tensors(model, &mut values);
+    if !values.is_empty() {
+        let names: Vec<_> = values.keys().collect();
+        bail!("running statistics not found when averaging them over ranks: {names:?}");
+    }
+    Ok(model)
+}
+
+/// The partial-epoch sums of all ranks, summed: what a checkpoint stores, so that a resumed run
+/// (on any number of ranks) counts each sample once.
+fn global_epoch_sums(acc: &EpochAccumulator, comm: &dyn Communicator) -> Result<EpochAccumulator> {
+    let mut sums = [acc.loss_sum, acc.correct as f64, acc.count as f64];
+    comm.all_reduce_sum_f64(&mut sums)?;
+    Ok(EpochAccumulator {
+        loss_sum: sums[0],
+        correct: sums[1] as u64,
+        count: sums[2] as u64,
+        ..acc.clone()
+    })
+}
+
 fn mix(a: u64, b: u64) -> u64 {
     // splitmix64 of a combination: distinct (seed, update, micro) give unrelated seeds.
     let mut z = a ^ b.wrapping_mul(0x9E3779B97F4A7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
     z ^ (z >> 31)
+}
+
+/// How one update's batch is pushed through the model on this rank.
+#[derive(Debug, Clone, Copy)]
+pub struct StepPlan {
+    /// Largest piece pushed through the model at once (`train.max_micro_batch`).
+    pub max_micro_batch: usize,
+    /// Cut a share that fits one micro-batch into this many pieces anyway (1: never), so that
+    /// the noise-scale estimator has two batch sizes to compare; pieces stay whole multiples
+    /// of `quantum`.
+    pub min_pieces: usize,
+    /// Samples a piece boundary must respect (the ghost batch size; 1: any).
+    pub quantum: usize,
+    /// Measure each piece's squared gradient norm (for [`crate::gns`]).
+    pub measure: bool,
+    /// The run's seed: piece `i` of update `u` reseeds the backend's random stream (dropout)
+    /// with `mix(seed, mix(u, i))`, so a resumed run draws the same dropout masks.
+    pub seed: u64,
+    /// The update being computed (1-based).
+    pub update: u64,
+    /// Fault injection: report a NaN loss (tests of the divergence guard).
+    pub inject_nan: bool,
+}
+
+impl StepPlan {
+    /// The size of every piece but the last, for a share of `local` samples.
+    pub fn piece_len(&self, local: usize) -> usize {
+        let q = self.quantum.max(1);
+        if local <= self.max_micro_batch && self.min_pieces > 1 {
+            let chunks = local.div_ceil(q);
+            if chunks >= self.min_pieces {
+                return chunks.div_ceil(self.min_pieces) * q;
+            }
+        }
+        self.max_micro_batch.max(1)
+    }
+}
+
+/// What one update's forward and backward passes produced on this rank.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// `Σ (b_i/B) g_i` over this rank's pieces: its part of the gradient of the batch's mean
+    /// loss (the all-reduce sums the parts).
+    pub grads: Grads,
+    /// `Σ loss × samples` over this rank's pieces.
+    pub loss_sum: f64,
+    /// Correct predictions (training mode).
+    pub correct: u64,
+    /// Per piece: its samples `b_i` and, when measured, `|g_i|²` of its mean loss gradient.
+    pub pieces: Vec<(usize, f64)>,
+}
+
+/// Why a step failed.
+#[derive(Debug)]
+pub enum StepError {
+    /// The loss was NaN or infinite.
+    NonFinite {
+        /// The loss.
+        loss: f64,
+    },
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+/// One update's forward and backward passes on this rank's share `batch` of a global batch of
+/// `global_len` samples: the share is cut into pieces ([`StepPlan::piece_len`]), each piece's
+/// gradient weighted by `len/global_len`, which sums (over pieces and ranks) to the gradient of
+/// the mean loss over the whole batch. The trainer and `bench` both run this.
+pub fn forward_backward(
+    model: &Model,
+    batch: &data::Batch,
+    global_len: usize,
+    plan: &StepPlan,
+    device: &Device,
+) -> Result<StepOutput, StepError> {
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let [_, c, h, w] = batch.shape;
+    let img = c * h * w;
+    let local = batch.len();
+    let piece = plan.piece_len(local);
+    let mut out = StepOutput {
+        grads: Grads::default(),
+        loss_sum: 0.0,
+        correct: 0,
+        pieces: Vec::new(),
+    };
+    let mut start = 0;
+    while start < local {
+        let len = piece.min(local - start);
+        device.seed(mix(plan.seed, mix(plan.update, out.pieces.len() as u64)));
+        let (x, y) = to_tensors(
+            &batch.images[start * img..(start + len) * img],
+            &batch.labels[start..start + len],
+            [len, c, h, w],
+            device,
+        );
+        let logits = model.forward(x);
+        let loss = loss_fn.forward(logits.clone(), y.clone());
+        let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
+        if plan.inject_nan {
+            loss_value = f64::NAN;
+        }
+        if !loss_value.is_finite() {
+            return Err(StepError::NonFinite { loss: loss_value });
+        }
+        out.loss_sum += loss_value * len as f64;
+        out.correct += accuracy_count(logits.detach().inner(), y.inner());
+        let g = Grads::from_backward(model, &loss.backward());
+        let norm = if plan.measure { g.sq_norm() } else { f64::NAN };
+        out.grads = std::mem::take(&mut out.grads)
+            .accumulate(g.scale(len as f64 / global_len as f64))
+            .map_err(|e| {
+                StepError::Other(e.context(format!("micro-batch {}", out.pieces.len())))
+            })?;
+        out.pieces.push((len, norm));
+        start += len;
+    }
+    if local == 0 {
+        // This rank's share of a last batch smaller than the ranks is empty: it adds nothing,
+        // but joins the all-reduce with a buffer of the right size.
+        out.grads = Grads::zeros_like(model);
+    }
+    Ok(out)
 }
 
 /// Runs (or resumes) training as `resolved` says, writing into `opts.out`.
@@ -198,6 +380,7 @@ pub fn train(
     opts: &TrainOptions,
     comm: &dyn Communicator,
 ) -> Result<RunSummary> {
+    crate::cpu::setup();
     let cfg = &resolved.config;
     let rank = comm.rank();
     let world = comm.world_size();
@@ -235,6 +418,12 @@ pub fn train(
         model = m;
         optim.load_record(&loaded.optimizer, &device);
         state = loaded.state;
+        if rank != 0 {
+            // The checkpoint holds the partial-epoch sums of all ranks: rank 0 carries them.
+            state.epoch.loss_sum = 0.0;
+            state.epoch.correct = 0;
+            state.epoch.count = 0;
+        }
         records = metrics::read_metrics(&metrics_path)?;
         records.retain(|r| r.epoch.0 <= state.position.epoch);
         if leader {
@@ -268,7 +457,11 @@ pub fn train(
             optimizer: cfg.optimizer.kind.to_string(),
             model: cfg.model.name(),
             dataset: cfg.data.dataset.to_string(),
+            normalization: resolved.describe_normalization(),
         };
+        if let Some(w) = resolved.normalization_warning() {
+            eprintln!("warning: {w}");
+        }
         checkpoint::write_atomic(
             &out.join("run.json"),
             serde_json::to_string_pretty(&info)?.as_bytes(),
@@ -303,10 +496,19 @@ pub fn train(
         cfg.data.workers,
         Loader::DEFAULT_PREFETCH,
     );
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let session_start = Instant::now();
     let wall_base = state.wall_seconds;
     let micro_max = resolved.max_micro_batch;
+    let measure = cfg.train.noise_scale;
+    // Forcing two pieces when a share fits one micro-batch gives the estimator its second batch
+    // size; not with ordinary batch norm, whose statistics would then change, and not over
+    // several ranks, which are pieces already.
+    let plain_bn = cfg.model.has_batch_norm() && cfg.model.ghost_batch_size() == 0;
+    let measure_pieces = if measure && world == 1 && !plain_bn {
+        2
+    } else {
+        1
+    };
 
     while state.position.epoch < epochs {
         let epoch = state.position.epoch;
@@ -314,7 +516,11 @@ pub fn train(
         let batch_size = schedule.batch_size(e);
         let epoch_start = Instant::now();
         let acc_before = state.epoch.clone();
-        let shard = (world > 1).then_some((rank, world));
+        let shard = (world > 1).then_some(Shard {
+            rank,
+            world,
+            quantum: cfg.model.ghost_batch_size().max(1),
+        });
         let batches = loader.epoch(epoch, batch_size, state.position.offset, shard);
         let bar = progress_bar(opts.verbose && leader, batches.len() as u64, epoch, epochs);
         let mut hyper = schedule.hyper(e, state.position.offset as f64 / n.0 as f64);
@@ -323,59 +529,85 @@ pub fn train(
             let global_len = (batch.end - batch.start) as usize;
             hyper = schedule.hyper(e, batch.start as f64 / n.0 as f64);
             let update = state.updates.0 + 1;
-            let mut grads = Grads::default();
-            let mut batch_loss = 0.0f64;
-            let mut batch_correct = 0u64;
-            let img = batch.shape[1] * batch.shape[2] * batch.shape[3];
             let local = batch.len();
-            let mut start = 0;
-            let mut micro = 0u64;
-            while start < local {
-                let len = micro_max.min(local - start);
-                device.seed(mix(cfg.seed, mix(update, micro)));
-                let (x, y) = to_tensors(
-                    &batch.images[start * img..(start + len) * img],
-                    &batch.labels[start..start + len],
-                    [len, batch.shape[1], batch.shape[2], batch.shape[3]],
-                    &device,
-                );
-                let logits = model.forward(x);
-                let loss = loss_fn.forward(logits.clone(), y.clone());
-                let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
-                if cfg.train.inject_nan_at_update == Some(update) {
-                    loss_value = f64::NAN;
+            let step = forward_backward(
+                &model,
+                &batch,
+                global_len,
+                &StepPlan {
+                    max_micro_batch: micro_max,
+                    min_pieces: measure_pieces,
+                    quantum: cfg.model.ghost_batch_size().max(1),
+                    measure,
+                    seed: cfg.seed,
+                    update,
+                    inject_nan: cfg.train.inject_nan_at_update == Some(update),
+                },
+                &device,
+            );
+            let step = match step {
+                Ok(s) => s,
+                Err(StepError::NonFinite { loss }) => bail!(Diverged {
+                    loss,
+                    epoch,
+                    update,
+                    lr: hyper.lr,
+                    batch_size,
+                    momentum: hyper.momentum,
+                    checkpoint: if ckpt_path.exists() {
+                        format!("the last good checkpoint is {}", ckpt_path.display())
+                    } else {
+                        "no checkpoint was written before it".into()
+                    },
+                }),
+                Err(StepError::Other(e)) => {
+                    return Err(e.context(format!("update {update}")));
                 }
-                if !loss_value.is_finite() {
-                    bail!(Diverged {
-                        loss: loss_value,
-                        epoch,
-                        update,
-                        lr: hyper.lr,
-                        batch_size,
-                        momentum: hyper.momentum,
-                        checkpoint: if ckpt_path.exists() {
-                            format!("the last good checkpoint is {}", ckpt_path.display())
-                        } else {
-                            "no checkpoint was written before it".into()
-                        },
-                    });
-                }
-                batch_loss += loss_value * len as f64;
-                batch_correct += accuracy_count(logits.detach().inner(), y.inner());
-                let g = Grads::from_backward(&model, &loss.backward());
-                grads = grads.accumulate(g.scale(len as f64 / global_len as f64));
-                start += len;
-                micro += 1;
-            }
-            if world > 1 {
+            };
+            let (mut grads, batch_loss, batch_correct) = (step.grads, step.loss_sum, step.correct);
+            // This rank's noise-scale inputs: Σ (b_i/B)|g_i|² and the number of pieces.
+            let (mut small, mut pieces) = step
+                .pieces
+                .iter()
+                .filter(|(len, norm)| *len > 0 && norm.is_finite())
+                .fold((0.0f64, 0.0f64), |(s, k), (len, norm)| {
+                    (s + *len as f64 / global_len as f64 * norm, k + 1.0)
+                });
+            let stop = if world > 1 {
                 let t = Instant::now();
                 let mut flat = grads.to_flat();
+                // The stop request and the noise-scale sums ride along with the gradients: all
+                // ranks stop after the same update when any of them was signalled, and all see
+                // the same noise-scale measurement.
+                let extra = [
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                    small as f32,
+                    pieces as f32,
+                ];
+                flat.extend(extra);
                 comm.all_reduce_sum(&mut flat)?;
+                let tail = flat.split_off(flat.len() - extra.len());
+                (small, pieces) = (tail[1] as f64, tail[2] as f64);
                 grads = grads.from_flat(&flat);
-                state.epoch.allreduce_calls +=
-                    flat.len().div_ceil(crate::dist::BUCKET_ELEMS) as u64;
-                state.epoch.allreduce_bytes += (flat.len() * 4) as u64;
+                let elems = flat.len() + extra.len();
+                state.epoch.allreduce_calls += elems.div_ceil(crate::dist::BUCKET_ELEMS) as u64;
+                state.epoch.allreduce_bytes += (elems * 4) as u64;
                 state.epoch.comm_seconds += t.elapsed().as_secs_f64();
+                tail[0] > 0.0
+            } else {
+                INTERRUPTED.load(Ordering::SeqCst)
+            };
+            if measure {
+                state.gns.add(StepNorms {
+                    small,
+                    pieces,
+                    big: grads.sq_norm(),
+                    batch: global_len as f64,
+                });
             }
             model = optim.step(
                 model,
@@ -393,12 +625,17 @@ pub fn train(
             state.position = batch.position_after(n.0);
             bar.inc(1);
             bar.set_message(format!("loss {:.4}", batch_loss / local.max(1) as f64));
-            if INTERRUPTED.load(Ordering::SeqCst) && state.position.epoch == epoch {
+            if stop && state.position.epoch == epoch {
                 state.epoch.train_seconds =
                     acc_before.train_seconds + train_start.elapsed().as_secs_f64();
                 state.wall_seconds = wall_base + session_start.elapsed().as_secs_f64();
+                let saved = TrainState {
+                    epoch: global_epoch_sums(&state.epoch, comm)?,
+                    ..state.clone()
+                };
+                model = average_running_stats(model, comm)?;
                 if leader {
-                    checkpoint::save(&ckpt_path, &model, &optim.to_record(), &state, resolved)?;
+                    checkpoint::save(&ckpt_path, &model, &optim.to_record(), &saved, resolved)?;
                 }
                 bar.finish_and_clear();
                 bail!(Interrupted {
@@ -412,21 +649,10 @@ pub fn train(
         let train_seconds = acc_before.train_seconds + train_start.elapsed().as_secs_f64();
 
         // Epoch totals over all ranks.
-        let mut sums = [
-            state.epoch.loss_sum as f32,
-            state.epoch.correct as f32,
-            state.epoch.count as f32,
-        ];
-        let (loss_sum, correct, count) = if world > 1 {
-            comm.all_reduce_sum(&mut sums)?;
-            (sums[0] as f64, sums[1] as f64, sums[2] as f64)
-        } else {
-            (
-                state.epoch.loss_sum,
-                state.epoch.correct as f64,
-                state.epoch.count as f64,
-            )
-        };
+        let totals = global_epoch_sums(&state.epoch, comm)?;
+        let (loss_sum, correct, count) =
+            (totals.loss_sum, totals.correct as f64, totals.count as f64);
+        model = average_running_stats(model, comm)?;
         if world > 1 {
             let sums = comm.all_gather_u64(weights_checksum(&model))?;
             if sums.iter().any(|&s| s != sums[0]) {
@@ -469,6 +695,7 @@ pub fn train(
             samples_per_second: epoch_samples / train_seconds.max(1e-9),
             comm_seconds: state.epoch.comm_seconds,
             peak_memory_bytes: metrics::peak_memory_bytes(),
+            gns: metrics::GnsMetrics::from_reading(state.gns.finish_epoch()),
         };
         state.epoch = EpochAccumulator::default();
         state.wall_seconds = record.wall_seconds;
@@ -532,6 +759,90 @@ fn progress_bar(visible: bool, len: u64, epoch: u32, epochs: u32) -> indicatif::
     );
     bar.set_prefix(format!("{}/{epochs}", epoch + 1));
     bar
+}
+
+/// Measures the gradient noise scale of `model` as it stands (no update): `batches` batches of
+/// `batch_size` training samples (each drawn without replacement, from `seed`; no augmentation),
+/// each computed in `pieces` equal pieces exactly as the trainer computes micro-batches.
+/// The result's `epoch_b_simple` is `Σ𝒮/Σ|𝒢|²` over the batches and `b_simple_stderr` its
+/// standard error; `trace` and `grad_sq` are the means of 𝒮 and |𝒢|² (see [`crate::gns`]).
+pub fn measure_noise_scale(
+    model: &Model,
+    data: &Prepared,
+    batches: usize,
+    batch_size: usize,
+    pieces: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<crate::gns::Reading> {
+    use rand::seq::SliceRandom;
+    let n = data.train.len();
+    if pieces < 2 || batch_size < pieces || batch_size > n || batches == 0 {
+        bail!(
+            "measuring the noise scale needs 2 <= pieces <= batch size <= N ({n}) and at least one batch (got {batches} batches of {batch_size} in {pieces} pieces)"
+        );
+    }
+    let plan = StepPlan {
+        max_micro_batch: batch_size.div_ceil(pieces),
+        min_pieces: 1,
+        quantum: 1,
+        measure: true,
+        seed,
+        update: 0,
+        inject_nan: false,
+    };
+    let mut estimator = crate::gns::Estimator::default();
+    let mut all: Vec<u32> = (0..n as u32).collect();
+    let (mut trace_sum, mut grad_sum) = (0.0, 0.0);
+    for i in 0..batches {
+        let mut rng = data::derive_rng(seed, 0, 0x6e6f697365, i as u64);
+        let (chosen, _) = all.partial_shuffle(&mut rng, batch_size);
+        let batch = data::assemble(
+            &data.train,
+            chosen,
+            &data.normalizer,
+            data::Augment::None,
+            seed,
+            0,
+        );
+        let step = forward_backward(
+            model,
+            &batch,
+            batch_size,
+            &StepPlan {
+                update: i as u64,
+                ..plan
+            },
+            device,
+        )
+        .map_err(|e| match e {
+            StepError::NonFinite { loss } => anyhow::anyhow!("the loss is {loss} on batch {i}"),
+            StepError::Other(e) => e,
+        })?;
+        let small = step
+            .pieces
+            .iter()
+            .map(|(len, norm)| *len as f64 / batch_size as f64 * norm)
+            .sum();
+        let norms = StepNorms {
+            small,
+            pieces: step.pieces.len() as f64,
+            big: step.grads.sq_norm(),
+            batch: batch_size as f64,
+        };
+        if let Some((t, g)) = norms.estimates() {
+            trace_sum += t;
+            grad_sum += g;
+        }
+        estimator.add(norms);
+    }
+    let mut reading = estimator
+        .finish_epoch()
+        .context("no batch gave a noise-scale measurement")?;
+    reading.trace = trace_sum / batches as f64;
+    reading.grad_sq = grad_sum / batches as f64;
+    reading.b_simple = reading.epoch_b_simple;
+    Ok(reading)
 }
 
 /// Path of the checkpoint in a run directory.

@@ -15,13 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 /// File stems of the plots, in the order they appear in the report.
-pub const PLOT_NAMES: [&str; 7] = [
+pub const PLOT_NAMES: [&str; 8] = [
     "test_accuracy_vs_epoch",
     "test_accuracy_vs_updates",
     "train_loss_vs_epoch",
     "schedule_lr",
     "schedule_batch_size",
     "schedule_noise_scale",
+    "gradient_noise_scale",
     "allreduce_calls",
 ];
 
@@ -56,6 +57,8 @@ pub(super) struct Series {
     mean: Vec<(f64, f64)>,
     /// Each seed's own curve (empty where seeds are not drawn).
     seeds: Vec<Vec<(f64, f64)>>,
+    /// A second quantity to compare with, mean over seeds, drawn dashed (empty if none).
+    reference: Vec<(f64, f64)>,
 }
 
 /// One plot, ready to draw.
@@ -91,9 +94,11 @@ struct Spec {
     /// Whether each point holds over the epoch that ends at it (drawn as a step).
     steps: bool,
     extract: Extract,
+    /// A second quantity drawn dashed in the same colour, as a step per epoch.
+    reference: Option<Extract>,
 }
 
-const SPECS: [Spec; 7] = [
+const SPECS: [Spec; 8] = [
     Spec {
         name: "test_accuracy_vs_epoch",
         title: "Test accuracy vs epoch",
@@ -104,6 +109,7 @@ const SPECS: [Spec; 7] = [
         per_seed: true,
         steps: false,
         extract: |m, _| (m.epoch.0 as f64, 100.0 * m.test_accuracy),
+        reference: None,
     },
     Spec {
         name: "test_accuracy_vs_updates",
@@ -115,6 +121,7 @@ const SPECS: [Spec; 7] = [
         per_seed: true,
         steps: false,
         extract: |m, _| (m.updates.0 as f64, 100.0 * m.test_accuracy),
+        reference: None,
     },
     Spec {
         name: "train_loss_vs_epoch",
@@ -126,6 +133,7 @@ const SPECS: [Spec; 7] = [
         per_seed: true,
         steps: false,
         extract: |m, _| (m.epoch.0 as f64, m.train_loss),
+        reference: None,
     },
     Spec {
         name: "schedule_lr",
@@ -137,6 +145,7 @@ const SPECS: [Spec; 7] = [
         per_seed: false,
         steps: true,
         extract: |m, _| (m.epoch.0 as f64, m.lr),
+        reference: None,
     },
     Spec {
         name: "schedule_batch_size",
@@ -148,6 +157,7 @@ const SPECS: [Spec; 7] = [
         per_seed: false,
         steps: true,
         extract: |m, _| (m.epoch.0 as f64, m.batch_size as f64),
+        reference: None,
     },
     Spec {
         name: "schedule_noise_scale",
@@ -159,6 +169,19 @@ const SPECS: [Spec; 7] = [
         per_seed: false,
         steps: true,
         extract: |m, _| (m.epoch.0 as f64, m.noise_scale),
+        reference: None,
+    },
+    Spec {
+        name: "gradient_noise_scale",
+        title: "Measured gradient noise scale B_simple (solid) and the schedule's B (dashed), log y",
+        x_label: "epoch",
+        y_label: "samples (log scale)",
+        x_log: false,
+        y_log: true,
+        per_seed: true,
+        steps: false,
+        extract: |m, _| (m.epoch.0 as f64, m.gns.gns_b_simple.unwrap_or(f64::NAN)),
+        reference: Some(|m, _| (m.epoch.0 as f64, m.batch_size as f64)),
     },
     Spec {
         name: "allreduce_calls",
@@ -170,23 +193,40 @@ const SPECS: [Spec; 7] = [
         per_seed: false,
         steps: false,
         extract: |m, cum| (m.epoch.0 as f64, cum),
+        reference: None,
     },
 ];
 
 /// A run's curve under `extract`, dropping points a log axis cannot show.
-fn curve(run: &Run, spec: &Spec) -> Vec<(u32, f64, f64)> {
+fn curve(run: &Run, spec: &Spec, extract: Extract) -> Vec<(u32, f64, f64)> {
     let mut cum = 0.0;
     run.metrics
         .iter()
         .map(|m| {
             cum += m.allreduce_calls as f64;
-            let (x, y) = (spec.extract)(m, cum);
+            let (x, y) = extract(m, cum);
             (m.epoch.0, x, y)
         })
         .filter(|&(_, x, y)| {
             x.is_finite() && y.is_finite() && (!spec.x_log || x > 0.0) && (!spec.y_log || y > 0.0)
         })
         .collect()
+}
+
+/// The mean over seeds of a group's curves, per epoch; as steps (constant over each epoch)
+/// when `steps`.
+fn mean_over_seeds(curves: &[Vec<(u32, f64, f64)>], steps: bool) -> Vec<(f64, f64)> {
+    let mut by_epoch: BTreeMap<u32, (f64, f64, f64)> = BTreeMap::new();
+    for &(e, x, y) in curves.iter().flatten() {
+        let acc = by_epoch.entry(e).or_insert((0.0, 0.0, 0.0));
+        *acc = (acc.0 + x, acc.1 + y, acc.2 + 1.0);
+    }
+    let mean = by_epoch.values().map(|&(x, y, n)| (x / n, y / n));
+    if steps {
+        mean.flat_map(|(x, y)| [(x - 1.0, y), (x, y)]).collect()
+    } else {
+        mean.collect()
+    }
 }
 
 /// Every figure of the report, groups in the order of `groups`.
@@ -198,25 +238,18 @@ pub(super) fn figures(runs: &[Run], groups: &[GroupSummary]) -> Vec<Figure> {
                 .iter()
                 .enumerate()
                 .map(|(i, g)| {
-                    let curves: Vec<Vec<(u32, f64, f64)>> = runs
-                        .iter()
-                        .filter(|r| r.info.group == g.group)
-                        .map(|r| curve(r, spec))
-                        .collect();
-                    let mut by_epoch: BTreeMap<u32, (f64, f64, f64)> = BTreeMap::new();
-                    for &(e, x, y) in curves.iter().flatten() {
-                        let acc = by_epoch.entry(e).or_insert((0.0, 0.0, 0.0));
-                        *acc = (acc.0 + x, acc.1 + y, acc.2 + 1.0);
-                    }
-                    let mean: Vec<(f64, f64)> =
-                        by_epoch.values().map(|&(x, y, n)| (x / n, y / n)).collect();
-                    let mean = if spec.steps {
-                        mean.iter()
-                            .flat_map(|&(x, y)| [(x - 1.0, y), (x, y)])
+                    let of_group = |extract: Extract| -> Vec<Vec<(u32, f64, f64)>> {
+                        runs.iter()
+                            .filter(|r| r.info.group == g.group)
+                            .map(|r| curve(r, spec, extract))
                             .collect()
-                    } else {
-                        mean
                     };
+                    let curves = of_group(spec.extract);
+                    let mean = mean_over_seeds(&curves, spec.steps);
+                    let reference = spec
+                        .reference
+                        .map(|r| mean_over_seeds(&of_group(r), true))
+                        .unwrap_or_default();
                     let seeds = if spec.per_seed && curves.len() > 1 {
                         curves
                             .iter()
@@ -231,6 +264,7 @@ pub(super) fn figures(runs: &[Run], groups: &[GroupSummary]) -> Vec<Figure> {
                         color: i % PALETTE.len(),
                         mean,
                         seeds,
+                        reference,
                     }
                 })
                 .collect();
@@ -368,9 +402,12 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> Resu
     let (w, _) = root.dim_in_pixel();
     let (plot_area, legend_area) = root.split_horizontally(w - LEGEND_W);
     let points = || {
-        fig.series
-            .iter()
-            .flat_map(|s| s.mean.iter().chain(s.seeds.iter().flatten()))
+        fig.series.iter().flat_map(|s| {
+            s.mean
+                .iter()
+                .chain(s.seeds.iter().flatten())
+                .chain(&s.reference)
+        })
     };
     let xr = range(points().map(|p| p.0), fig.x_log);
     let yr = range(points().map(|p| p.1), fig.y_log);
@@ -478,6 +515,15 @@ where
             ch.draw_series(std::iter::once(Circle::new(s.mean[0], 4, color.filled())))
                 .map_err(de)?;
         }
+        if !s.reference.is_empty() {
+            ch.draw_series(DashedLineSeries::new(
+                s.reference.iter().copied(),
+                8,
+                6,
+                color.stroke_width(2).into(),
+            ))
+            .map_err(de)?;
+        }
     }
     Ok(())
 }
@@ -518,12 +564,23 @@ fn legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, fig: &Figure) -> Re
             "equal curves stay visible",
         ]
     };
-    for line in notes.iter().copied().chain(
-        fig.series
-            .iter()
-            .any(|s| s.label.ends_with(" *"))
-            .then_some("*: has unfinished runs"),
-    ) {
+    let has_reference = fig.series.iter().any(|s| !s.reference.is_empty());
+    let reference_notes: &[&str] = if has_reference {
+        &["dashed: the schedule's B,", "mean over seeds"]
+    } else {
+        &[]
+    };
+    for line in notes
+        .iter()
+        .copied()
+        .chain(reference_notes.iter().copied())
+        .chain(
+            fig.series
+                .iter()
+                .any(|s| s.label.ends_with(" *"))
+                .then_some("*: has unfinished runs"),
+        )
+    {
         area.draw(&Text::new(line.to_string(), (8, y), small.clone()))
             .map_err(de)?;
         y += 19;
