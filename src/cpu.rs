@@ -38,7 +38,7 @@ pub fn denormals_flushed() -> bool {
 
 /// Prepares the process for computing: denormals flushed on this thread and on every thread
 /// of rayon's global pool (built here with a start handler when nothing has built it yet).
-/// Idempotent; the CLI calls it first thing, and [`crate::train::train`] calls it for library
+/// Idempotent; the CLI calls it first thing, and the trainer calls it again for library
 /// users.
 pub fn setup() {
     static POOL: Once = Once::new();

@@ -700,9 +700,21 @@ mod tests {
                 .map(|i| (((i * m) % 1009) as f32 / 1009.0 - 0.5) * 3.1)
                 .collect()
         };
-        // 13 images: 7 tasks of 2; 37 images: 8 tasks of 5 (accumulating); 1×1 and 3×3.
-        for (n, kernel, pad) in [(13, 3, 1), (37, 3, 1), (13, 1, 0)] {
-            let g = Geometry::new(&[n, 3, 9, 9], &[5, 3, kernel, kernel], [1, 1], [pad, pad]);
+        // 13 images: 7 tasks of 2; 37 images: 8 tasks of 5 (accumulating); 1×1 and 3×3. The
+        // 32×32 case is large enough (16×1024×144 per image) for gemm to use the pool's
+        // threads, which is where a waiting thread steals a sibling conv task.
+        for (n, c, side, kernel, pad) in [
+            (13, 3, 9, 3, 1),
+            (37, 3, 9, 3, 1),
+            (13, 3, 9, 1, 0),
+            (13, 16, 32, 3, 1),
+        ] {
+            let g = Geometry::new(
+                &[n, c, side, side],
+                &[c.max(5), c, kernel, kernel],
+                [1, 1],
+                [pad, pad],
+            );
             let x = fill(g.n * g.image(), 7919);
             let w = fill(g.o * g.k(), 104729);
             let dy = fill(g.n * g.o * g.p(), 31337);
