@@ -90,6 +90,14 @@ pub struct TrainConfig {
     /// Write a checkpoint every this-many epochs (0: only at the end and on Ctrl-C).
     #[serde(default = "default_one")]
     pub checkpoint_every: u32,
+    /// Also write a checkpoint every this-many updates, mid-epoch (0: off). A run resumed
+    /// from it continues exactly, as from an epoch-end checkpoint.
+    #[serde(default)]
+    pub checkpoint_every_updates: u64,
+    /// Also write a checkpoint when this many minutes have passed since the last one (0: off),
+    /// for epochs that take hours.
+    #[serde(default)]
+    pub checkpoint_every_minutes: f64,
     /// Measure the gradient noise scale B_simple while training ([`crate::gns`]): the squared
     /// gradient norm of every micro-batch, and, where one micro-batch would hold the whole
     /// batch, two pieces instead (not with ordinary batch norm, whose statistics would change).
@@ -116,6 +124,8 @@ impl Default for TrainConfig {
             max_micro_batch: 0,
             eval_batch_size: default_eval_batch(),
             checkpoint_every: 1,
+            checkpoint_every_updates: 0,
+            checkpoint_every_minutes: 0.0,
             noise_scale: true,
             inject_nan_at_update: None,
         }
@@ -199,6 +209,12 @@ impl RunConfig {
         {
             bail!(
                 "optimizer.kind = \"sgd\" takes no momentum but schedule.momentum_scaled = {m}: remove schedule.momentum_scaled or use kind = \"momentum\""
+            );
+        }
+        let minutes = self.train.checkpoint_every_minutes;
+        if !(minutes.is_finite() && minutes >= 0.0) {
+            bail!(
+                "train.checkpoint_every_minutes = {minutes} is out of range: must be a finite number >= 0 (0: off)"
             );
         }
         if self.train.eval_batch_size == 0 {

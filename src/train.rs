@@ -499,6 +499,9 @@ pub fn train(
     let session_start = Instant::now();
     let wall_base = state.wall_seconds;
     let micro_max = resolved.max_micro_batch;
+    let every_updates = cfg.train.checkpoint_every_updates;
+    let every_seconds = cfg.train.checkpoint_every_minutes * 60.0;
+    let mut last_checkpoint = Instant::now();
     let measure = cfg.train.noise_scale;
     // Forcing two pieces when a share fits one micro-batch gives the estimator its second batch
     // size; not with ordinary batch norm, whose statistics would then change, and not over
@@ -573,6 +576,12 @@ pub fn train(
                 .fold((0.0f64, 0.0f64), |(s, k), (len, norm)| {
                     (s + *len as f64 / global_len as f64 * norm, k + 1.0)
                 });
+            // A mid-epoch checkpoint every K updates or T minutes; under MPI the time-based
+            // wish of any rank counts (it rides in the all-reduce), so all ranks agree.
+            let due_local = (every_updates > 0 && update.is_multiple_of(every_updates))
+                || (every_seconds > 0.0
+                    && last_checkpoint.elapsed().as_secs_f64() >= every_seconds);
+            let mut due = due_local;
             let stop = if world > 1 {
                 let t = Instant::now();
                 let mut flat = grads.to_flat();
@@ -587,6 +596,7 @@ pub fn train(
                     },
                     small as f32,
                     pieces as f32,
+                    if due_local { 1.0 } else { 0.0 },
                 ];
                 flat.extend(extra);
                 comm.all_reduce_sum(&mut flat)?;
@@ -597,6 +607,7 @@ pub fn train(
                 state.epoch.allreduce_calls += elems.div_ceil(crate::dist::BUCKET_ELEMS) as u64;
                 state.epoch.allreduce_bytes += (elems * 4) as u64;
                 state.epoch.comm_seconds += t.elapsed().as_secs_f64();
+                due = tail[3] > 0.0;
                 tail[0] > 0.0
             } else {
                 INTERRUPTED.load(Ordering::SeqCst)
@@ -625,24 +636,27 @@ pub fn train(
             state.position = batch.position_after(n.0);
             bar.inc(1);
             bar.set_message(format!("loss {:.4}", batch_loss / local.max(1) as f64));
-            if stop && state.position.epoch == epoch {
-                state.epoch.train_seconds =
+            if (stop || due) && state.position.epoch == epoch {
+                // Mid-epoch: the sampler position, the partial-epoch sums of all ranks and the
+                // estimator make the checkpoint a complete description of the run.
+                let mut saved = state.clone();
+                saved.epoch = global_epoch_sums(&state.epoch, comm)?;
+                saved.epoch.train_seconds =
                     acc_before.train_seconds + train_start.elapsed().as_secs_f64();
-                state.wall_seconds = wall_base + session_start.elapsed().as_secs_f64();
-                let saved = TrainState {
-                    epoch: global_epoch_sums(&state.epoch, comm)?,
-                    ..state.clone()
-                };
+                saved.wall_seconds = wall_base + session_start.elapsed().as_secs_f64();
                 model = average_running_stats(model, comm)?;
                 if leader {
                     checkpoint::save(&ckpt_path, &model, &optim.to_record(), &saved, resolved)?;
                 }
-                bar.finish_and_clear();
-                bail!(Interrupted {
-                    epoch,
-                    updates: state.updates.0,
-                    out: out.display().to_string(),
-                });
+                last_checkpoint = Instant::now();
+                if stop {
+                    bar.finish_and_clear();
+                    bail!(Interrupted {
+                        epoch,
+                        updates: state.updates.0,
+                        out: out.display().to_string(),
+                    });
+                }
             }
         }
         bar.finish_and_clear();
@@ -704,6 +718,7 @@ pub fn train(
             let every = cfg.train.checkpoint_every;
             if (every > 0 && (epoch + 1).is_multiple_of(every)) || epoch + 1 == epochs {
                 checkpoint::save(&ckpt_path, &model, &optim.to_record(), &state, resolved)?;
+                last_checkpoint = Instant::now();
             }
             if opts.verbose {
                 eprintln!(

@@ -143,3 +143,67 @@ fn resnet_with_ghost_batch_norm_and_crop_flip_resumes_exactly_after_kill_9() {
 fn wide_resnet_with_dropout_resumes_exactly_after_ctrl_c() {
     interrupted_then_resumed_equals_straight(WRN, "-INT");
 }
+
+/// Checkpoints every K updates or T minutes land mid-epoch; a run killed (SIGKILL) after one
+/// resumes from that point, not from the last epoch end, and ends identical to an uninterrupted
+/// run.
+fn killed_after_a_mid_epoch_checkpoint_resumes_exactly(every: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+seed = 2
+[data]
+dataset = "synthetic"
+synthetic = {{ train = 16384, test = 256, classes = 10, shape = [1, 8, 8] }}
+[model]
+kind = "mlp"
+widths = [64]
+[schedule]
+kind = "decay-lr"
+epochs = 2
+lr = 0.05
+batch_size = 4
+momentum = 0.9
+[train]
+checkpoint_every = 0
+{every}
+"#
+    );
+    let cfg = write(tmp.path(), "run.toml", &text);
+    let straight = tmp.path().join("straight");
+    let cut = tmp.path().join("cut");
+    succeed(train_cmd(&cfg, &straight, &[]));
+    let mut child = spawn(train_cmd(&cfg, &cut, &[]));
+    let ckpt = cut.join(noisescale::checkpoint::CHECKPOINT_FILE);
+    let start = std::time::Instant::now();
+    while !ckpt.exists() {
+        assert!(start.elapsed().as_secs() < 120, "no checkpoint written");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        timing_free(&cut).is_empty(),
+        "the first epoch ended before the kill"
+    );
+    let device = burn::tensor::Device::flex().autodiff();
+    let model =
+        noisescale::model::ModelConfig::Mlp { widths: vec![64] }.init([1, 8, 8], 10, &device);
+    let (_, loaded) = noisescale::checkpoint::load(&ckpt, model, &device).unwrap();
+    assert_eq!(loaded.state.position.epoch, 0);
+    assert!(loaded.state.position.offset > 0 && loaded.state.updates.0 > 0);
+    let mut resume = std::process::Command::new(BIN);
+    resume.args(["train", "-q", "--resume"]).arg(&cut);
+    succeed(resume);
+    assert_eq!(timing_free(&straight), timing_free(&cut));
+}
+
+#[test]
+fn checkpoints_every_k_updates_resume_exactly() {
+    killed_after_a_mid_epoch_checkpoint_resumes_exactly("checkpoint_every_updates = 200");
+}
+
+#[test]
+fn checkpoints_every_t_minutes_resume_exactly() {
+    killed_after_a_mid_epoch_checkpoint_resumes_exactly("checkpoint_every_minutes = 0.001");
+}
