@@ -45,6 +45,25 @@ fn noisescale(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// Like [`noisescale`], but a command still running after 60 s is killed (and fails).
+fn noisescale_within_a_minute(args: &[&std::ffi::OsStr]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -73,15 +92,15 @@ fn a_second_train_on_a_live_directory_is_refused_naming_the_holder() {
     let pid = first.id();
     let host = run_dir::hostname();
     for second in [
-        noisescale(args![
+        noisescale_within_a_minute(args![
             "train",
             cfg.as_os_str(),
             "-q",
             "--out",
             out.as_os_str()
         ]),
-        noisescale(args!["train", "-q", "--resume", out.as_os_str()]),
-        noisescale(args![
+        noisescale_within_a_minute(args!["train", "-q", "--resume", out.as_os_str()]),
+        noisescale_within_a_minute(args![
             "train",
             cfg.as_os_str(),
             "-q",
