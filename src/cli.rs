@@ -4,6 +4,7 @@
 use crate::config::RunConfig;
 use crate::model::ModelConfig;
 use crate::params::trainable_params;
+use crate::run_dir;
 use crate::schedule::ScheduleKind;
 use crate::train::{self, TrainOptions};
 use crate::units::Samples;
@@ -144,6 +145,10 @@ pub struct TrainArgs {
     /// unless one is given, which must then be the same).
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
+    /// Replace the run already in `--out` (its metrics, checkpoint and summary), which is
+    /// otherwise an error.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
@@ -289,7 +294,7 @@ pub fn run(cli: Cli) -> Result<()> {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let (mut cfg, out, resume) = match &a.resume {
         Some(dir) => {
-            let saved = RunConfig::load(&dir.join("config.toml"))
+            let saved = RunConfig::load(&dir.join(run_dir::CONFIG_FILE))
                 .with_context(|| format!("{} does not hold a run to resume", dir.display()))?;
             if let Some(given) = a.source.load()? {
                 let mut given = given;
@@ -314,13 +319,34 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     // On resume, --data and --device may point elsewhere (another machine); a different
     // --seed is another run and is refused when the checkpoint is read.
     a.overrides.apply(&mut cfg)?;
-    if resume && !train::checkpoint_path(&out).exists() {
-        bail!(
-            "{}: no checkpoint to resume from (the run had not finished an epoch)",
-            out.display()
-        );
-    }
     let comm = crate::dist::from_env()?;
+    if comm.rank() == 0 {
+        // Fail before loading the data; train() checks again under the lock.
+        run_dir::check_unlocked(&out)?;
+        run_dir::check_fresh_start(&out, resume, a.overwrite)?;
+    }
+    if resume && !train::checkpoint_path(&out).exists() {
+        let logged = crate::metrics::read_metrics(&out.join(run_dir::METRICS_FILE))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if logged > 0 {
+            bail!(
+                "{}: no checkpoint to resume from: {} is missing although {} logs {logged} finished epoch(s), so it was deleted or moved; put it back to resume, or start the run again with --out {} --overwrite",
+                out.display(),
+                run_dir::CHECKPOINT_FILE,
+                run_dir::METRICS_FILE,
+                out.display()
+            );
+        }
+        // Stopped before its first checkpoint: nothing was kept, so nothing is lost by
+        // starting over (the same seed gives the same run).
+        if comm.rank() == 0 {
+            eprintln!(
+                "note: {} has no checkpoint yet (the run was stopped before writing its first one): starting it over from the beginning",
+                out.display()
+            );
+        }
+    }
     let quiet = a.quiet || comm.rank() != 0;
     let prepared = train::prepare_data(&cfg)?;
     let resolved = cfg.resolve(prepared.train.samples(), comm.world_size())?;
@@ -336,6 +362,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         &TrainOptions {
             out: out.clone(),
             resume,
+            overwrite: a.overwrite,
             group: None,
             verbose: !quiet,
         },
@@ -350,7 +377,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             summary.epochs,
             summary.updates,
             summary.wall_seconds,
-            out.join("metrics.jsonl").display()
+            out.join(run_dir::METRICS_FILE).display()
         );
     }
     Ok(())
@@ -358,12 +385,29 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let path = if a.checkpoint.is_dir() {
-        a.checkpoint.join(crate::checkpoint::CHECKPOINT_FILE)
+        a.checkpoint.join(run_dir::CHECKPOINT_FILE)
     } else {
         a.checkpoint.clone()
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut cfg = RunConfig::load(&dir.join("config.toml")).with_context(|| {
+    if !a.checkpoint.exists() {
+        bail!(
+            "{} does not exist: name a run directory or its {}",
+            a.checkpoint.display(),
+            run_dir::CHECKPOINT_FILE
+        );
+    }
+    if !path.is_file() {
+        bail!(
+            "{}: no {} in this directory (the run has not written a checkpoint yet, or it was moved)",
+            a.checkpoint.display(),
+            run_dir::CHECKPOINT_FILE
+        );
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut cfg = RunConfig::load(&dir.join(run_dir::CONFIG_FILE)).with_context(|| {
         format!(
             "{}: the run's config.toml is needed beside the checkpoint",
             path.display()

@@ -22,6 +22,7 @@ pub mod params;
 pub mod presets;
 pub mod report;
 pub mod reproduce;
+pub mod run_dir;
 pub mod schedule;
 pub mod train;
 pub mod units;

@@ -16,6 +16,9 @@ fn main() {
     // First Ctrl-C: checkpoint after the current update and stop; second: stop at once.
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "\ninterrupt: second Ctrl-C, stopping now without a checkpoint; the last checkpoint written is kept (resume from it with --resume)"
+            );
             std::process::exit(130);
         }
         eprintln!(

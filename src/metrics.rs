@@ -131,14 +131,15 @@ pub fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let line = serde_json::to_string(m)?;
-    writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
+    // One write of the whole line, newline included.
+    let line = serde_json::to_string(m)? + "\n";
+    f.write_all(line.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     f.sync_data().ok();
     Ok(())
 }
 
-/// Rewrites `metrics.jsonl` with exactly `records` (atomically), used on resume to drop epochs
-/// logged after the checkpoint being resumed from.
+/// Rewrites `metrics.jsonl` with exactly `records` (atomically).
 pub fn write_metrics(path: &Path, records: &[EpochMetrics]) -> Result<()> {
     let mut text = String::new();
     for m in records {
@@ -146,6 +147,58 @@ pub fn write_metrics(path: &Path, records: &[EpochMetrics]) -> Result<()> {
         text.push('\n');
     }
     crate::checkpoint::write_atomic(path, text.as_bytes())
+}
+
+/// The epochs a resumed run keeps: the records of `metrics.jsonl` up to epoch `done` (the
+/// checkpoint's), and, when `truncate`, the file cut back to exactly those lines. The lines
+/// kept are kept byte for byte (never parsed and re-serialised), so a resumed run's file equals
+/// an uninterrupted run's; records after `done` (logged after the checkpoint, to be trained
+/// again) and a last line torn by a kill during its append are dropped. A malformed line
+/// elsewhere is an error naming the file and line.
+pub fn resume_metrics(path: &Path, done: Epochs, truncate: bool) -> Result<Vec<EpochMetrics>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut records = Vec::new();
+    let mut keep = 0;
+    let mut at = 0;
+    let mut lines = text.split_inclusive('\n').enumerate().peekable();
+    while let Some((i, line)) = lines.next() {
+        let start = at;
+        at += line.len();
+        if line.trim().is_empty() {
+            continue;
+        }
+        let last = lines.peek().is_none();
+        let m: EpochMetrics = match serde_json::from_str(line) {
+            Ok(m) => m,
+            Err(_) if last && !line.ends_with('\n') => {
+                keep = start;
+                break;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("{}: line {} is not an epoch record", path.display(), i + 1)
+                });
+            }
+        };
+        if m.epoch > done {
+            break;
+        }
+        records.push(m);
+        keep = at;
+    }
+    let mut kept = text[..keep].to_string();
+    if !kept.is_empty() && !kept.ends_with('\n') {
+        // The last append was killed between the record and its newline.
+        kept.push('\n');
+    }
+    if truncate && kept != text {
+        crate::checkpoint::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(records)
 }
 
 /// The outcome of a finished run (`summary.json`).
@@ -286,6 +339,74 @@ mod tests {
         assert_eq!(s.final_test_accuracy, 0.8);
         assert_eq!(s.updates, Updates(20));
         assert!(RunSummary::from_metrics("a", "", "", "", 0, &[]).is_none());
+    }
+
+    #[test]
+    fn every_f64_reads_back_exactly() {
+        // Without serde_json's `float_roundtrip`, some of these (17 significant digits) read
+        // back one ulp off, which changed resumed metrics and summaries.
+        let mut state = 0x1234_5678_9abc_def0_u64;
+        let mut off = 0;
+        for i in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = if i % 2 == 0 {
+                f64::from_bits(state)
+            } else {
+                (state >> 11) as f64 / (1u64 << 53) as f64 * 100.0
+            };
+            if !x.is_finite() {
+                continue;
+            }
+            let y: f64 = serde_json::from_str(&serde_json::to_string(&x).unwrap()).unwrap();
+            off += (x.to_bits() != y.to_bits()) as u32;
+        }
+        assert_eq!(off, 0, "{off} values did not survive JSON");
+        let x = 92.750_000_000_000_01_f64;
+        assert_eq!(
+            serde_json::from_str::<f64>(&serde_json::to_string(&x).unwrap()).unwrap(),
+            x
+        );
+    }
+
+    #[test]
+    fn resume_keeps_earlier_lines_byte_for_byte_and_drops_later_or_torn_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let line = |e: u32| {
+            // Written as another serialiser might (spaces, exponents): kept as it is.
+            serde_json::to_string(&record(e, e as u64 * 1000, 100.0, 0.5))
+                .unwrap()
+                .replace("\"lr\":0.1", "\"lr\": 1.0e-1")
+        };
+        let text = format!("{}\n{}\n{}\n{{\"epoch\":4,\"upd", line(1), line(2), line(3));
+        std::fs::write(&p, &text).unwrap();
+        // Epoch 3 was logged after the checkpoint (epoch 2); the last line is torn.
+        let kept = resume_metrics(&p, Epochs(2), false).unwrap();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text, "read only");
+        let kept = resume_metrics(&p, Epochs(2), true).unwrap();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!("{}\n{}\n", line(1), line(2))
+        );
+        // A torn line alone at the end, after the checkpoint's epoch: dropped too.
+        std::fs::write(&p, format!("{}\n{}\n{{\"ep", line(1), line(2))).unwrap();
+        assert_eq!(resume_metrics(&p, Epochs(5), true).unwrap().len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!("{}\n{}\n", line(1), line(2))
+        );
+        // A record whose newline was not written gets it back.
+        std::fs::write(&p, format!("{}\n{}", line(1), line(2))).unwrap();
+        assert_eq!(resume_metrics(&p, Epochs(5), true).unwrap().len(), 2);
+        assert!(std::fs::read_to_string(&p).unwrap().ends_with("}\n"));
+        // A bad line before the end is an error naming it.
+        std::fs::write(&p, format!("{}\nnot json\n{}\n", line(1), line(2))).unwrap();
+        let err = format!("{:#}", resume_metrics(&p, Epochs(5), true).unwrap_err());
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

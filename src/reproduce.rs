@@ -12,6 +12,7 @@
 use crate::cli::{ConfigSource, Overrides, load_preset};
 use crate::config::RunConfig;
 use crate::optim::OptimizerKind;
+use crate::run_dir;
 use crate::schedule::ScheduleKind;
 use crate::train::{self, TrainOptions};
 use anyhow::{Context, Result};
@@ -47,6 +48,9 @@ pub struct ReproduceArgs {
     /// Also run the optimiser and effective-learning-rate variants.
     #[arg(long)]
     variants: bool,
+    /// Replace runs in OUT/runs/ that were started with another config (else an error).
+    #[arg(long)]
+    overwrite: bool,
     /// Only per-run summaries, no per-epoch lines.
     #[arg(long, short)]
     quiet: bool,
@@ -187,9 +191,13 @@ fn utc_now() -> String {
     )
 }
 
+/// Whether `dir` holds a run started with `cfg` (or the same run elsewhere / on another device).
+fn same_config(dir: &Path, cfg: &RunConfig) -> bool {
+    RunConfig::load(&dir.join(run_dir::CONFIG_FILE)).is_ok_and(|saved| saved.same_run(cfg))
+}
+
 fn reusable(dir: &Path, cfg: &RunConfig) -> bool {
-    dir.join("summary.json").exists()
-        && RunConfig::load(&dir.join("config.toml")).is_ok_and(|saved| saved.same_run(cfg))
+    dir.join(run_dir::SUMMARY_FILE).exists() && same_config(dir, cfg)
 }
 
 /// Runs `noisescale reproduce`.
@@ -221,6 +229,14 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         .with_context(|| format!("creating {}", runs_dir.display()))?;
     let comm = crate::dist::from_env()?;
     let leader = comm.rank() == 0;
+    // One reproduce per output directory; each run also locks its own directory.
+    let _lock = if leader {
+        let lock = run_dir::RunLock::acquire(&out)?;
+        lock.notes.iter().for_each(|n| eprintln!("{n}"));
+        Some(lock)
+    } else {
+        None
+    };
     let prepared = train::prepare_data(&base)?;
     let n = prepared.train.samples();
     let planned = plan(&base, seeds, a.variants);
@@ -244,9 +260,8 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             continue;
         }
         let resolved = p.config.resolve(n, comm.world_size())?;
-        let resume = dir.join(crate::checkpoint::CHECKPOINT_FILE).exists()
-            && RunConfig::load(&dir.join("config.toml"))
-                .is_ok_and(|saved| saved.same_run(&p.config));
+        let same = same_config(&dir, &p.config);
+        let resume = dir.join(run_dir::CHECKPOINT_FILE).exists() && same;
         say(format!(
             "{}: {} updates planned{}",
             p.name,
@@ -259,6 +274,9 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             &TrainOptions {
                 out: dir,
                 resume,
+                // A run of this config that cannot be resumed is started again; a run of
+                // another config is only replaced when asked.
+                overwrite: a.overwrite || same,
                 group: Some(p.group.clone()),
                 verbose: !a.quiet && leader,
             },

@@ -259,6 +259,14 @@ impl ScheduleConfig {
         if self.epochs == 0 {
             return Err(out_of_range("epochs", 0, "must be at least 1"));
         }
+        if self.epochs > MAX_EPOCHS {
+            // The schedule keeps per-epoch tables: bound them (found by tests/fuzz.rs).
+            return Err(out_of_range(
+                "epochs",
+                self.epochs,
+                format!("must be at most {MAX_EPOCHS}"),
+            ));
+        }
         if self.batch_size == 0 || self.batch_size > nn {
             return Err(out_of_range(
                 "batch_size",
@@ -515,6 +523,9 @@ fn check_milestones(key: &'static str, ms: &[u32], epochs: u32) -> Result<(), Sc
     }
     Ok(())
 }
+
+/// Most epochs a schedule may have (the paper's runs have 200).
+pub const MAX_EPOCHS: u32 = 100_000;
 
 fn out_of_range(
     key: &'static str,

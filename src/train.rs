@@ -78,6 +78,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Continue from `out/checkpoint.safetensors` if present.
     pub resume: bool,
+    /// Start afresh even if `out` holds a started or finished run (else that is an error).
+    pub overwrite: bool,
     /// Group label for reports (default: the run's label).
     pub group: Option<String>,
     /// Print per-epoch lines and the progress bar.
@@ -387,9 +389,17 @@ pub fn train(
     let leader = rank == 0;
     let device = crate::device::device(crate::device::parse(&cfg.device)?)?;
     let out = &opts.out;
-    if leader {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    }
+    // Rank 0 writes the run directory, under its exclusive lock (held until the run returns).
+    let _lock = if leader {
+        Some(crate::run_dir::open_for_training(
+            out,
+            opts.resume,
+            opts.overwrite,
+            opts.verbose,
+        )?)
+    } else {
+        None
+    };
     comm.barrier()?;
     let ckpt_path = out.join(CHECKPOINT_FILE);
     let metrics_path = out.join("metrics.jsonl");
@@ -408,13 +418,7 @@ pub fn train(
 
     if opts.resume && ckpt_path.exists() {
         let (m, loaded) = checkpoint::load(&ckpt_path, model, &device)?;
-        if !loaded.resolved.config.same_run(&resolved.config) {
-            bail!(
-                "{}: the checkpoint was written with another configuration; compare {} with the config given",
-                ckpt_path.display(),
-                out.join("config.toml").display()
-            );
-        }
+        loaded.check_resume(&ckpt_path, resolved)?;
         model = m;
         optim.load_record(&loaded.optimizer, &device);
         state = loaded.state;
@@ -424,17 +428,16 @@ pub fn train(
             state.epoch.correct = 0;
             state.epoch.count = 0;
         }
-        records = metrics::read_metrics(&metrics_path)?;
-        records.retain(|r| r.epoch.0 <= state.position.epoch);
-        if leader {
-            metrics::write_metrics(&metrics_path, &records)?;
-        }
+        // Lines up to the checkpoint are kept byte for byte; later ones are trained again.
+        records = metrics::resume_metrics(&metrics_path, Epochs(state.position.epoch), leader)?;
     } else if leader {
         // A fresh run: stale metrics of an earlier run in the same directory would mislead.
         if metrics_path.exists() {
             std::fs::remove_file(&metrics_path)?;
         }
         std::fs::remove_file(out.join("summary.json")).ok();
+        // Nor may an old checkpoint be resumed under the new run's config (`--overwrite`).
+        std::fs::remove_file(&ckpt_path).ok();
     }
 
     if leader {

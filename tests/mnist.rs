@@ -33,6 +33,7 @@ momentum = 0.9
         &TrainOptions {
             out: tmp.path().to_path_buf(),
             resume: false,
+            overwrite: false,
             group: None,
             verbose: false,
         },

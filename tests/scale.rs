@@ -207,3 +207,34 @@ fn checkpoints_every_k_updates_resume_exactly() {
 fn checkpoints_every_t_minutes_resume_exactly() {
     killed_after_a_mid_epoch_checkpoint_resumes_exactly("checkpoint_every_minutes = 0.001");
 }
+
+/// A run killed before it wrote any checkpoint resumes by starting over, saying so, and ends
+/// identical to an uninterrupted run (nothing was kept, so nothing is lost).
+#[test]
+fn a_run_killed_before_its_first_checkpoint_starts_over_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(
+        tmp.path(),
+        "run.toml",
+        &WRN.replace("epochs = 3", "epochs = 1")
+            .replace("milestones = [2]", "milestones = []"),
+    );
+    let straight = tmp.path().join("straight");
+    let cut = tmp.path().join("cut");
+    succeed(train_cmd(&cfg, &straight, &[]));
+    let mut child = spawn(train_cmd(&cfg, &cut, &[]));
+    let start = std::time::Instant::now();
+    while !cut.join("config.toml").exists() {
+        assert!(start.elapsed().as_secs() < 60, "the run never started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!cut.join(noisescale::checkpoint::CHECKPOINT_FILE).exists());
+    let mut resume = std::process::Command::new(BIN);
+    resume.args(["train", "-q", "--resume"]).arg(&cut);
+    let o = succeed(resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("starting it over from the beginning"), "{err}");
+    assert_eq!(timing_free(&straight), timing_free(&cut));
+}

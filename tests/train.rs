@@ -55,6 +55,7 @@ fn train_lib(cfg: &RunConfig, out: &Path) -> noisescale::metrics::RunSummary {
         &TrainOptions {
             out: out.to_path_buf(),
             resume: false,
+            overwrite: false,
             group: None,
             verbose: false,
         },
@@ -412,7 +413,11 @@ fn checkpoints_round_trip_and_bad_files_are_named() {
         step: 7,
         ..Default::default()
     };
-    record.buffers.insert("x#v".into(), vec![1.0, 2.0]);
+    let first = named_tensors(&model).remove(0);
+    let n: usize = first.shape.iter().product();
+    record
+        .buffers
+        .insert(format!("{}#v", first.name), vec![0.5; n]);
     let path = tmp.path().join("c.safetensors");
     save(&path, &model, &record, &TrainState::start(), &resolved).unwrap();
     let fresh = cfg.model.init([3, 16, 16], 10, &device);

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::idx::{check_labels, io_error};
+use super::idx::{check_labels, io_error, read_file as read_bytes};
 use super::{DataError, Dataset, Split};
 
 /// Image side of CIFAR-10.
@@ -76,7 +76,7 @@ pub fn parse_records(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Da
 
 /// Reads one CIFAR-10 binary file.
 pub fn read_file(path: &Path) -> Result<(Vec<u8>, Vec<u8>), DataError> {
-    let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+    let bytes = read_bytes(path, "a CIFAR-10 batch file")?;
     parse_records(path, &bytes)
 }
 
@@ -97,7 +97,7 @@ pub fn load_cifar10_with(
         });
     }
     let test_path = dir.join(TEST_FILE);
-    if !test_path.is_file() {
+    if !test_path.exists() {
         return Err(DataError::Missing {
             path: test_path,
             what: "CIFAR-10 test file not found".into(),
@@ -105,13 +105,13 @@ pub fn load_cifar10_with(
     }
     let mut train = dataset(Vec::new(), Vec::new(), "cifar10-train");
     for (_, path) in &files {
-        let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+        let bytes = read_bytes(path, "a CIFAR-10 batch file")?;
         on_file(path, &bytes);
         let (img, lab) = parse_records(path, &bytes)?;
         train.images.extend_from_slice(&img);
         train.labels.extend_from_slice(&lab);
     }
-    let bytes = std::fs::read(&test_path).map_err(|e| io_error(&test_path, e))?;
+    let bytes = read_bytes(&test_path, "the CIFAR-10 test file")?;
     on_file(&test_path, &bytes);
     let (img, lab) = parse_records(&test_path, &bytes)?;
     Ok(Split {

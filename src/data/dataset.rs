@@ -146,7 +146,7 @@ pub fn looks_like(kind: DatasetKind, dir: &Path) -> bool {
                 || idx::find_file(dir, idx::TEST_IMAGES).is_some()
         }
         DatasetKind::Cifar10 => {
-            dir.join(cifar::TEST_FILE).is_file()
+            dir.join(cifar::TEST_FILE).exists()
                 || cifar::data_batch_files(dir).is_ok_and(|v| !v.is_empty())
         }
         DatasetKind::Synthetic => false,

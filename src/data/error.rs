@@ -13,23 +13,50 @@ pub enum DataError {
         /// Which file this is and what was tried.
         what: String,
     },
-    /// Reading a file failed for a reason other than its absence.
-    #[error("cannot read {}: {source}", path.display())]
+    /// Something other than a file (a directory) is where a data file should be.
+    #[error("{} is {kind}, not a file: {what}", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is, e.g. `a directory`.
+        kind: String,
+        /// Which file was expected there.
+        what: String,
+    },
+    /// Reading a file failed for a reason other than its absence. (The I/O error is part of
+    /// the message and deliberately not a `source`, so `{:#}` does not print it twice.)
+    #[error("cannot read {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file starts with the gzip magic bytes but does not decompress.
-    #[error("corrupt gzip stream in {}: {source}", path.display())]
+    #[error("corrupt gzip stream in {}: {error}", path.display())]
     Gzip {
         /// The file.
         path: PathBuf,
         /// The decompressor's error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// A gzip file decompresses to more than a data file of this kind can plausibly hold.
+    #[error("{} decompresses to more than {limit} bytes, more than its header ({header}) allows: not an IDX file, or a decompression bomb", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The header summary.
+        header: String,
+        /// Bytes read before giving up.
+        limit: u64,
+    },
+    /// An IDX images header with a zero dimension.
+    #[error("{}: its header says {header}; images must be at least 1x1", path.display())]
+    BadDimensions {
+        /// The file.
+        path: PathBuf,
+        /// The header summary.
+        header: String,
     },
     /// The IDX magic number is not the one expected for this kind of file.
     #[error("wrong magic number in {}: expected {expected:#010x} ({expected}), found {found:#010x} ({found})", path.display())]

@@ -34,21 +34,74 @@ pub struct IdxImages {
     pub pixels: Vec<u8>,
 }
 
+/// Largest decoded IDX file accepted (2 GiB; MNIST's largest is 47 MB, EMNIST's 550 MB): a
+/// gzip stream that inflates past it is refused rather than filling memory.
+pub const MAX_DECODED: u64 = 2 << 30;
+
 /// Reads a whole file, decompressing it if it starts with the gzip magic bytes.
 pub fn read_decoded(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|e| io_error(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|source| DataError::Gzip {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    decode(path, read_file(path, "an IDX file")?)
+}
+
+/// Decompresses `raw` if it starts with the gzip magic bytes (up to [`MAX_DECODED`] bytes),
+/// else returns it as it is (`path` is used in errors only).
+pub fn decode(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
+    decode_limited(path, raw, MAX_DECODED)
+}
+
+/// [`decode`] with another size limit.
+pub fn decode_limited(path: &Path, raw: Vec<u8>, limit: u64) -> Result<Vec<u8>, DataError> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
     }
+    let mut out = Vec::with_capacity((raw.len().saturating_mul(4)).min(limit as usize));
+    flate2::read::MultiGzDecoder::new(&raw[..])
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|error| DataError::Gzip {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    if out.len() as u64 > limit {
+        return Err(DataError::TooLarge {
+            path: path.to_path_buf(),
+            header: header_summary(&out),
+            limit,
+        });
+    }
+    Ok(out)
+}
+
+fn header_summary(bytes: &[u8]) -> String {
+    match (bytes.len() >= 16, bytes.len() >= 8) {
+        (true, _) if be_u32(bytes, 0) == IMAGES_MAGIC => format!(
+            "{} images of {}x{}",
+            be_u32(bytes, 4),
+            be_u32(bytes, 8),
+            be_u32(bytes, 12)
+        ),
+        (_, true) if be_u32(bytes, 0) == LABELS_MAGIC => format!("{} labels", be_u32(bytes, 4)),
+        _ => "not an IDX header".into(),
+    }
+}
+
+/// Reads a whole file; `what` says which file was expected there (for a directory in its
+/// place).
+pub(crate) fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, DataError> {
+    if let Ok(m) = std::fs::metadata(path)
+        && !m.is_file()
+    {
+        return Err(DataError::NotAFile {
+            path: path.to_path_buf(),
+            kind: if m.is_dir() {
+                "a directory".into()
+            } else {
+                "not a regular file".into()
+            },
+            what: format!("expected {what}"),
+        });
+    }
+    std::fs::read(path).map_err(|e| io_error(path, e))
 }
 
 /// Maps an I/O error to [`DataError::Missing`] (not found) or [`DataError::Io`].
@@ -61,17 +114,18 @@ pub(crate) fn io_error(path: &Path, e: std::io::Error) -> DataError {
     } else {
         DataError::Io {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         }
     }
 }
 
-/// `dir/stem.gz` if it exists, else `dir/stem` if it exists.
+/// `dir/stem.gz` if it exists, else `dir/stem` if it exists (a directory of that name counts,
+/// so that reading it reports a directory where the file should be, not a missing file).
 pub fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
     [format!("{stem}.gz"), stem.to_string()]
         .into_iter()
         .map(|n| dir.join(n))
-        .find(|p| p.is_file())
+        .find(|p| p.exists())
 }
 
 fn locate(dir: &Path, stem: &str) -> Result<PathBuf, DataError> {
@@ -120,6 +174,12 @@ fn check_len(path: &Path, bytes: &[u8], expected: u128, header: String) -> Resul
 pub fn parse_images(path: &Path, mut bytes: Vec<u8>) -> Result<IdxImages, DataError> {
     check_header(path, &bytes, 16, IMAGES_MAGIC)?;
     let (count, rows, cols) = (be_u32(&bytes, 4), be_u32(&bytes, 8), be_u32(&bytes, 12));
+    if rows == 0 || cols == 0 {
+        return Err(DataError::BadDimensions {
+            path: path.to_path_buf(),
+            header: format!("{count} images of {rows}x{cols}"),
+        });
+    }
     let expected = 16 + count as u128 * rows as u128 * cols as u128;
     check_len(
         path,
