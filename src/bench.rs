@@ -362,15 +362,10 @@ fn bench_train(
     };
     // The trainer's step on one process: micro-batches of `AUTO_MICRO_BATCH`, and with the
     // noise scale measured, a batch that fits one micro-batch in two pieces.
+    let split = measure && !(cfg.ghost_batch_size() == 0 && cfg.has_batch_norm());
     let plan = crate::train::StepPlan {
         max_micro_batch: crate::config::AUTO_MICRO_BATCH,
-        min_pieces: if measure && cfg.ghost_batch_size() == 0 && cfg.has_batch_norm() {
-            1
-        } else if measure {
-            2
-        } else {
-            1
-        },
+        min_pieces: 1,
         quantum: cfg.ghost_batch_size().max(1),
         measure,
         seed: 0,
@@ -390,6 +385,16 @@ fn bench_train(
             break;
         }
         let t = Instant::now();
+        // As the trainer: a batch that fits one micro-batch is cut in two on every
+        // `gns::SPLIT_EVERY`-th update only.
+        let plan = crate::train::StepPlan {
+            min_pieces: if split && (i as u64).is_multiple_of(crate::gns::SPLIT_EVERY) {
+                2
+            } else {
+                1
+            },
+            ..plan
+        };
         let step = crate::train::forward_backward(&model, &batch_data, batch, &plan, device)
             .map_err(|e| match e {
                 crate::train::StepError::NonFinite { loss } => {

@@ -507,8 +507,8 @@ pub fn train(
     let mut last_checkpoint = Instant::now();
     let measure = cfg.train.noise_scale;
     // Forcing two pieces when a share fits one micro-batch gives the estimator its second batch
-    // size; not with ordinary batch norm, whose statistics would then change, and not over
-    // several ranks, which are pieces already.
+    // size (on every `gns::SPLIT_EVERY`-th update); not with ordinary batch norm, whose
+    // statistics would then change, and not over several ranks, which are pieces already.
     let plain_bn = cfg.model.has_batch_norm() && cfg.model.ghost_batch_size() == 0;
     let measure_pieces = if measure && world == 1 && !plain_bn {
         2
@@ -542,7 +542,11 @@ pub fn train(
                 global_len,
                 &StepPlan {
                     max_micro_batch: micro_max,
-                    min_pieces: measure_pieces,
+                    min_pieces: if update.is_multiple_of(crate::gns::SPLIT_EVERY) {
+                        measure_pieces
+                    } else {
+                        1
+                    },
                     quantum: cfg.model.ghost_batch_size().max(1),
                     measure,
                     seed: cfg.seed,
