@@ -26,95 +26,9 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
-/// File name of the checkpoint inside a run directory.
-pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
-
-/// Environment variable for crash tests: `NAME:K` makes the K-th (1-based) atomic write of the
-/// file `NAME` in this process kill the process (SIGKILL) after half the temporary file is
-/// written, as a crash or `kill -9` during the write would.
-pub const CRASH_IN_WRITE_ENV: &str = "NOISESCALE_CRASH_IN_WRITE";
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it (`.NAME.tmpPID`), synced,
-/// then renamed. A failed write removes its temporary file; one killed leaves it, and the next
-/// start that takes the run directory's lock removes it ([`crate::run_dir::clean_leftovers`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| -> Result<()> {
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let crash = crash_requested(&name.to_string_lossy());
-        let half = if crash { bytes.len() / 2 } else { bytes.len() };
-        f.write_all(&bytes[..half])
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        if crash {
-            f.sync_all().ok();
-            kill_self();
-        }
-        f.write_all(&bytes[half..])
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))
-    })();
-    if let Err(e) = written {
-        // A full disk: do not leave a partial file eating the space a retry needs.
-        std::fs::remove_file(&tmp).ok();
-        return Err(e);
-    }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        d.sync_all().ok();
-    }
-    Ok(())
-}
-
-fn crash_requested(name: &str) -> bool {
-    use std::sync::Mutex;
-    static COUNTS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
-    let Ok(spec) = std::env::var(CRASH_IN_WRITE_ENV) else {
-        return false;
-    };
-    let Some((file, k)) = spec.rsplit_once(':') else {
-        return false;
-    };
-    if file != name {
-        return false;
-    }
-    let Ok(k) = k.parse::<u64>() else {
-        return false;
-    };
-    let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
-    let n = match counts.iter_mut().find(|(f, _)| f == name) {
-        Some((_, n)) => {
-            *n += 1;
-            *n
-        }
-        None => {
-            counts.push((name.to_string(), 1));
-            1
-        }
-    };
-    n == k
-}
-
-fn kill_self() -> ! {
-    let pid = std::process::id().to_string();
-    std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status()
-        .ok();
-    std::process::abort()
-}
+pub use crate::run_dir::{CHECKPOINT_FILE, CRASH_IN_WRITE_ENV, write_atomic};
 
 /// Sums over the part of an epoch already trained, so a run resumed mid-epoch reports the
 /// same epoch metrics as an uninterrupted one.

@@ -68,68 +68,7 @@ pub struct NoiseArgs {
     overrides: Overrides,
 }
 
-/// Where the config comes from: a file or a shipped preset.
-#[derive(Args, Debug, Clone)]
-pub struct ConfigSource {
-    /// A run config (TOML).
-    pub config: Option<PathBuf>,
-    /// A shipped preset instead of a file (see `noisescale presets`).
-    #[arg(long, conflicts_with = "config")]
-    pub preset: Option<String>,
-}
-
-impl ConfigSource {
-    /// Loads the config, if one was named.
-    pub fn load(&self) -> Result<Option<RunConfig>> {
-        match (&self.config, &self.preset) {
-            (Some(p), _) => RunConfig::load(p).map(Some),
-            (None, Some(name)) => load_preset(name).map(Some),
-            (None, None) => Ok(None),
-        }
-    }
-}
-
-/// Parses a shipped preset.
-pub fn load_preset(name: &str) -> Result<RunConfig> {
-    let text = crate::presets::preset(name).with_context(|| {
-        format!(
-            "no preset named {name:?}; the presets are: {}",
-            crate::presets::names().join(", ")
-        )
-    })?;
-    RunConfig::from_toml(text, &format!("preset {name}"))
-}
-
-/// Settings that override the config's.
-#[derive(Args, Debug, Clone, Default)]
-pub struct Overrides {
-    /// Data directory (overrides `data.dir`; default ../shared/data).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Compute device: flex (CPU) or cuda[:N].
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
-}
-
-impl Overrides {
-    /// Applies the overrides to a config.
-    pub fn apply(&self, cfg: &mut RunConfig) -> Result<()> {
-        if let Some(d) = &self.data {
-            cfg.data.dir = d.clone();
-        }
-        if let Some(d) = &self.device {
-            crate::device::parse(d)?;
-            cfg.device = d.clone();
-        }
-        if let Some(s) = self.seed {
-            cfg.seed = s;
-        }
-        Ok(())
-    }
-}
+pub use crate::config::{ConfigSource, Overrides, load_preset};
 
 /// `noisescale train`.
 #[derive(Args, Debug)]
@@ -329,7 +268,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         let logged = crate::metrics::read_metrics(&out.join(run_dir::METRICS_FILE))
             .map(|m| m.len())
             .unwrap_or(0);
-        if logged > 0 {
+        // An epoch's metrics line is appended just before its checkpoint is written, so a run
+        // killed in between (or one checkpointing rarely) logs epochs without a checkpoint. Only
+        // past the first epoch that must have left one was a checkpoint deleted or moved.
+        let every = cfg.train.checkpoint_every as usize;
+        if every > 0 && logged > every {
             bail!(
                 "{}: no checkpoint to resume from: {} is missing although {} logs {logged} finished epoch(s), so it was deleted or moved; put it back to resume, or start the run again with --out {} --overwrite",
                 out.display(),

@@ -12,6 +12,7 @@ use crate::optim::{OptimizerConfig, OptimizerKind};
 use crate::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 use crate::units::Samples;
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -160,7 +161,7 @@ pub struct RunConfig {
     pub train: TrainConfig,
     /// What `noisescale reproduce` compares (ignored by `train`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reproduce: Option<crate::reproduce::ReproduceConfig>,
+    pub reproduce: Option<ReproduceConfig>,
 }
 
 fn default_device() -> String {
@@ -396,6 +397,81 @@ pub fn default_schedules() -> Vec<ScheduleKind> {
         ScheduleKind::Hybrid,
         ScheduleKind::IncreaseBatch,
     ]
+}
+
+/// The `[reproduce]` table of a preset: what to compare.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReproduceConfig {
+    /// Seeds per schedule (default 1; `--seeds` overrides).
+    #[serde(default)]
+    pub seeds: Option<u32>,
+    /// Learning rate of the Adam variants (default 1e-3).
+    #[serde(default)]
+    pub adam_lr: Option<f64>,
+}
+
+/// Where the config comes from: a file or a shipped preset.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigSource {
+    /// A run config (TOML).
+    pub config: Option<PathBuf>,
+    /// A shipped preset instead of a file (see `noisescale presets`).
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+}
+
+impl ConfigSource {
+    /// Loads the config, if one was named.
+    pub fn load(&self) -> Result<Option<RunConfig>> {
+        match (&self.config, &self.preset) {
+            (Some(p), _) => RunConfig::load(p).map(Some),
+            (None, Some(name)) => load_preset(name).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Parses a shipped preset.
+pub fn load_preset(name: &str) -> Result<RunConfig> {
+    let text = crate::presets::preset(name).with_context(|| {
+        format!(
+            "no preset named {name:?}; the presets are: {}",
+            crate::presets::names().join(", ")
+        )
+    })?;
+    RunConfig::from_toml(text, &format!("preset {name}"))
+}
+
+/// Settings that override the config's.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Overrides {
+    /// Data directory (overrides `data.dir`; default ../shared/data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Compute device: flex (CPU) or cuda[:N].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl Overrides {
+    /// Applies the overrides to a config.
+    pub fn apply(&self, cfg: &mut RunConfig) -> Result<()> {
+        if let Some(d) = &self.data {
+            cfg.data.dir = d.clone();
+        }
+        if let Some(d) = &self.device {
+            crate::device::parse(d)?;
+            cfg.device = d.clone();
+        }
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 //! `B_simple = EMA(𝒮)/EMA(|𝒢|²)`, the ratio of bias-corrected exponential moving averages
 //! (as EleutherAI's gpt-neox and AdaptDL do), never the average of per-update ratios, whose
 //! denominators are often near zero or negative. Per epoch it also reports the ratio of the
-//! epoch's sums and an uncertainty from the spread of that ratio over windows of the epoch.
+//! epoch's sums and its standard error (the ratio estimator's delta-method error).
 //!
 //! What is measured is the gradient of the mean training loss itself, before weight decay,
 //! momentum or any optimiser transformation; under augmentation and dropout it includes their
@@ -67,9 +67,6 @@ pub const SPLIT_EVERY: u64 = 32;
 /// Smoothing of the moving averages: weight of the past per update (gpt-neox uses 0.99).
 pub const DEFAULT_BETA: f64 = 0.99;
 
-/// Windows an epoch is cut into for the uncertainty of its estimate.
-const WINDOWS: usize = 8;
-
 /// The running estimator: bias-corrected EMAs over all updates so far, and the sums of the
 /// epoch in progress. Stored in checkpoints, so a resumed run continues it exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,8 +100,10 @@ pub struct Reading {
     pub grad_sq: f64,
     /// `Σ𝒮/Σ|𝒢|²` over this epoch's updates alone.
     pub epoch_b_simple: f64,
-    /// Standard error of `epoch_b_simple`: the spread of the same ratio over 8 consecutive
-    /// windows of the epoch, divided by √8 (batch means). NaN with fewer than 2 windows.
+    /// Standard error of `epoch_b_simple`, the ratio estimator's linearised (delta-method)
+    /// error from the per-update pairs: `√(Σ(𝒮_i − R·|𝒢|²_i)²/(n(n−1))) / mean(|𝒢|²_i)` with
+    /// `R = epoch_b_simple`. Large when |G|² is small against its noise, as it should be. NaN
+    /// with fewer than 2 measured updates.
     pub b_simple_stderr: f64,
     /// Updates measured this epoch.
     pub updates: u64,
@@ -152,25 +151,14 @@ impl Estimator {
         if epoch.is_empty() {
             return None;
         }
-        let ratio = |part: &[(f64, f64)]| {
-            let (t, g) = part
-                .iter()
-                .fold((0.0, 0.0), |(a, b), (t, g)| (a + t, b + g));
-            t / g
-        };
-        let windows: Vec<f64> = if epoch.len() >= 2 * WINDOWS {
-            epoch
-                .chunks(epoch.len().div_ceil(WINDOWS))
-                .map(ratio)
-                .collect()
-        } else {
-            epoch.chunks(1).map(ratio).collect()
-        };
-        let b_simple_stderr = if windows.len() >= 2 {
-            let n = windows.len() as f64;
-            let mean = windows.iter().sum::<f64>() / n;
-            let var = windows.iter().map(|w| (w - mean).powi(2)).sum::<f64>() / (n - 1.0);
-            (var / n).sqrt()
+        let n = epoch.len() as f64;
+        let (sum_t, sum_g) = epoch
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (t, g)| (a + t, b + g));
+        let ratio = sum_t / sum_g;
+        let b_simple_stderr = if epoch.len() >= 2 {
+            let residual: f64 = epoch.iter().map(|(t, g)| (t - ratio * g).powi(2)).sum();
+            (residual / (n * (n - 1.0))).sqrt() / (sum_g / n).abs()
         } else {
             f64::NAN
         };
@@ -178,7 +166,7 @@ impl Estimator {
             b_simple: trace / grad_sq,
             trace,
             grad_sq,
-            epoch_b_simple: ratio(&epoch),
+            epoch_b_simple: ratio,
             b_simple_stderr,
             updates: epoch.len() as u64,
         })

@@ -63,7 +63,7 @@ pub struct GnsMetrics {
     /// B_simple = tr(Σ)/|G|² at the end of the epoch, smoothed over updates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gns_b_simple: Option<f64>,
-    /// Its standard error, from the spread of this epoch's estimate over windows.
+    /// Standard error of this epoch's estimate (`gns::Reading::b_simple_stderr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gns_b_simple_stderr: Option<f64>,
     /// B_simple from this epoch's updates alone (ratio of the epoch's sums).
@@ -146,7 +146,7 @@ pub fn write_metrics(path: &Path, records: &[EpochMetrics]) -> Result<()> {
         text.push_str(&serde_json::to_string(m)?);
         text.push('\n');
     }
-    crate::checkpoint::write_atomic(path, text.as_bytes())
+    crate::run_dir::write_atomic(path, text.as_bytes())
 }
 
 /// The epochs a resumed run keeps: the records of `metrics.jsonl` up to epoch `done` (the
@@ -196,7 +196,7 @@ pub fn resume_metrics(path: &Path, done: Epochs, truncate: bool) -> Result<Vec<E
         kept.push('\n');
     }
     if truncate && kept != text {
-        crate::checkpoint::write_atomic(path, kept.as_bytes())?;
+        crate::run_dir::write_atomic(path, kept.as_bytes())?;
     }
     Ok(records)
 }

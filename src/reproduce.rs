@@ -9,28 +9,17 @@
 //! with the same config is reused and a run with a checkpoint is resumed, so an interrupted
 //! `reproduce` continues where it stopped.
 
-use crate::cli::{ConfigSource, Overrides, load_preset};
 use crate::config::RunConfig;
+use crate::config::{ConfigSource, Overrides, load_preset};
 use crate::optim::OptimizerKind;
 use crate::run_dir;
 use crate::schedule::ScheduleKind;
 use crate::train::{self, TrainOptions};
 use anyhow::{Context, Result};
 use clap::Args;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The `[reproduce]` table of a preset: what to compare.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ReproduceConfig {
-    /// Seeds per schedule (default 1; `--seeds` overrides).
-    #[serde(default)]
-    pub seeds: Option<u32>,
-    /// Learning rate of the Adam variants (default 1e-3).
-    #[serde(default)]
-    pub adam_lr: Option<f64>,
-}
+pub use crate::config::ReproduceConfig;
 
 /// `noisescale reproduce`.
 #[derive(Args, Debug)]

@@ -10,7 +10,7 @@
 //! The lock file is never deleted (deleting it would let two processes lock two different
 //! files of the same name); on a clean exit its contents are cleared.
 //!
-//! **Leftovers.** [`crate::checkpoint::write_atomic`] writes `.NAME.tmpPID` beside `NAME` and
+//! **Leftovers.** [`write_atomic`] writes `.NAME.tmpPID` beside `NAME` and
 //! renames it; a kill or a full disk during the write leaves the temporary file. Once the lock is
 //! held, such files of this directory (and only of the run's own file names) are removed.
 
@@ -19,6 +19,93 @@ use serde::{Deserialize, Serialize};
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+
+/// File name of the checkpoint inside a run directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+/// Environment variable for crash tests: `NAME:K` makes the K-th (1-based) atomic write of the
+/// file `NAME` in this process kill the process (SIGKILL) after half the temporary file is
+/// written, as a crash or `kill -9` during the write would.
+pub const CRASH_IN_WRITE_ENV: &str = "NOISESCALE_CRASH_IN_WRITE";
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it (`.NAME.tmpPID`), synced,
+/// then renamed. A failed write removes its temporary file; one killed leaves it, and the next
+/// start that takes the run directory's lock removes it ([`clean_leftovers`]).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| -> Result<()> {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let crash = crash_requested(&name.to_string_lossy());
+        let half = if crash { bytes.len() / 2 } else { bytes.len() };
+        f.write_all(&bytes[..half])
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        if crash {
+            f.sync_all().ok();
+            kill_self();
+        }
+        f.write_all(&bytes[half..])
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))
+    })();
+    if let Err(e) = written {
+        // A full disk: do not leave a partial file eating the space a retry needs.
+        std::fs::remove_file(&tmp).ok();
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all().ok();
+    }
+    Ok(())
+}
+
+fn crash_requested(name: &str) -> bool {
+    use std::sync::Mutex;
+    static COUNTS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+    let Ok(spec) = std::env::var(CRASH_IN_WRITE_ENV) else {
+        return false;
+    };
+    let Some((file, k)) = spec.rsplit_once(':') else {
+        return false;
+    };
+    if file != name {
+        return false;
+    }
+    let Ok(k) = k.parse::<u64>() else {
+        return false;
+    };
+    let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let n = match counts.iter_mut().find(|(f, _)| f == name) {
+        Some((_, n)) => {
+            *n += 1;
+            *n
+        }
+        None => {
+            counts.push((name.to_string(), 1));
+            1
+        }
+    };
+    n == k
+}
+
+fn kill_self() -> ! {
+    let pid = std::process::id().to_string();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .ok();
+    std::process::abort()
+}
 
 /// Per-epoch metrics, one JSON object per line.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -33,11 +120,10 @@ pub const RESOLVED_FILE: &str = "resolved.json";
 /// The schedule's phase table.
 pub const SCHEDULE_FILE: &str = "schedule.json";
 /// The checkpoint (model, optimiser, training state).
-pub const CHECKPOINT_FILE: &str = crate::checkpoint::CHECKPOINT_FILE;
 /// The lock file (pid, host and start time of the process writing the run).
 pub const LOCK_FILE: &str = "run.lock";
 
-/// The files a run writes with [`crate::checkpoint::write_atomic`] (whose temporary files
+/// The files a run writes with [`write_atomic`] (whose temporary files
 /// [`clean_leftovers`] removes).
 pub const RUN_FILES: [&str; 7] = [
     METRICS_FILE,
@@ -216,7 +302,7 @@ pub fn recorded_holder(dir: &Path) -> Option<Holder> {
     read_holder(&mut f)
 }
 
-/// Whether `name` is a temporary file of [`crate::checkpoint::write_atomic`] for one of the
+/// Whether `name` is a temporary file of [`write_atomic`] for one of the
 /// run's files: `.NAME.tmpPID`.
 pub fn is_leftover(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('.') else {
@@ -317,6 +403,34 @@ pub fn open_for_training(
     }
     check_fresh_start(dir, resume, overwrite)?;
     Ok(lock)
+}
+
+/// What a run is (`run.json` in its directory), written when the run starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Unique run label, e.g. `increase-batch-seed2`.
+    pub name: String,
+    /// Label under which seeds are aggregated, e.g. `increase-batch` or `lr×5 B×5`.
+    pub group: String,
+    /// Random seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// Schedule kind, e.g. `decay-lr`.
+    #[serde(default)]
+    pub schedule: String,
+    /// Optimiser kind, e.g. `momentum`.
+    #[serde(default)]
+    pub optimizer: String,
+    /// Model name, e.g. `mlp-256`.
+    #[serde(default)]
+    pub model: String,
+    /// Data set name, e.g. `mnist`.
+    #[serde(default)]
+    pub dataset: String,
+    /// Over how many samples batch norm computes its statistics, e.g. `ghost batches of 32`
+    /// (empty for models without batch norm).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub normalization: String,
 }
 
 #[cfg(test)]

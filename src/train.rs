@@ -22,7 +22,7 @@ use crate::metrics::{self, EpochMetrics, RunSummary};
 use crate::model::Model;
 use crate::optim::{Optimizer, StepHyper};
 use crate::params::{Grads, named_tensors, replace_tensors, trainable_params};
-use crate::report::RunInfo;
+use crate::run_dir::RunInfo;
 use crate::units::{Epochs, Samples, Updates};
 use anyhow::{Context, Result, bail};
 use burn::nn::loss::CrossEntropyLossConfig;

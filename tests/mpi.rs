@@ -108,6 +108,9 @@ fn a_last_batch_smaller_than_the_ranks_matches_one_process() {
             assert_close("train loss", x.train_loss, y.train_loss, 1e-4);
             assert_close("test loss", x.test_loss, y.test_loss, 1e-4);
             assert_close("train accuracy", x.train_accuracy, y.train_accuracy, 1e-9);
+            // The ranks are the noise-scale estimator's pieces: measured on every update.
+            let b = y.gns.gns_b_simple.expect("B_simple measured across ranks");
+            assert!(b.is_finite(), "{np} ranks: B_simple {b}");
         }
     }
 }

@@ -238,3 +238,37 @@ fn a_run_killed_before_its_first_checkpoint_starts_over_on_resume() {
     assert!(err.contains("starting it over from the beginning"), "{err}");
     assert_eq!(timing_free(&straight), timing_free(&cut));
 }
+
+/// Killed while writing its first checkpoint, right after the first epoch's metrics line: the
+/// resumed run starts over (no checkpoint ever existed) and ends identical to a straight run.
+#[test]
+fn killed_during_the_first_checkpoint_write_starts_over_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(
+        tmp.path(),
+        "run.toml",
+        &RESNET
+            .replace("epochs = 3", "epochs = 2")
+            .replace("milestones = [1, 2]", "milestones = [1]"),
+    );
+    let straight = tmp.path().join("straight");
+    let cut = tmp.path().join("cut");
+    succeed(train_cmd(&cfg, &straight, &[]));
+    let crash = noisescale::checkpoint::CRASH_IN_WRITE_ENV;
+    let o = train_cmd(&cfg, &cut, &[(crash, "checkpoint.safetensors:1")])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert_eq!(
+        timing_free(&cut).len(),
+        1,
+        "the first epoch's line was written"
+    );
+    assert!(!cut.join(noisescale::checkpoint::CHECKPOINT_FILE).exists());
+    let mut resume = std::process::Command::new(BIN);
+    resume.args(["train", "-q", "--resume"]).arg(&cut);
+    let o = succeed(resume);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("starting it over from the beginning"), "{err}");
+    assert_eq!(timing_free(&straight), timing_free(&cut));
+}

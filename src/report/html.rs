@@ -1,24 +1,8 @@
 //! The self-contained HTML page: inline CSS, plots as base64 PNG data URIs.
 
 use super::GroupSummary;
-use super::table::html_table;
+use super::table::{escape, html_table};
 use base64::Engine;
-
-/// Escapes text for HTML element content and attribute values.
-pub(super) fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;\
 max-width:1120px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}\

@@ -41,36 +41,9 @@ pub use table::{html_table, markdown_table};
 use crate::metrics::{EpochMetrics, RunSummary, read_metrics};
 use crate::units::Updates;
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// What a run is (`run.json` in its directory), written when the run starts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunInfo {
-    /// Unique run label, e.g. `increase-batch-seed2`.
-    pub name: String,
-    /// Label under which seeds are aggregated, e.g. `increase-batch` or `lr×5 B×5`.
-    pub group: String,
-    /// Random seed.
-    #[serde(default)]
-    pub seed: u64,
-    /// Schedule kind, e.g. `decay-lr`.
-    #[serde(default)]
-    pub schedule: String,
-    /// Optimiser kind, e.g. `momentum`.
-    #[serde(default)]
-    pub optimizer: String,
-    /// Model name, e.g. `mlp-256`.
-    #[serde(default)]
-    pub model: String,
-    /// Data set name, e.g. `mnist`.
-    #[serde(default)]
-    pub dataset: String,
-    /// Over how many samples batch norm computes its statistics, e.g. `ghost batches of 32`
-    /// (empty for models without batch norm).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub normalization: String,
-}
+pub use crate::run_dir::RunInfo;
 
 /// One run as read from its directory.
 #[derive(Debug, Clone, PartialEq)]

@@ -520,7 +520,7 @@ where
                 s.reference.iter().copied(),
                 8,
                 6,
-                color.stroke_width(2).into(),
+                color.stroke_width(2),
             ))
             .map_err(de)?;
         }

@@ -1,7 +1,6 @@
 //! The summary table, as markdown (also readable in a terminal) and as HTML.
 
 use super::GroupSummary;
-use super::html::escape;
 
 /// Column headings.
 const HEADINGS: [&str; 9] = [
@@ -110,5 +109,21 @@ pub fn html_table(groups: &[GroupSummary]) -> String {
         }
     }
     out.push_str("</tbody>\n</table>\n");
+    out
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub(super) fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
     out
 }
