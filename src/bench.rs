@@ -387,7 +387,7 @@ fn bench_train(
         let t = Instant::now();
         // As the trainer: a batch that fits one micro-batch is cut in two on every
         // `gns::SPLIT_EVERY`-th update only.
-        let plan = crate::train::StepPlan {
+        let mut plan = crate::train::StepPlan {
             min_pieces: if split && (i as u64).is_multiple_of(crate::gns::SPLIT_EVERY) {
                 2
             } else {
@@ -395,6 +395,7 @@ fn bench_train(
             },
             ..plan
         };
+        plan.measure = measure && batch.div_ceil(plan.piece_len(batch)) >= 2;
         let step = crate::train::forward_backward(&model, &batch_data, batch, &plan, device)
             .map_err(|e| match e {
                 crate::train::StepError::NonFinite { loss } => {
@@ -402,8 +403,8 @@ fn bench_train(
                 }
                 crate::train::StepError::Other(e) => e,
             })?;
-        if measure {
-            // What the trainer adds per update: the batch gradient's squared norm.
+        if plan.measure {
+            // What the trainer adds per measured update: the batch gradient's squared norm.
             std::hint::black_box(step.grads.sq_norm());
         }
         model = optim.step(model, step.grads, hyper);

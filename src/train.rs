@@ -536,25 +536,23 @@ pub fn train(
             hyper = schedule.hyper(e, batch.start as f64 / n.0 as f64);
             let update = state.updates.0 + 1;
             let local = batch.len();
-            let step = forward_backward(
-                &model,
-                &batch,
-                global_len,
-                &StepPlan {
-                    max_micro_batch: micro_max,
-                    min_pieces: if update.is_multiple_of(crate::gns::SPLIT_EVERY) {
-                        measure_pieces
-                    } else {
-                        1
-                    },
-                    quantum: cfg.model.ghost_batch_size().max(1),
-                    measure,
-                    seed: cfg.seed,
-                    update,
-                    inject_nan: cfg.train.inject_nan_at_update == Some(update),
+            let mut plan = StepPlan {
+                max_micro_batch: micro_max,
+                min_pieces: if update.is_multiple_of(crate::gns::SPLIT_EVERY) {
+                    measure_pieces
+                } else {
+                    1
                 },
-                &device,
-            );
+                quantum: cfg.model.ghost_batch_size().max(1),
+                measure,
+                seed: cfg.seed,
+                update,
+                inject_nan: cfg.train.inject_nan_at_update == Some(update),
+            };
+            // Norms only where they give an estimate: two pieces or more (ranks count).
+            let local_pieces = batch.len().div_ceil(plan.piece_len(batch.len()));
+            plan.measure = measure && (world > 1 || local_pieces >= 2);
+            let step = forward_backward(&model, &batch, global_len, &plan, &device);
             let step = match step {
                 Ok(s) => s,
                 Err(StepError::NonFinite { loss }) => bail!(Diverged {
@@ -619,7 +617,7 @@ pub fn train(
             } else {
                 INTERRUPTED.load(Ordering::SeqCst)
             };
-            if measure {
+            if measure && pieces >= 2.0 {
                 state.gns.add(StepNorms {
                     small,
                     pieces,
