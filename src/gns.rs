@@ -144,13 +144,11 @@ impl Estimator {
     }
 
     /// The reading at the end of an epoch, and a fresh start for the next epoch's sums; `None`
-    /// when nothing was measured in the epoch.
+    /// before the first measurement. An epoch without a measurement of its own (a few updates,
+    /// one measured in 32) still reports the smoothed value; its epoch fields are NaN.
     pub fn finish_epoch(&mut self) -> Option<Reading> {
         let epoch = std::mem::take(&mut self.epoch);
         let (trace, grad_sq) = self.smoothed()?;
-        if epoch.is_empty() {
-            return None;
-        }
         let n = epoch.len() as f64;
         let (sum_t, sum_g) = epoch
             .iter()
@@ -230,6 +228,10 @@ mod tests {
         assert!((r.epoch_b_simple - 410.0 / 4.01).abs() < 1e-9);
         assert!(r.b_simple_stderr.is_finite());
         assert!(e.epoch.is_empty());
-        assert_eq!(e.finish_epoch(), None);
+        // An epoch with no measurement keeps the smoothed value, without an epoch estimate.
+        let quiet = e.finish_epoch().unwrap();
+        assert_eq!((quiet.updates, quiet.b_simple), (0, r.b_simple));
+        assert!(quiet.epoch_b_simple.is_nan() && quiet.b_simple_stderr.is_nan());
+        assert_eq!(Estimator::new(0.9).finish_epoch(), None);
     }
 }
