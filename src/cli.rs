@@ -326,23 +326,34 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_eval(a: EvalArgs) -> Result<()> {
-    let path = if a.checkpoint.is_dir() {
-        a.checkpoint.join(run_dir::CHECKPOINT_FILE)
+/// A saved run loaded for inspection: its config (with overrides), data, device, model and
+/// checkpoint state; `checkpoint` is the file or its run directory.
+struct SavedRun {
+    path: PathBuf,
+    cfg: RunConfig,
+    prepared: train::Prepared,
+    device: burn::tensor::Device,
+    model: crate::model::Model,
+    loaded: crate::checkpoint::Loaded,
+}
+
+fn load_saved_run(checkpoint: &Path, overrides: &Overrides) -> Result<SavedRun> {
+    let path = if checkpoint.is_dir() {
+        checkpoint.join(run_dir::CHECKPOINT_FILE)
     } else {
-        a.checkpoint.clone()
+        checkpoint.to_path_buf()
     };
-    if !a.checkpoint.exists() {
+    if !checkpoint.exists() {
         bail!(
             "{} does not exist: name a run directory or its {}",
-            a.checkpoint.display(),
+            checkpoint.display(),
             run_dir::CHECKPOINT_FILE
         );
     }
     if !path.is_file() {
         bail!(
             "{}: no {} in this directory (the run has not written a checkpoint yet, or it was moved)",
-            a.checkpoint.display(),
+            checkpoint.display(),
             run_dir::CHECKPOINT_FILE
         );
     }
@@ -356,7 +367,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             path.display()
         )
     })?;
-    a.overrides.apply(&mut cfg)?;
+    overrides.apply(&mut cfg)?;
     let prepared = train::prepare_data(&cfg)?;
     let device = crate::device::device(crate::device::parse(&cfg.device)?)?;
     let model = cfg.model.init(
@@ -365,6 +376,25 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         &device,
     );
     let (model, loaded) = crate::checkpoint::load(&path, model, &device)?;
+    Ok(SavedRun {
+        path,
+        cfg,
+        prepared,
+        device,
+        model,
+        loaded,
+    })
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let SavedRun {
+        path,
+        cfg,
+        prepared,
+        device,
+        model,
+        loaded,
+    } = load_saved_run(&a.checkpoint, &a.overrides)?;
     let (loss, acc) = train::evaluate(
         &model,
         &prepared.test,
@@ -460,27 +490,14 @@ fn cmd_report(a: ReportArgs) -> Result<()> {
 }
 
 fn cmd_noise(a: NoiseArgs) -> Result<()> {
-    let path = if a.checkpoint.is_dir() {
-        a.checkpoint.join(crate::checkpoint::CHECKPOINT_FILE)
-    } else {
-        a.checkpoint.clone()
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut cfg = RunConfig::load(&dir.join("config.toml")).with_context(|| {
-        format!(
-            "{}: the run's config.toml is needed beside the checkpoint",
-            path.display()
-        )
-    })?;
-    a.overrides.apply(&mut cfg)?;
-    let prepared = train::prepare_data(&cfg)?;
-    let device = crate::device::device(crate::device::parse(&cfg.device)?)?;
-    let model = cfg.model.init(
-        prepared.train.image_shape(),
-        prepared.train.num_classes,
-        &device,
-    );
-    let (model, loaded) = crate::checkpoint::load(&path, model, &device)?;
+    let SavedRun {
+        path,
+        prepared,
+        device,
+        model,
+        loaded,
+        ..
+    } = load_saved_run(&a.checkpoint, &a.overrides)?;
     let r = train::measure_noise_scale(
         &model,
         &prepared,
