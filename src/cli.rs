@@ -521,8 +521,14 @@ fn cmd_noise(a: NoiseArgs) -> Result<()> {
         a.batch_size,
         a.pieces
     );
-    println!(
-        "Batches well below B_simple cut the updates needed almost in proportion; well above it they mostly spend more samples (McCandlish et al. 2018)."
-    );
+    if r.grad_sq <= 0.0 || !(r.b_simple_stderr < 0.5 * r.b_simple.abs()) {
+        println!(
+            "|G|² is not resolved from the gradient noise here (B_simple is very large or undefined, typical near convergence): use more --batches or a larger --batch-size for a reading."
+        );
+    } else {
+        println!(
+            "Batches well below B_simple cut the updates needed almost in proportion; well above it they mostly spend more samples (McCandlish et al. 2018)."
+        );
+    }
     Ok(())
 }

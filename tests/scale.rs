@@ -272,3 +272,37 @@ fn killed_during_the_first_checkpoint_write_starts_over_on_resume() {
     assert!(err.contains("starting it over from the beginning"), "{err}");
     assert_eq!(timing_free(&straight), timing_free(&cut));
 }
+
+/// `noisescale noise` reads a saved run's B_simple with its error, and refuses impossible
+/// settings naming them.
+#[test]
+fn noise_command_measures_a_saved_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(
+        tmp.path(),
+        "run.toml",
+        &WRN.replace("epochs = 3", "epochs = 1")
+            .replace("milestones = [2]", "milestones = []")
+            .replace("dropout = 0.3", "dropout = 0.0"),
+    );
+    let out = tmp.path().join("run");
+    succeed(train_cmd(&cfg, &out, &[]));
+    let mut noise = std::process::Command::new(BIN);
+    noise
+        .args(["noise", "--batches", "20", "--batch-size", "64"])
+        .arg(&out);
+    let o = succeed(noise);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("B_simple = tr(Σ)/|G|² ≈")
+            && text.contains("from 20 batches of 64 in 8 pieces"),
+        "{text}"
+    );
+    let o = std::process::Command::new(BIN)
+        .args(["noise", "--batch-size", "4", "--pieces", "8"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pieces <= batch size"));
+}
