@@ -521,7 +521,10 @@ fn cmd_noise(a: NoiseArgs) -> Result<()> {
         a.batch_size,
         a.pieces
     );
-    if r.grad_sq <= 0.0 || !(r.b_simple_stderr < 0.5 * r.b_simple.abs()) {
+    let resolved = r.grad_sq > 0.0
+        && r.b_simple_stderr.is_finite()
+        && r.b_simple_stderr < 0.5 * r.b_simple.abs();
+    if !resolved {
         println!(
             "|G|² is not resolved from the gradient noise here (B_simple is very large or undefined, typical near convergence): use more --batches or a larger --batch-size for a reading."
         );
