@@ -123,9 +123,7 @@ fn interrupted_then_resumed_equals_straight(model: &str, signal: &str) {
         timing_free(&cut).len() < 3,
         "the run ended before the signal"
     );
-    let mut resume = std::process::Command::new(BIN);
-    resume.args(["train", "-q", "--resume"]).arg(&cut);
-    succeed(resume);
+    succeed(resume_cmd(&cut));
     assert_eq!(timing_free(&straight), timing_free(&cut));
 }
 
@@ -192,9 +190,7 @@ checkpoint_every = 0
     let (_, loaded) = noisescale::checkpoint::load(&ckpt, model, &device).unwrap();
     assert_eq!(loaded.state.position.epoch, 0);
     assert!(loaded.state.position.offset > 0 && loaded.state.updates.0 > 0);
-    let mut resume = std::process::Command::new(BIN);
-    resume.args(["train", "-q", "--resume"]).arg(&cut);
-    succeed(resume);
+    succeed(resume_cmd(&cut));
     assert_eq!(timing_free(&straight), timing_free(&cut));
 }
 
@@ -231,9 +227,7 @@ fn a_run_killed_before_its_first_checkpoint_starts_over_on_resume() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!cut.join(noisescale::checkpoint::CHECKPOINT_FILE).exists());
-    let mut resume = std::process::Command::new(BIN);
-    resume.args(["train", "-q", "--resume"]).arg(&cut);
-    let o = succeed(resume);
+    let o = succeed(resume_cmd(&cut));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("starting it over from the beginning"), "{err}");
     assert_eq!(timing_free(&straight), timing_free(&cut));
@@ -265,9 +259,7 @@ fn killed_during_the_first_checkpoint_write_starts_over_on_resume() {
         "the first epoch's line was written"
     );
     assert!(!cut.join(noisescale::checkpoint::CHECKPOINT_FILE).exists());
-    let mut resume = std::process::Command::new(BIN);
-    resume.args(["train", "-q", "--resume"]).arg(&cut);
-    let o = succeed(resume);
+    let o = succeed(resume_cmd(&cut));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("starting it over from the beginning"), "{err}");
     assert_eq!(timing_free(&straight), timing_free(&cut));

@@ -26,6 +26,13 @@ pub fn train_cmd(config: &Path, out: &Path, env: &[(&str, &str)]) -> Command {
     c
 }
 
+/// `noisescale train -q --resume DIR`.
+pub fn resume_cmd(dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["train", "-q", "--resume"]).arg(dir);
+    c
+}
+
 /// Runs a command and asserts it succeeded, showing its output otherwise.
 pub fn succeed(mut cmd: Command) -> Output {
     let o = cmd.output().unwrap();
