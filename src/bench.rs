@@ -87,6 +87,10 @@ pub struct TrainRow {
     /// Whether the step measured the gradient noise scale (`train.noise_scale`).
     #[serde(default)]
     pub noise_scale: bool,
+    /// With it, every how many updates a batch that fits one micro-batch was cut in two
+    /// (`train.noise_scale_split_every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_every: Option<u64>,
     /// Timed steps.
     pub steps: usize,
     /// Mean seconds per step.
@@ -226,15 +230,26 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
     if args.only != Only::Data {
         for (cfg, input, batches, slow) in train_rows() {
             for b in batches {
-                train.push(bench_train(&args, &cfg, input, b, slow, false, &device)?);
+                train.push(bench_train(&args, &cfg, input, b, slow, None, &device)?);
             }
         }
         // The cost of measuring the gradient noise scale (on by default in training): the same
         // steps with the per-micro-batch norms, at a batch that fits one micro-batch (split in
-        // two) and at one that is already split.
+        // two on 1 update in 32, or on every update as under the adaptive schedule) and at one
+        // that is already split.
         for (cfg, input, batches, _) in train_rows().into_iter().take(3) {
             for b in batches {
-                train.push(bench_train(&args, &cfg, input, b, false, true, &device)?);
+                for every in [crate::gns::SPLIT_EVERY, 1] {
+                    train.push(bench_train(
+                        &args,
+                        &cfg,
+                        input,
+                        b,
+                        false,
+                        Some(every),
+                        &device,
+                    )?);
+                }
             }
         }
     } else {
@@ -245,7 +260,7 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
                 [3, 32, 32],
                 b,
                 false,
-                false,
+                None,
                 &device,
             )?);
         }
@@ -326,9 +341,10 @@ fn bench_train(
     input: [usize; 3],
     batch: usize,
     slow: bool,
-    measure: bool,
+    split_every: Option<u64>,
     device: &Device,
 ) -> Result<TrainRow> {
+    let measure = split_every.is_some();
     let (steps, warmup) = if slow {
         ((args.steps / 4).max(3), args.warmup.min(1))
     } else {
@@ -386,9 +402,9 @@ fn bench_train(
         }
         let t = Instant::now();
         // As the trainer: a batch that fits one micro-batch is cut in two on every
-        // `gns::SPLIT_EVERY`-th update only.
+        // `split_every`-th update only.
         let mut plan = crate::train::StepPlan {
-            min_pieces: if split && (i as u64).is_multiple_of(crate::gns::SPLIT_EVERY) {
+            min_pieces: if split && (i as u64).is_multiple_of(split_every.unwrap_or(1)) {
                 2
             } else {
                 1
@@ -428,6 +444,7 @@ fn bench_train(
         input,
         batch,
         noise_scale: measure,
+        split_every,
         steps: timed,
         seconds_per_step: sps,
         images_per_second: batch as f64 / sps,
@@ -597,30 +614,46 @@ pub fn format_report(r: &BenchReport) -> String {
         }
         let _ = writeln!(s);
     }
-    let with_gns: Vec<&TrainRow> = r.train.iter().filter(|row| row.noise_scale).collect();
+    let with_gns: Vec<&TrainRow> = r
+        .train
+        .iter()
+        .filter(|row| row.noise_scale && row.split_every != Some(1))
+        .collect();
     if !with_gns.is_empty() {
         let _ = writeln!(
             s,
-            "\nMeasuring the gradient noise scale (train.noise_scale, on by default): the same step with it"
+            "\nMeasuring the gradient noise scale (train.noise_scale, on by default): the same step with it, a batch that fits one micro-batch cut in two on 1 update in {} (default) or on every update (adaptive schedule)",
+            crate::gns::SPLIT_EVERY
         );
-        let _ = writeln!(s, "| model | B | img/s without | img/s with | cost |");
-        let _ = writeln!(s, "|---|--:|--:|--:|--:|");
+        let _ = writeln!(
+            s,
+            "| model | B | img/s without | img/s with | cost | img/s, every update | cost |"
+        );
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|");
         for row in with_gns {
-            let plain = r
-                .train
-                .iter()
-                .find(|p| !p.noise_scale && p.model == row.model && p.batch == row.batch);
-            if let Some(p) = plain {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {:.0} | {:.0} | {:+.1}% |",
-                    row.model,
-                    row.batch,
-                    p.images_per_second,
-                    row.images_per_second,
-                    100.0 * (p.images_per_second / row.images_per_second - 1.0)
-                );
-            }
+            let find = |measured: bool, every: Option<u64>| {
+                r.train.iter().find(|p| {
+                    p.noise_scale == measured
+                        && p.model == row.model
+                        && p.batch == row.batch
+                        && (!measured || p.split_every == every)
+                })
+            };
+            let (Some(p), Some(each)) = (find(false, None), find(true, Some(1))) else {
+                continue;
+            };
+            let cost = |q: &TrainRow| 100.0 * (p.images_per_second / q.images_per_second - 1.0);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.0} | {:+.1}% | {:.0} | {:+.1}% |",
+                row.model,
+                row.batch,
+                p.images_per_second,
+                row.images_per_second,
+                cost(row),
+                each.images_per_second,
+                cost(each)
+            );
         }
     }
     if !r.data.is_empty() {

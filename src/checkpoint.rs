@@ -66,6 +66,9 @@ pub struct TrainState {
     /// The gradient-noise-scale estimator (its averages and the epoch's measurements).
     #[serde(default)]
     pub gns: crate::gns::Estimator,
+    /// The adaptive schedule's controller state (`None` for the fixed kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<crate::schedule::adaptive::AdaptiveState>,
 }
 
 impl TrainState {
@@ -78,6 +81,7 @@ impl TrainState {
             wall_seconds: 0.0,
             epoch: EpochAccumulator::default(),
             gns: crate::gns::Estimator::default(),
+            adaptive: None,
         }
     }
 }

@@ -88,6 +88,10 @@ pub struct TrainArgs {
     /// otherwise an error.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Train under this schedule kind instead of the config's (milestones are dropped for
+    /// `adaptive`, which takes none).
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    schedule: Option<ScheduleKind>,
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
@@ -109,7 +113,11 @@ pub struct ScheduleArgs {
     source: ConfigSource,
     /// Replace the config's schedule kind.
     #[arg(long, value_enum)]
-    schedule: Option<KindArg>,
+    schedule: Option<ScheduleKind>,
+    /// Print the phases a run realised (from its metrics), e.g. an adaptive run's, instead of
+    /// a config's plan.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "preset", "schedule", "milestones", "max_batch_size", "dataset_size"])]
+    run: Option<PathBuf>,
     /// Training-set size N (default: the preset's data set, else read from the data).
     #[arg(long)]
     dataset_size: Option<u64>,
@@ -124,27 +132,6 @@ pub struct ScheduleArgs {
     json: bool,
     #[command(flatten)]
     overrides: Overrides,
-}
-
-/// Schedule kinds on the command line.
-#[derive(clap::ValueEnum, Debug, Clone, Copy)]
-pub enum KindArg {
-    /// ε ÷ factor at each milestone.
-    DecayLr,
-    /// B × factor at each milestone.
-    IncreaseBatch,
-    /// B × factor up to the cap, then ε ÷ factor.
-    Hybrid,
-}
-
-impl From<KindArg> for ScheduleKind {
-    fn from(k: KindArg) -> Self {
-        match k {
-            KindArg::DecayLr => ScheduleKind::DecayLr,
-            KindArg::IncreaseBatch => ScheduleKind::IncreaseBatch,
-            KindArg::Hybrid => ScheduleKind::Hybrid,
-        }
-    }
 }
 
 /// `noisescale report`.
@@ -248,10 +235,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             (saved, dir.clone(), true)
         }
         None => {
-            let cfg = a
+            let mut cfg = a
                 .source
                 .load()?
                 .context("name a config file or --preset (see `noisescale train --help`)")?;
+            if let Some(k) = a.schedule {
+                cfg.schedule = cfg.schedule.with_kind(k);
+            }
             (cfg, a.out.clone(), false)
         }
     };
@@ -416,13 +406,16 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 }
 
 fn cmd_schedule(a: ScheduleArgs) -> Result<()> {
+    if let Some(dir) = &a.run {
+        return print_realised_schedule(dir, a.json);
+    }
     let mut cfg = match a.source.load()? {
         Some(c) => c,
         None => load_preset("mnist")?,
     };
     a.overrides.apply(&mut cfg)?;
     if let Some(k) = a.schedule {
-        cfg.schedule.kind = k.into();
+        cfg.schedule = cfg.schedule.with_kind(k);
     }
     if let Some(m) = a.milestones {
         cfg.schedule.milestones = m;
@@ -452,6 +445,48 @@ fn cmd_schedule(a: ScheduleArgs) -> Result<()> {
     Ok(())
 }
 
+/// `noisescale schedule --run DIR`: the phases the run in `DIR` realised so far, and for an
+/// adaptive run the decisions that made them.
+fn print_realised_schedule(dir: &Path, json: bool) -> Result<()> {
+    let resolved: crate::config::Resolved = {
+        let path = dir.join(run_dir::RESOLVED_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} does not hold a run (no {})",
+                dir.display(),
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?
+    };
+    let records = crate::metrics::read_metrics(&dir.join(run_dir::METRICS_FILE))?;
+    let table = crate::metrics::realised_table(&records, resolved.dataset_size);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&table)?);
+        return Ok(());
+    }
+    let cfg = &resolved.config;
+    println!(
+        "{}: {} schedule as realised, N = {}, {} of {} epochs",
+        dir.display(),
+        cfg.schedule.kind,
+        resolved.dataset_size,
+        records.len(),
+        cfg.schedule.epochs
+    );
+    println!("{table}");
+    let decisions = dir.join(run_dir::DECISIONS_FILE);
+    if let Ok(text) = std::fs::read_to_string(&decisions) {
+        println!("decisions ({}):", decisions.display());
+        for line in text.lines() {
+            let d: crate::schedule::adaptive::Decision = serde_json::from_str(line)
+                .with_context(|| format!("reading {}", decisions.display()))?;
+            println!("  {}", train::describe_decision(&d));
+        }
+    }
+    Ok(())
+}
+
 /// The training-set size a config implies without reading the data where it is known:
 /// 60,000 for MNIST, 50,000 for CIFAR-10 under the `paper-cifar10` preset; otherwise the data is
 /// read.
@@ -472,7 +507,9 @@ fn nominal_size(cfg: &RunConfig) -> Result<Samples> {
 
 fn cmd_report(a: ReportArgs) -> Result<()> {
     let mut runs = crate::report::load_runs(&a.dirs)?;
-    crate::report::order_groups(&mut runs, &["decay-lr", "hybrid", "increase-batch"]);
+    let order: Vec<String> = ScheduleKind::ALL.iter().map(|k| k.to_string()).collect();
+    let order: Vec<&str> = order.iter().map(String::as_str).collect();
+    crate::report::order_groups(&mut runs, &order);
     let out = a.out.clone().unwrap_or_else(|| a.dirs[0].clone());
     std::fs::create_dir_all(&out)?;
     let files = crate::report::write_report(

@@ -9,8 +9,9 @@
 use crate::data::{Augment, DatasetKind};
 use crate::model::ModelConfig;
 use crate::optim::{OptimizerConfig, OptimizerKind};
+use crate::schedule::adaptive::Controller;
 use crate::schedule::{Schedule, ScheduleConfig, ScheduleKind};
-use crate::units::Samples;
+use crate::units::{Epochs, Samples};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,11 @@ pub struct TrainConfig {
     /// batch, two pieces instead (not with ordinary batch norm, whose statistics would change).
     #[serde(default = "default_true")]
     pub noise_scale: bool,
+    /// Where a batch fits one micro-batch, cut it in two for the measurement on every
+    /// this-many updates (≥ 1; default [`crate::gns::SPLIT_EVERY`], or 1 under the adaptive
+    /// schedule, whose decisions need many measurements; see README for the cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_scale_split_every: Option<u64>,
     /// Fault injection for testing the divergence guard: make the loss NaN at this update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_nan_at_update: Option<u64>,
@@ -119,6 +125,19 @@ fn default_true() -> bool {
     true
 }
 
+impl TrainConfig {
+    /// Every how many updates a batch that fits one micro-batch is cut in two to be measured.
+    pub fn split_every(&self, kind: ScheduleKind) -> u64 {
+        self.noise_scale_split_every
+            .unwrap_or(if kind == ScheduleKind::Adaptive {
+                1
+            } else {
+                crate::gns::SPLIT_EVERY
+            })
+            .max(1)
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -128,6 +147,7 @@ impl Default for TrainConfig {
             checkpoint_every_updates: 0,
             checkpoint_every_minutes: 0.0,
             noise_scale: true,
+            noise_scale_split_every: None,
             inject_nan_at_update: None,
         }
     }
@@ -218,6 +238,9 @@ impl RunConfig {
                 "train.checkpoint_every_minutes = {minutes} is out of range: must be a finite number >= 0 (0: off)"
             );
         }
+        if self.train.noise_scale_split_every == Some(0) {
+            bail!("train.noise_scale_split_every = 0 is out of range: must be at least 1");
+        }
         if self.train.eval_batch_size == 0 {
             bail!("train.eval_batch_size = 0 is out of range: must be at least 1");
         }
@@ -283,6 +306,9 @@ impl RunConfig {
                 }
             }
         }
+        if self.schedule.kind == ScheduleKind::Adaptive {
+            self.check_measurable(schedule.batch_size(Epochs(0)), micro, world_size)?;
+        }
         let normalization_batch = if !self.model.has_batch_norm() {
             Vec::new()
         } else {
@@ -303,6 +329,35 @@ impl RunConfig {
             world_size,
             normalization_batch,
         })
+    }
+}
+
+impl RunConfig {
+    /// The adaptive schedule acts on the measured noise scale: it needs the measurement on, and
+    /// a first batch the estimator can cut into two pieces (see [`crate::gns`]).
+    fn check_measurable(&self, b0: usize, micro: usize, world_size: usize) -> Result<()> {
+        if !self.train.noise_scale {
+            bail!(
+                "schedule.kind = \"adaptive\" follows the measured gradient noise scale: set train.noise_scale = true"
+            );
+        }
+        let ghost = self.model.ghost_batch_size();
+        if world_size > 1 {
+            return Ok(());
+        }
+        if ghost == 0 && self.model.has_batch_norm() && b0 <= micro {
+            bail!(
+                "schedule.kind = \"adaptive\" cannot measure the noise scale at B0 = {b0} with ordinary batch norm: a batch that fits one micro-batch (train.max_micro_batch = {micro}) is not cut into pieces, which would change its statistics; set model.ghost_batch_size (e.g. {})",
+                (b0 / 2).max(1)
+            );
+        }
+        if b0 < 2 * ghost.max(1) {
+            bail!(
+                "schedule.kind = \"adaptive\" cannot measure the noise scale at B0 = {b0}: the estimator compares two pieces of whole ghost batches (model.ghost_batch_size = {ghost}); set schedule.batch_size >= {} or a smaller model.ghost_batch_size",
+                2 * ghost.max(1)
+            );
+        }
+        Ok(())
     }
 }
 
@@ -378,6 +433,30 @@ impl Resolved {
         })
     }
 
+    /// Batch sizes the adaptive controller sets are whole multiples of this: of
+    /// `schedule.batch_multiple`, and of whole ghost batches on every rank.
+    pub fn batch_quantum(&self) -> usize {
+        let a = self.config.schedule.batch_multiple.max(1);
+        let b = self.config.model.ghost_batch_size().max(1) * self.world_size;
+        a / gcd(a, b) * b
+    }
+
+    /// The adaptive schedule's controller for this run (`None` for the fixed kinds), starting
+    /// from the schedule's B0 and ε0.
+    pub fn controller(&self) -> Option<Controller> {
+        let s = &self.config.schedule;
+        (s.kind == ScheduleKind::Adaptive).then(|| {
+            let first = &self.schedule.phases()[0];
+            Controller::new(
+                &s.adaptive_config(),
+                first.batch_size,
+                s.cap(self.dataset_size),
+                self.batch_quantum(),
+                first.lr,
+            )
+        })
+    }
+
     /// One line describing the effective batch: micro-batch × accumulation × workers.
     pub fn describe_batching(&self, batch_size: usize) -> String {
         let per_rank = batch_size.div_ceil(self.world_size);
@@ -390,12 +469,17 @@ impl Resolved {
     }
 }
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// The schedule kinds `reproduce` compares by default.
 pub fn default_schedules() -> Vec<ScheduleKind> {
     vec![
         ScheduleKind::DecayLr,
         ScheduleKind::Hybrid,
         ScheduleKind::IncreaseBatch,
+        ScheduleKind::Adaptive,
     ]
 }
 

@@ -147,7 +147,15 @@ impl Estimator {
     /// before the first measurement. An epoch without a measurement of its own (a few updates,
     /// one measured in 32) still reports the smoothed value; its epoch fields are NaN.
     pub fn finish_epoch(&mut self) -> Option<Reading> {
-        let epoch = std::mem::take(&mut self.epoch);
+        let reading = self.reading();
+        self.epoch.clear();
+        reading
+    }
+
+    /// The reading now, the epoch's fields over its measurements so far; `None` before the
+    /// first measurement.
+    pub fn reading(&self) -> Option<Reading> {
+        let epoch = &self.epoch;
         let (trace, grad_sq) = self.smoothed()?;
         let n = epoch.len() as f64;
         let (sum_t, sum_g) = epoch

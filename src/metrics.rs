@@ -5,6 +5,8 @@
 //! deterministic CPU run reproduces bit for bit is separate from the timing fields
 //! ([`EpochMetrics::without_timing`]), which the resume tests compare.
 
+use crate::noise;
+use crate::schedule::{PhaseRow, PhaseTable};
 use crate::units::{Epochs, Samples, Updates};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -102,6 +104,44 @@ impl EpochMetrics {
             peak_memory_bytes: 0,
             ..self.clone()
         }
+    }
+}
+
+/// The phases a run realised, from its epoch records: consecutive epochs with the same ε
+/// (at the epoch's end), B and m form one phase. For `adaptive`, the schedule the controller
+/// chose; for the fixed kinds, the planned table (but for warm-up, whose epochs differ in ε).
+pub fn realised_table(records: &[EpochMetrics], n: Samples) -> PhaseTable {
+    let mut phases: Vec<PhaseRow> = Vec::new();
+    let mut before = Updates(0);
+    for r in records {
+        let updates = Updates(r.updates.0.saturating_sub(before.0));
+        before = r.updates;
+        match phases.last_mut() {
+            Some(p) if p.lr == r.lr && p.batch_size == r.batch_size && p.momentum == r.momentum => {
+                p.end = r.epoch;
+                p.updates += updates;
+                p.cumulative_updates = r.updates;
+            }
+            _ => phases.push(PhaseRow {
+                start: Epochs(r.epoch.0.saturating_sub(1)),
+                end: r.epoch,
+                lr: r.lr,
+                batch_size: r.batch_size,
+                momentum: r.momentum,
+                g_exact: noise::noise_scale(r.lr, n, r.batch_size, r.momentum),
+                g_approx: noise::noise_scale_approx(r.lr, n, r.batch_size, r.momentum),
+                updates,
+                cumulative_updates: r.updates,
+                g_rounding_error: 0.0,
+            }),
+        }
+    }
+    PhaseTable {
+        total_updates: before,
+        epochs: Epochs(records.len() as u32),
+        dataset_size: n,
+        samples: records.last().map_or(Samples(0), |r| r.samples),
+        phases,
     }
 }
 

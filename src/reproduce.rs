@@ -61,7 +61,7 @@ pub fn plan(base: &RunConfig, seeds: u32, variants: bool) -> Vec<Planned> {
     let mut groups: Vec<(String, RunConfig)> = Vec::new();
     let with_kind = |c: &RunConfig, k: ScheduleKind| {
         let mut c = c.clone();
-        c.schedule.kind = k;
+        c.schedule = c.schedule.with_kind(k);
         c
     };
     for k in crate::config::default_schedules() {

@@ -117,16 +117,18 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const RUN_INFO_FILE: &str = "run.json";
 /// What the config resolved to on this data and these workers.
 pub const RESOLVED_FILE: &str = "resolved.json";
-/// The schedule's phase table.
+/// The schedule's phase table (for `adaptive`, the phases realised, once the run ends).
 pub const SCHEDULE_FILE: &str = "schedule.json";
-/// The checkpoint (model, optimiser, training state).
+/// The adaptive schedule's decisions, one JSON object per line.
+pub const DECISIONS_FILE: &str = "decisions.jsonl";
 /// The lock file (pid, host and start time of the process writing the run).
 pub const LOCK_FILE: &str = "run.lock";
 
 /// The files a run writes with [`write_atomic`] (whose temporary files
 /// [`clean_leftovers`] removes).
-pub const RUN_FILES: [&str; 7] = [
+pub const RUN_FILES: [&str; 8] = [
     METRICS_FILE,
+    DECISIONS_FILE,
     SUMMARY_FILE,
     CONFIG_FILE,
     RUN_INFO_FILE,

@@ -22,7 +22,9 @@ use crate::metrics::{self, EpochMetrics, RunSummary};
 use crate::model::Model;
 use crate::optim::{Optimizer, StepHyper};
 use crate::params::{Grads, named_tensors, replace_tensors, trainable_params};
-use crate::run_dir::RunInfo;
+use crate::run_dir::{self, RunInfo};
+use crate::schedule::Hyper;
+use crate::schedule::adaptive::{AdaptiveState, Decision, Observation};
 use crate::units::{Epochs, Samples, Updates};
 use anyhow::{Context, Result, bail};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -402,7 +404,7 @@ pub fn train(
     };
     comm.barrier()?;
     let ckpt_path = out.join(CHECKPOINT_FILE);
-    let metrics_path = out.join("metrics.jsonl");
+    let metrics_path = out.join(run_dir::METRICS_FILE);
     let n = resolved.dataset_size;
     let schedule = &resolved.schedule;
     let epochs = schedule.epochs().0;
@@ -435,21 +437,31 @@ pub fn train(
         if metrics_path.exists() {
             std::fs::remove_file(&metrics_path)?;
         }
-        std::fs::remove_file(out.join("summary.json")).ok();
+        std::fs::remove_file(out.join(run_dir::SUMMARY_FILE)).ok();
         // Nor may an old checkpoint be resumed under the new run's config (`--overwrite`).
         std::fs::remove_file(&ckpt_path).ok();
     }
 
+    let controller = resolved.controller();
+    if let Some(c) = &controller
+        && state.adaptive.is_none()
+    {
+        state.adaptive = Some(c.start(schedule.batch_size(Epochs(0))));
+    }
     if leader {
-        checkpoint::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        if let Some(a) = &state.adaptive {
+            // Decisions after the checkpoint are made again, identically.
+            write_decisions(out, a)?;
+        }
+        checkpoint::write_atomic(&out.join(run_dir::CONFIG_FILE), cfg.to_toml().as_bytes())?;
         // What the config resolved to on this data and these workers: N, the schedule's
         // phases, the micro-batch and the world size.
         checkpoint::write_atomic(
-            &out.join("resolved.json"),
+            &out.join(run_dir::RESOLVED_FILE),
             serde_json::to_string_pretty(resolved)?.as_bytes(),
         )?;
         checkpoint::write_atomic(
-            &out.join("schedule.json"),
+            &out.join(run_dir::SCHEDULE_FILE),
             serde_json::to_string_pretty(&schedule.table())?.as_bytes(),
         )?;
         let info = RunInfo {
@@ -466,19 +478,22 @@ pub fn train(
             eprintln!("warning: {w}");
         }
         checkpoint::write_atomic(
-            &out.join("run.json"),
+            &out.join(run_dir::RUN_INFO_FILE),
             serde_json::to_string_pretty(&info)?.as_bytes(),
         )?;
         if opts.verbose {
             eprintln!(
-                "{}: {} ({} parameters) on {} · N = {} · {} epochs · {} updates planned{}",
+                "{}: {} ({} parameters) on {} · N = {} · {} epochs · {}{}",
                 cfg.label(),
                 cfg.model.name(),
                 trainable_params(&model),
                 cfg.device,
                 n,
                 epochs,
-                schedule.total_updates(),
+                match &controller {
+                    Some(_) => "B follows the measured noise scale (adaptive)".to_string(),
+                    None => format!("{} updates planned", schedule.total_updates()),
+                },
                 if state.position != data::Position::start_of(0) {
                     format!(
                         " · resuming at epoch {} (+{} samples), update {}",
@@ -507,160 +522,208 @@ pub fn train(
     let mut last_checkpoint = Instant::now();
     let measure = cfg.train.noise_scale;
     // Forcing two pieces when a share fits one micro-batch gives the estimator its second batch
-    // size (on every `gns::SPLIT_EVERY`-th update); not with ordinary batch norm, whose
+    // size (on every `train.noise_scale_split_every`-th update); not with ordinary batch norm, whose
     // statistics would then change, and not over several ranks, which are pieces already.
     let plain_bn = cfg.model.has_batch_norm() && cfg.model.ghost_batch_size() == 0;
+    let split_every = cfg.train.split_every(cfg.schedule.kind);
     let measure_pieces = if measure && world == 1 && !plain_bn {
         2
     } else {
         1
     };
 
+    // ε, B and m at a point of the epoch: the schedule's, as the adaptive controller has set.
+    let hyper_at = |e: Epochs, offset: u64, adaptive: &Option<AdaptiveState>| {
+        let h = schedule.hyper(e, offset as f64 / n.0 as f64);
+        match adaptive {
+            Some(a) => Hyper {
+                lr: h.lr * a.lr_factor,
+                batch_size: a.batch_size,
+                momentum: h.momentum,
+            },
+            None => h,
+        }
+    };
+    let shard = (world > 1).then_some(Shard {
+        rank,
+        world,
+        quantum: cfg.model.ghost_batch_size().max(1),
+    });
+
     while state.position.epoch < epochs {
         let epoch = state.position.epoch;
         let e = Epochs(epoch);
-        let batch_size = schedule.batch_size(e);
         let epoch_start = Instant::now();
         let acc_before = state.epoch.clone();
-        let shard = (world > 1).then_some(Shard {
-            rank,
-            world,
-            quantum: cfg.model.ghost_batch_size().max(1),
-        });
-        let batches = loader.epoch(epoch, batch_size, state.position.offset, shard);
-        let bar = progress_bar(opts.verbose && leader, batches.len() as u64, epoch, epochs);
-        let mut hyper = schedule.hyper(e, state.position.offset as f64 / n.0 as f64);
+        let mut hyper = hyper_at(e, state.position.offset, &state.adaptive);
+        let mut batch_size = hyper.batch_size;
+        let bar = progress_bar(opts.verbose && leader, 0, epoch, epochs);
         let train_start = Instant::now();
-        for batch in batches {
-            let global_len = (batch.end - batch.start) as usize;
-            hyper = schedule.hyper(e, batch.start as f64 / n.0 as f64);
-            let update = state.updates.0 + 1;
-            let local = batch.len();
-            let mut plan = StepPlan {
-                max_micro_batch: micro_max,
-                min_pieces: if update.is_multiple_of(crate::gns::SPLIT_EVERY) {
-                    measure_pieces
-                } else {
-                    1
-                },
-                quantum: cfg.model.ghost_batch_size().max(1),
-                measure,
-                seed: cfg.seed,
-                update,
-                inject_nan: cfg.train.inject_nan_at_update == Some(update),
-            };
-            // Norms only where they give an estimate: two pieces or more (ranks count).
-            let local_pieces = batch.len().div_ceil(plan.piece_len(batch.len()));
-            plan.measure = measure && (world > 1 || local_pieces >= 2);
-            let step = forward_backward(&model, &batch, global_len, &plan, &device);
-            let step = match step {
-                Ok(s) => s,
-                Err(StepError::NonFinite { loss }) => bail!(Diverged {
-                    loss,
-                    epoch,
+        // One pass per batch size: a decision of the adaptive schedule within the epoch ends the
+        // pass, and the next one continues from the same sample with the new B.
+        'pass: while state.position.epoch == epoch {
+            let batches = loader.epoch(epoch, batch_size, state.position.offset, shard);
+            bar.inc_length(batches.len() as u64);
+            for batch in batches {
+                let global_len = (batch.end - batch.start) as usize;
+                hyper = hyper_at(e, batch.start, &state.adaptive);
+                let update = state.updates.0 + 1;
+                let local = batch.len();
+                let split_update = update.is_multiple_of(split_every);
+                let mut plan = StepPlan {
+                    max_micro_batch: micro_max,
+                    min_pieces: if split_update { measure_pieces } else { 1 },
+                    quantum: cfg.model.ghost_batch_size().max(1),
+                    measure,
+                    seed: cfg.seed,
                     update,
-                    lr: hyper.lr,
-                    batch_size,
-                    momentum: hyper.momentum,
-                    checkpoint: if ckpt_path.exists() {
-                        format!("the last good checkpoint is {}", ckpt_path.display())
+                    inject_nan: cfg.train.inject_nan_at_update == Some(update),
+                };
+                // Norms only where they give an estimate, and on the updates one process would
+                // measure (split or in micro-batches anyway), so that the reading, and the adaptive
+                // schedule's decisions, do not depend on the number of ranks.
+                let local_pieces = batch.len().div_ceil(plan.piece_len(batch.len()));
+                plan.measure = measure
+                    && if world > 1 {
+                        split_update || global_len > micro_max
                     } else {
-                        "no checkpoint was written before it".into()
-                    },
-                }),
-                Err(StepError::Other(e)) => {
-                    return Err(e.context(format!("update {update}")));
-                }
-            };
-            let (mut grads, batch_loss, batch_correct) = (step.grads, step.loss_sum, step.correct);
-            // This rank's noise-scale inputs: Σ (b_i/B)|g_i|² and the number of pieces.
-            let (mut small, mut pieces) = step
-                .pieces
-                .iter()
-                .filter(|(len, norm)| *len > 0 && norm.is_finite())
-                .fold((0.0f64, 0.0f64), |(s, k), (len, norm)| {
-                    (s + *len as f64 / global_len as f64 * norm, k + 1.0)
-                });
-            // A mid-epoch checkpoint every K updates or T minutes; under MPI the time-based
-            // wish of any rank counts (it rides in the all-reduce), so all ranks agree.
-            let due_local = (every_updates > 0 && update.is_multiple_of(every_updates))
-                || (every_seconds > 0.0
-                    && last_checkpoint.elapsed().as_secs_f64() >= every_seconds);
-            let mut due = due_local;
-            let stop = if world > 1 {
-                let t = Instant::now();
-                let mut flat = grads.to_flat();
-                // The stop request and the noise-scale sums ride along with the gradients: all
-                // ranks stop after the same update when any of them was signalled, and all see
-                // the same noise-scale measurement.
-                let extra = [
-                    if INTERRUPTED.load(Ordering::SeqCst) {
-                        1.0
-                    } else {
-                        0.0
-                    },
-                    small as f32,
-                    pieces as f32,
-                    if due_local { 1.0 } else { 0.0 },
-                ];
-                flat.extend(extra);
-                comm.all_reduce_sum(&mut flat)?;
-                let tail = flat.split_off(flat.len() - extra.len());
-                (small, pieces) = (tail[1] as f64, tail[2] as f64);
-                grads = grads.from_flat(&flat);
-                let elems = flat.len() + extra.len();
-                state.epoch.allreduce_calls += elems.div_ceil(crate::dist::BUCKET_ELEMS) as u64;
-                state.epoch.allreduce_bytes += (elems * 4) as u64;
-                state.epoch.comm_seconds += t.elapsed().as_secs_f64();
-                due = tail[3] > 0.0;
-                tail[0] > 0.0
-            } else {
-                INTERRUPTED.load(Ordering::SeqCst)
-            };
-            if measure && pieces >= 2.0 {
-                state.gns.add(StepNorms {
-                    small,
-                    pieces,
-                    big: grads.sq_norm(),
-                    batch: global_len as f64,
-                });
-            }
-            model = optim.step(
-                model,
-                grads,
-                StepHyper {
-                    lr: hyper.lr,
-                    momentum: hyper.momentum,
-                },
-            );
-            state.updates = Updates(update);
-            state.samples += Samples(global_len as u64);
-            state.epoch.loss_sum += batch_loss;
-            state.epoch.correct += batch_correct;
-            state.epoch.count += local as u64;
-            state.position = batch.position_after(n.0);
-            bar.inc(1);
-            bar.set_message(format!("loss {:.4}", batch_loss / local.max(1) as f64));
-            if (stop || due) && state.position.epoch == epoch {
-                // Mid-epoch: the sampler position, the partial-epoch sums of all ranks and the
-                // estimator make the checkpoint a complete description of the run.
-                let mut saved = state.clone();
-                saved.epoch = global_epoch_sums(&state.epoch, comm)?;
-                saved.epoch.train_seconds =
-                    acc_before.train_seconds + train_start.elapsed().as_secs_f64();
-                saved.wall_seconds = wall_base + session_start.elapsed().as_secs_f64();
-                model = average_running_stats(model, comm)?;
-                if leader {
-                    checkpoint::save(&ckpt_path, &model, &optim.to_record(), &saved, resolved)?;
-                }
-                last_checkpoint = Instant::now();
-                if stop {
-                    bar.finish_and_clear();
-                    bail!(Interrupted {
+                        local_pieces >= 2
+                    };
+                let step = forward_backward(&model, &batch, global_len, &plan, &device);
+                let step = match step {
+                    Ok(s) => s,
+                    Err(StepError::NonFinite { loss }) => bail!(Diverged {
+                        loss,
                         epoch,
-                        updates: state.updates.0,
-                        out: out.display().to_string(),
+                        update,
+                        lr: hyper.lr,
+                        batch_size,
+                        momentum: hyper.momentum,
+                        checkpoint: if ckpt_path.exists() {
+                            format!("the last good checkpoint is {}", ckpt_path.display())
+                        } else {
+                            "no checkpoint was written before it".into()
+                        },
+                    }),
+                    Err(StepError::Other(e)) => {
+                        return Err(e.context(format!("update {update}")));
+                    }
+                };
+                let (mut grads, batch_loss, batch_correct) =
+                    (step.grads, step.loss_sum, step.correct);
+                // This rank's noise-scale inputs: Σ (b_i/B)|g_i|² and the number of pieces.
+                let (mut small, mut pieces) = step
+                    .pieces
+                    .iter()
+                    .filter(|(len, norm)| *len > 0 && norm.is_finite())
+                    .fold((0.0f64, 0.0f64), |(s, k), (len, norm)| {
+                        (s + *len as f64 / global_len as f64 * norm, k + 1.0)
                     });
+                // A mid-epoch checkpoint every K updates or T minutes; under MPI the time-based
+                // wish of any rank counts (it rides in the all-reduce), so all ranks agree.
+                let due_local = (every_updates > 0 && update.is_multiple_of(every_updates))
+                    || (every_seconds > 0.0
+                        && last_checkpoint.elapsed().as_secs_f64() >= every_seconds);
+                let mut due = due_local;
+                let stop = if world > 1 {
+                    let t = Instant::now();
+                    let mut flat = grads.to_flat();
+                    // The stop request and the noise-scale sums ride along with the gradients: all
+                    // ranks stop after the same update when any of them was signalled, and all see
+                    // the same noise-scale measurement.
+                    let extra = [
+                        if INTERRUPTED.load(Ordering::SeqCst) {
+                            1.0
+                        } else {
+                            0.0
+                        },
+                        small as f32,
+                        pieces as f32,
+                        if due_local { 1.0 } else { 0.0 },
+                    ];
+                    flat.extend(extra);
+                    comm.all_reduce_sum(&mut flat)?;
+                    let tail = flat.split_off(flat.len() - extra.len());
+                    (small, pieces) = (tail[1] as f64, tail[2] as f64);
+                    grads = grads.from_flat(&flat);
+                    let elems = flat.len() + extra.len();
+                    state.epoch.allreduce_calls += elems.div_ceil(crate::dist::BUCKET_ELEMS) as u64;
+                    state.epoch.allreduce_bytes += (elems * 4) as u64;
+                    state.epoch.comm_seconds += t.elapsed().as_secs_f64();
+                    due = tail[3] > 0.0;
+                    tail[0] > 0.0
+                } else {
+                    INTERRUPTED.load(Ordering::SeqCst)
+                };
+                if plan.measure && pieces >= 2.0 {
+                    let norms = StepNorms {
+                        small,
+                        pieces,
+                        big: grads.sq_norm(),
+                        batch: global_len as f64,
+                    };
+                    state.gns.add(norms);
+                    if let Some(a) = state.adaptive.as_mut() {
+                        a.window.add(norms);
+                    }
+                }
+                model = optim.step(
+                    model,
+                    grads,
+                    StepHyper {
+                        lr: hyper.lr,
+                        momentum: hyper.momentum,
+                    },
+                );
+                state.updates = Updates(update);
+                state.samples += Samples(global_len as u64);
+                state.epoch.loss_sum += batch_loss;
+                state.epoch.correct += batch_correct;
+                state.epoch.count += local as u64;
+                state.position = batch.position_after(n.0);
+                bar.inc(1);
+                bar.set_message(format!("loss {:.4}", batch_loss / local.max(1) as f64));
+                // Every K updates, the adaptive schedule may change B from the next batch on (at the
+                // epoch's last update, the epoch-end decision below does it).
+                let mut changed = false;
+                if let (Some(c), Some(a)) = (&controller, state.adaptive.as_mut())
+                    && state.position.epoch == epoch
+                    && c.due(update, false)
+                    && let Some(d) = c.decide(a, observation(&state.position, update))
+                {
+                    changed = true;
+                    if leader {
+                        write_decisions(out, a)?;
+                        if opts.verbose {
+                            bar.suspend(|| eprintln!("{}", describe_decision(&d)));
+                        }
+                    }
+                }
+                if (stop || due) && state.position.epoch == epoch {
+                    // Mid-epoch: the sampler position, the partial-epoch sums of all ranks and the
+                    // estimator make the checkpoint a complete description of the run.
+                    let mut saved = state.clone();
+                    saved.epoch = global_epoch_sums(&state.epoch, comm)?;
+                    saved.epoch.train_seconds =
+                        acc_before.train_seconds + train_start.elapsed().as_secs_f64();
+                    saved.wall_seconds = wall_base + session_start.elapsed().as_secs_f64();
+                    model = average_running_stats(model, comm)?;
+                    if leader {
+                        checkpoint::save(&ckpt_path, &model, &optim.to_record(), &saved, resolved)?;
+                    }
+                    last_checkpoint = Instant::now();
+                    if stop {
+                        bar.finish_and_clear();
+                        bail!(Interrupted {
+                            epoch,
+                            updates: state.updates.0,
+                            out: out.display().to_string(),
+                        });
+                    }
+                }
+                if changed {
+                    batch_size = hyper_at(e, state.position.offset, &state.adaptive).batch_size;
+                    continue 'pass;
                 }
             }
         }
@@ -692,8 +755,16 @@ pub fn train(
         } else {
             (0.0, 0.0)
         };
-        let g = schedule.noise_scale(e);
+        // The noise scale of the epoch's last batch (warm-up aside).
+        let lr_factor = state.adaptive.as_ref().map_or(1.0, |a| a.lr_factor);
+        let g = crate::noise::noise_scale(
+            schedule.phase(e).lr * lr_factor,
+            n,
+            batch_size,
+            hyper.momentum,
+        );
         let epoch_samples = n.0 as f64;
+        let gns_reading = state.gns.finish_epoch();
         let record = EpochMetrics {
             epoch: Epochs(epoch + 1),
             updates: state.updates,
@@ -701,7 +772,7 @@ pub fn train(
             lr: hyper.lr,
             batch_size,
             momentum: hyper.momentum,
-            noise_scale: g.exact,
+            noise_scale: g,
             train_loss: loss_sum / count,
             train_accuracy: correct / count,
             test_loss,
@@ -714,11 +785,22 @@ pub fn train(
             samples_per_second: epoch_samples / train_seconds.max(1e-9),
             comm_seconds: state.epoch.comm_seconds,
             peak_memory_bytes: metrics::peak_memory_bytes(),
-            gns: metrics::GnsMetrics::from_reading(state.gns.finish_epoch()),
+            gns: metrics::GnsMetrics::from_reading(gns_reading),
         };
         state.epoch = EpochAccumulator::default();
         state.wall_seconds = record.wall_seconds;
+        // At the end of the epoch (the default), the adaptive schedule sets the next epoch's B.
+        let mut decision = None;
+        if let (Some(c), Some(a)) = (&controller, state.adaptive.as_mut())
+            && c.due(state.updates.0, true)
+            && epoch + 1 < epochs
+        {
+            decision = c.decide(a, observation(&state.position, state.updates.0));
+        }
         if leader {
+            if let (Some(_), Some(a)) = (decision, &state.adaptive) {
+                write_decisions(out, a)?;
+            }
             metrics::append_metrics(&metrics_path, &record)?;
             let every = cfg.train.checkpoint_every;
             if (every > 0 && (epoch + 1).is_multiple_of(every)) || epoch + 1 == epochs {
@@ -741,9 +823,19 @@ pub fn train(
                     record.epoch_seconds,
                     record.samples_per_second,
                 );
+                if let Some(d) = &decision {
+                    eprintln!("{}", describe_decision(d));
+                }
             }
         }
         records.push(record);
+    }
+    if leader && controller.is_some() {
+        // The phases the adaptive schedule realised, in the format of the planned tables.
+        checkpoint::write_atomic(
+            &out.join(run_dir::SCHEDULE_FILE),
+            serde_json::to_string_pretty(&metrics::realised_table(&records, n))?.as_bytes(),
+        )?;
     }
 
     let summary = RunSummary::from_metrics(
@@ -757,11 +849,51 @@ pub fn train(
     .context("the run has no epochs")?;
     if leader {
         checkpoint::write_atomic(
-            &out.join("summary.json"),
+            &out.join(run_dir::SUMMARY_FILE),
             serde_json::to_string_pretty(&summary)?.as_bytes(),
         )?;
     }
     Ok(summary)
+}
+
+/// Where the run stands, for the adaptive controller's log.
+fn observation(position: &data::Position, update: u64) -> Observation {
+    Observation {
+        epoch: position.epoch,
+        offset: position.offset,
+        update,
+    }
+}
+
+/// Rewrites the adaptive schedule's decision log (small: one line per change).
+fn write_decisions(out: &Path, state: &AdaptiveState) -> Result<()> {
+    let mut text = String::new();
+    for d in &state.decisions {
+        text.push_str(&serde_json::to_string(d)?);
+        text.push('\n');
+    }
+    checkpoint::write_atomic(&out.join(run_dir::DECISIONS_FILE), text.as_bytes())
+}
+
+/// One line for a decision of the adaptive schedule.
+pub fn describe_decision(d: &Decision) -> String {
+    let estimate = match (d.b_simple, d.b_simple_stderr) {
+        (Some(b), Some(se)) => format!("{b:.0} ± {se:.0}"),
+        (Some(b), None) => format!("{b:.0}"),
+        _ => "unresolved".into(),
+    };
+    format!(
+        "adaptive: after {} epoch(s) + {} samples, update {}: B_simple ≈ {estimate} (bound {:.0}, {} measurements) → B {} → {}, ε {:.4} → {:.4}",
+        d.epoch,
+        d.offset,
+        d.update,
+        d.b_simple_bound,
+        d.measurements,
+        d.old_batch_size,
+        d.new_batch_size,
+        d.old_lr,
+        d.new_lr
+    )
 }
 
 fn progress_bar(visible: bool, len: u64, epoch: u32, epochs: u32) -> indicatif::ProgressBar {

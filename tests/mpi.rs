@@ -324,3 +324,81 @@ fn a_dead_rank_ends_the_job_with_an_error() {
     assert!(!o.status.success());
     assert!(start.elapsed().as_secs() < 60, "the job hung");
 }
+
+/// The adaptive schedule decides from statistics every rank shares: two ranks make the
+/// decisions of one process (same epochs, updates and batch sizes; the bounds they acted on
+/// agree to f32 summation order). B is a multiple of 2 × the micro-batch, so both cut every
+/// batch into the same pieces.
+#[test]
+fn an_adaptive_run_on_two_ranks_decides_as_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("adaptive.toml");
+    let text = format!(
+        r#"
+seed = 7
+[data]
+dataset = "mnist"
+dir = "{}/../shared/data"
+train_subset = 4000
+test_subset = 500
+workers = 1
+[model]
+kind = "mlp"
+widths = [32]
+[optimizer]
+kind = "momentum"
+[schedule]
+kind = "adaptive"
+epochs = 6
+lr = 0.05
+batch_size = 32
+momentum = 0.9
+batch_multiple = 32
+max_batch_size = 512
+[schedule.adaptive]
+alpha = 1.0
+min_change = 1.5
+[train]
+max_micro_batch = 16
+"#,
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let a = train_on(1, &cfg, tmp.path(), "single");
+    let b = train_on(2, &cfg, tmp.path(), "double");
+    let decisions = |name: &str| -> Vec<noisescale::schedule::adaptive::Decision> {
+        std::fs::read_to_string(tmp.path().join(name).join("decisions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (da, db) = (decisions("single"), decisions("double"));
+    assert!(da.len() >= 2, "expected decisions: {da:?}");
+    assert_eq!(da.len(), db.len(), "{da:?}\n{db:?}");
+    for (x, y) in da.iter().zip(&db) {
+        assert_eq!(
+            (
+                x.epoch,
+                x.update,
+                x.old_batch_size,
+                x.new_batch_size,
+                x.measurements
+            ),
+            (
+                y.epoch,
+                y.update,
+                y.old_batch_size,
+                y.new_batch_size,
+                y.measurements
+            )
+        );
+        assert!(x.new_batch_size.is_multiple_of(32));
+        let rel = (x.b_simple_bound - y.b_simple_bound).abs() / x.b_simple_bound;
+        assert!(rel < 1e-3, "{x:?} vs {y:?}");
+    }
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.updates, x.batch_size), (y.updates, y.batch_size));
+        assert!((x.train_loss - y.train_loss).abs() <= 1e-4 * x.train_loss.max(1.0));
+    }
+}

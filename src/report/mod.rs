@@ -81,8 +81,8 @@ impl Run {
     /// Reads one run directory. `run.json` is optional: without it the name is the directory's
     /// and the group is the name less a trailing `-seedN`.
     pub fn load(dir: &Path) -> Result<Run> {
-        let metrics = read_metrics(&dir.join("metrics.jsonl"))?;
-        let summary_path = dir.join("summary.json");
+        let metrics = read_metrics(&dir.join(crate::run_dir::METRICS_FILE))?;
+        let summary_path = dir.join(crate::run_dir::SUMMARY_FILE);
         let summary: Option<RunSummary> = if summary_path.is_file() {
             let text = std::fs::read_to_string(&summary_path)
                 .with_context(|| format!("reading {}", summary_path.display()))?;
@@ -93,7 +93,7 @@ impl Run {
         } else {
             None
         };
-        let info_path = dir.join("run.json");
+        let info_path = dir.join(crate::run_dir::RUN_INFO_FILE);
         let info = if info_path.is_file() {
             let text = std::fs::read_to_string(&info_path)
                 .with_context(|| format!("reading {}", info_path.display()))?;
@@ -143,9 +143,13 @@ fn group_from_name(name: &str) -> String {
 
 /// Whether `dir` looks like a run directory.
 fn is_run_dir(dir: &Path) -> bool {
-    ["metrics.jsonl", "summary.json", "run.json"]
-        .iter()
-        .any(|f| dir.join(f).is_file())
+    [
+        crate::run_dir::METRICS_FILE,
+        crate::run_dir::SUMMARY_FILE,
+        crate::run_dir::RUN_INFO_FILE,
+    ]
+    .iter()
+    .any(|f| dir.join(f).is_file())
 }
 
 /// Immediate subdirectories of `dir`, sorted by name.

@@ -20,6 +20,9 @@
 //! * `converted`: any learning-rate schedule ([`LrSchedule`]: step, multi-step,
 //!   exponential, cosine, table) turned into a batch-size schedule with constant ε:
 //!   B_e = B0 · ε0 / ε_e, capped as in `hybrid`, lowering ε only where the cap binds.
+//! * `adaptive`: no milestones; B follows the measured gradient noise scale during training,
+//!   capped as in `hybrid` ([`adaptive`]). Its resolved [`Schedule`] is the starting point
+//!   (ε0, B0, m); the trainer's [`adaptive::Controller`] changes B and ε from there.
 //!
 //! Two starting-point transformations from the paper's section 5.1 ("effective learning
 //! rate") compose with every kind: `lr_scale = k` multiplies ε0 and B0 by k (same g, k
@@ -45,8 +48,15 @@ use thiserror::Error;
 use crate::noise;
 use crate::units::{Epochs, Samples, Updates, updates_per_epoch};
 
-/// Which rule turns the milestones (or an LR schedule) into per-epoch hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub mod adaptive;
+
+pub use adaptive::AdaptiveConfig;
+
+/// Which rule turns the milestones (or an LR schedule, or the measured noise scale) into
+/// per-epoch hyper-parameters.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScheduleKind {
     /// Constant batch size, ε divided by `factor` at each milestone (the paper's baseline).
@@ -58,6 +68,27 @@ pub enum ScheduleKind {
     Hybrid,
     /// An arbitrary [`LrSchedule`] converted to an equal-noise batch-size schedule.
     Converted,
+    /// B follows the measured gradient noise scale, no milestones ([`adaptive`]).
+    Adaptive,
+}
+
+impl ScheduleKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [ScheduleKind; 5] = [
+        ScheduleKind::DecayLr,
+        ScheduleKind::Hybrid,
+        ScheduleKind::IncreaseBatch,
+        ScheduleKind::Adaptive,
+        ScheduleKind::Converted,
+    ];
+
+    /// Whether B is capped at `max_batch_size` (default N/10) with ε decayed beyond.
+    pub fn is_capped(self) -> bool {
+        matches!(
+            self,
+            ScheduleKind::Hybrid | ScheduleKind::Converted | ScheduleKind::Adaptive
+        )
+    }
 }
 
 impl fmt::Display for ScheduleKind {
@@ -67,6 +98,7 @@ impl fmt::Display for ScheduleKind {
             ScheduleKind::IncreaseBatch => "increase-batch",
             ScheduleKind::Hybrid => "hybrid",
             ScheduleKind::Converted => "converted",
+            ScheduleKind::Adaptive => "adaptive",
         })
     }
 }
@@ -175,7 +207,7 @@ pub struct ScheduleConfig {
     /// Epochs at which a new phase starts, strictly increasing in 1..epochs.
     #[serde(default)]
     pub milestones: Vec<u32>,
-    /// Largest batch size for `hybrid` and `converted` (default N/10).
+    /// Largest batch size for `hybrid`, `converted` and `adaptive` (default N/10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<usize>,
     /// Every batch size is rounded to a multiple of this (micro-batch × workers; default 1).
@@ -198,6 +230,10 @@ pub struct ScheduleConfig {
     /// `kind = "converted"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr_schedule: Option<LrSchedule>,
+    /// The adaptive controller's settings; only allowed with `kind = "adaptive"` (default:
+    /// [`AdaptiveConfig::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveConfig>,
 }
 
 /// Training-set size of CIFAR-10, the paper's main benchmark (Smith et al. 2018, section 5).
@@ -222,7 +258,30 @@ impl ScheduleConfig {
             lr_scale: 1.0,
             momentum_scaled: None,
             lr_schedule: None,
+            adaptive: None,
         }
+    }
+
+    /// This configuration under another kind: milestones are dropped for `adaptive` (it takes
+    /// none) and the adaptive settings for every other kind, so that any preset runs under any
+    /// kind (`train --schedule`, `reproduce`). `converted` keeps its `lr_schedule`.
+    pub fn with_kind(&self, kind: ScheduleKind) -> Self {
+        let mut c = self.clone();
+        c.kind = kind;
+        if kind == ScheduleKind::Adaptive {
+            c.milestones.clear();
+        } else {
+            c.adaptive = None;
+        }
+        if kind != ScheduleKind::Converted {
+            c.lr_schedule = None;
+        }
+        c
+    }
+
+    /// The adaptive controller's settings (the defaults where the table is absent).
+    pub fn adaptive_config(&self) -> AdaptiveConfig {
+        self.adaptive.clone().unwrap_or_default()
     }
 
     /// The paper's CIFAR-10 setting (Smith et al. 2018, section 5.1, wide ResNet): 200 epochs,
@@ -236,7 +295,7 @@ impl ScheduleConfig {
         }
     }
 
-    /// The batch-size cap used by `hybrid` and `converted`: `max_batch_size`, or N/10.
+    /// The batch-size cap used by `hybrid`, `converted` and `adaptive`: `max_batch_size`, or N/10.
     pub fn cap(&self, n: Samples) -> usize {
         self.max_batch_size
             .unwrap_or_else(|| noise::max_batch_size(n))
@@ -295,7 +354,7 @@ impl ScheduleConfig {
                 format!("must be in 1..=N ({nn})"),
             ));
         }
-        if matches!(self.kind, ScheduleKind::Hybrid | ScheduleKind::Converted) {
+        if self.kind.is_capped() {
             let cap = self.cap(n);
             let low = self.batch_size.max(self.batch_multiple);
             if cap < low || cap > nn {
@@ -342,6 +401,7 @@ impl ScheduleConfig {
                 format!("must be in [momentum ({}), 1)", self.momentum),
             ));
         }
+        self.validate_adaptive(n)?;
         match (&self.lr_schedule, self.kind) {
             (None, ScheduleKind::Converted) => Err(ScheduleError::MissingLrSchedule),
             (Some(_), kind) if kind != ScheduleKind::Converted => {
@@ -350,6 +410,48 @@ impl ScheduleConfig {
             (Some(s), _) => self.validate_lr_schedule(s),
             (None, _) => Ok(()),
         }
+    }
+
+    fn validate_adaptive(&self, n: Samples) -> Result<(), ScheduleError> {
+        if self.kind != ScheduleKind::Adaptive {
+            return match self.adaptive {
+                Some(_) => Err(ScheduleError::UnusedAdaptive { kind: self.kind }),
+                None => Ok(()),
+            };
+        }
+        if !self.milestones.is_empty() {
+            return Err(out_of_range(
+                "milestones",
+                format!("{:?}", self.milestones),
+                "must be empty with kind = \"adaptive\": the measured noise scale decides when B grows",
+            ));
+        }
+        let a = self.adaptive_config();
+        if !(a.alpha.is_finite() && a.alpha > 0.0) {
+            return Err(out_of_range(
+                "adaptive.alpha",
+                a.alpha,
+                "must be finite and > 0",
+            ));
+        }
+        if !(a.min_change.is_finite() && a.min_change >= 1.0) {
+            return Err(out_of_range(
+                "adaptive.min_change",
+                a.min_change,
+                "must be finite and >= 1",
+            ));
+        }
+        let cap = self.cap(n);
+        if let Some(b) = a.min_batch_size
+            && (b == 0 || b > cap)
+        {
+            return Err(out_of_range(
+                "adaptive.min_batch_size",
+                b,
+                format!("must be in 1..=max_batch_size ({cap})"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_lr_schedule(&self, s: &LrSchedule) -> Result<(), ScheduleError> {
@@ -423,9 +525,10 @@ impl ScheduleConfig {
             noise::batch_for_same_noise(self.batch_size as f64, self.lr_scale, self.momentum, m);
         // The ideal approximate noise scale at the start, from the configuration as written.
         let g0 = noise::noise_scale_approx(self.lr, n, self.batch_size, self.momentum);
-        let hard_cap = match self.kind {
-            ScheduleKind::DecayLr | ScheduleKind::IncreaseBatch => nn,
-            ScheduleKind::Hybrid | ScheduleKind::Converted => self.cap(n),
+        let hard_cap = if self.kind.is_capped() {
+            self.cap(n)
+        } else {
+            nn
         };
         // Largest multiple of `multiple` ≤ hard_cap (validation keeps it ≥ multiple).
         let top = (hard_cap / multiple).max(1) * multiple;
@@ -436,6 +539,8 @@ impl ScheduleConfig {
         for e in 0..self.epochs {
             let p = phase_index(&self.milestones, e);
             let (target_mult, lr_ideal, b_ideal) = match self.kind {
+                // The starting point; the controller moves B and ε during training.
+                ScheduleKind::Adaptive => (1.0, lr0, b0),
                 ScheduleKind::DecayLr => {
                     let d = self.factor.powi(pow(p));
                     (1.0 / d, lr0 / d, b0)
@@ -558,6 +663,12 @@ pub enum ScheduleError {
     /// An `lr_schedule` given for a kind that does not use it.
     #[error("schedule.lr_schedule is only used with schedule.kind = \"converted\", not \"{kind}\"")]
     UnusedLrSchedule {
+        /// The configured kind.
+        kind: ScheduleKind,
+    },
+    /// An `[schedule.adaptive]` table given for another kind.
+    #[error("schedule.adaptive is only used with schedule.kind = \"adaptive\", not \"{kind}\"")]
+    UnusedAdaptive {
         /// The configured kind.
         kind: ScheduleKind,
     },
