@@ -457,6 +457,18 @@ impl Resolved {
         })
     }
 
+    /// What the schedule plans: its update count, or for `adaptive` that B will follow the
+    /// measured noise scale.
+    pub fn describe_plan(&self) -> String {
+        match self.config.schedule.kind {
+            ScheduleKind::Adaptive => format!(
+                "B from {} follows the measured noise scale (adaptive)",
+                self.schedule.batch_size(Epochs(0))
+            ),
+            _ => format!("{} updates planned", self.schedule.total_updates()),
+        }
+    }
+
     /// One line describing the effective batch: micro-batch × accumulation × workers.
     pub fn describe_batching(&self, batch_size: usize) -> String {
         let per_rank = batch_size.div_ceil(self.world_size);

@@ -252,9 +252,9 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         let same = same_config(&dir, &p.config);
         let resume = dir.join(run_dir::CHECKPOINT_FILE).exists() && same;
         say(format!(
-            "{}: {} updates planned{}",
+            "{}: {}{}",
             p.name,
-            resolved.schedule.total_updates(),
+            resolved.describe_plan(),
             if resume { ", resuming" } else { "" }
         ));
         let s = train::train(
@@ -321,10 +321,14 @@ mod tests {
     fn the_plan_holds_every_schedule_and_variant() {
         let base = load_preset("mnist").unwrap();
         let runs = plan(&base, 2, false);
-        assert_eq!(runs.len(), 6);
+        assert_eq!(runs.len(), 8);
         assert_eq!(runs[0].name, "decay-lr-seed0");
         assert_eq!(runs[1].config.seed, 1);
         assert_eq!(runs[5].group, "increase-batch");
+        // The adaptive group drops the preset's milestones (it takes none) and resolves.
+        assert_eq!(runs[7].group, "adaptive");
+        assert!(runs[7].config.schedule.milestones.is_empty());
+        assert!(runs[7].config.resolve(Samples(60_000), 1).is_ok());
 
         let runs = plan(&base, 1, true);
         let groups: Vec<&str> = runs.iter().map(|r| r.group.as_str()).collect();
@@ -334,6 +338,7 @@ mod tests {
                 "decay-lr",
                 "hybrid",
                 "increase-batch",
+                "adaptive",
                 "sgd decay-lr",
                 "sgd increase-batch",
                 "nesterov decay-lr",

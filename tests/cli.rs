@@ -143,7 +143,7 @@ fn data_inspect_counts_the_shipped_sets() {
 }
 
 #[test]
-fn reproduce_runs_the_three_schedules_writes_the_report_and_reuses_finished_runs() {
+fn reproduce_runs_the_four_schedules_writes_the_report_and_reuses_finished_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rep");
     let args = [
@@ -156,7 +156,7 @@ fn reproduce_runs_the_three_schedules_writes_the_report_and_reuses_finished_runs
     ];
     let (ok, stdout, err) = run(&args);
     assert!(ok, "{err}");
-    for g in ["decay-lr", "hybrid", "increase-batch"] {
+    for g in ["decay-lr", "hybrid", "increase-batch", "adaptive"] {
         assert!(stdout.contains(g), "{stdout}");
         assert!(
             out.join("runs")
@@ -177,7 +177,7 @@ fn reproduce_runs_the_three_schedules_writes_the_report_and_reuses_finished_runs
     // A second call finds every run finished and only redraws the report.
     let (ok, _, err) = run(&args);
     assert!(ok, "{err}");
-    assert_eq!(err.matches("finished earlier, reused").count(), 3, "{err}");
+    assert_eq!(err.matches("finished earlier, reused").count(), 4, "{err}");
     // `report` redraws from the run directories alone.
     let again = tmp.path().join("again");
     let (ok, stdout, err) = run(&[
@@ -188,5 +188,17 @@ fn reproduce_runs_the_three_schedules_writes_the_report_and_reuses_finished_runs
     ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("increase-batch"));
+    // Groups in the order of the schedule kinds, not of the directory names.
+    let groups: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split(" |").next())
+        .filter(|g| *g != "group" && !g.starts_with('-'))
+        .collect();
+    assert_eq!(
+        groups,
+        ["decay-lr", "hybrid", "increase-batch", "adaptive"],
+        "{stdout}"
+    );
     assert!(again.join("report.md").exists());
 }

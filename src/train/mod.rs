@@ -13,24 +13,34 @@
 //! determines the rest of the run, and a resumed run writes the same metrics, bit for bit on
 //! CPU, as one never interrupted.
 
+mod eval;
+mod measure;
+mod prepare;
+mod ranks;
+mod step;
+
+pub use eval::evaluate;
+pub use measure::measure_noise_scale;
+pub use prepare::{Prepared, prepare_data};
+pub use ranks::weights_checksum;
+pub use step::{StepError, StepOutput, StepPlan, forward_backward};
+
+use ranks::{average_running_stats, global_epoch_sums};
+
 use crate::checkpoint::{self, CHECKPOINT_FILE, EpochAccumulator, TrainState};
-use crate::config::{Resolved, RunConfig};
-use crate::data::{self, Dataset, DatasetKind, Loader, Normalizer, Shard, Split};
+use crate::config::Resolved;
+use crate::data::{self, Loader, Shard};
 use crate::dist::Communicator;
 use crate::gns::StepNorms;
 use crate::metrics::{self, EpochMetrics, RunSummary};
-use crate::model::Model;
 use crate::optim::{Optimizer, StepHyper};
-use crate::params::{Grads, named_tensors, replace_tensors, trainable_params};
+use crate::params::trainable_params;
 use crate::run_dir::{self, RunInfo};
 use crate::schedule::Hyper;
 use crate::schedule::adaptive::{AdaptiveState, Decision, Observation};
 use crate::units::{Epochs, Samples, Updates};
 use anyhow::{Context, Result, bail};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{Device, Int, Tensor, TensorData};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -86,295 +96,6 @@ pub struct TrainOptions {
     pub group: Option<String>,
     /// Print per-epoch lines and the progress bar.
     pub verbose: bool,
-}
-
-/// Training and test data prepared for a run.
-pub struct Prepared {
-    /// Training set.
-    pub train: Arc<Dataset>,
-    /// Test set.
-    pub test: Dataset,
-    /// Per-channel normalisation from the training set.
-    pub normalizer: Normalizer,
-}
-
-fn take_first(ds: &mut Dataset, n: usize) {
-    if n > 0 && n < ds.len() {
-        let img = ds.image_len();
-        ds.images.truncate(n * img);
-        ds.labels.truncate(n);
-    }
-}
-
-/// Loads the data set a config names (`data_dir` overrides `data.dir`), applying the subsets.
-pub fn prepare_data(config: &RunConfig) -> Result<Prepared> {
-    let d = &config.data;
-    let Split {
-        mut train,
-        mut test,
-    } = match d.dataset {
-        DatasetKind::Synthetic => {
-            let s = &d.synthetic;
-            let [c, h, w] = s.shape;
-            data::synthetic(s.train, s.test, s.classes, c, h, w, config.seed)
-        }
-        kind => data::load(kind, &d.dir)
-            .with_context(|| format!("loading {kind} from {}", d.dir.display()))?,
-    };
-    take_first(&mut train, d.train_subset);
-    take_first(&mut test, d.test_subset);
-    let normalizer = Normalizer::from_dataset(&train);
-    Ok(Prepared {
-        train: Arc::new(train),
-        test,
-        normalizer,
-    })
-}
-
-/// Loss and accuracy of `model` on `data` (no gradients, running statistics for batch norm).
-pub fn evaluate(
-    model: &Model,
-    data: &Dataset,
-    normalizer: &Normalizer,
-    batch_size: usize,
-    device: &Device,
-) -> (f64, f64) {
-    let model = burn::module::Module::valid(model);
-    let device = device.clone().without_autodiff();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let (mut loss_sum, mut correct, mut count) = (0.0f64, 0u64, 0u64);
-    for batch in data::eval_batches(data, normalizer, batch_size) {
-        let (x, y) = to_tensors(&batch.images, &batch.labels, batch.shape, &device);
-        let logits = model.forward(x);
-        let n = batch.len();
-        loss_sum += loss_fn
-            .forward(logits.clone(), y.clone())
-            .into_scalar::<f32>() as f64
-            * n as f64;
-        correct += accuracy_count(logits, y);
-        count += n as u64;
-    }
-    (loss_sum / count as f64, correct as f64 / count as f64)
-}
-
-fn to_tensors(
-    images: &[f32],
-    labels: &[u8],
-    shape: [usize; 4],
-    device: &Device,
-) -> (Tensor<4>, Tensor<1, Int>) {
-    let x = Tensor::<4>::from_data(TensorData::new(images.to_vec(), shape), device);
-    let y: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
-    let y = Tensor::<1, Int>::from_data(TensorData::new(y, [labels.len()]), device);
-    (x, y)
-}
-
-fn accuracy_count(logits: Tensor<2>, y: Tensor<1, Int>) -> u64 {
-    let pred = logits.argmax(1).flatten::<1>(0, 1);
-    pred.equal(y).int().sum().into_scalar::<i64>() as u64
-}
-
-/// A 64-bit FNV-1a checksum of every tensor of the model (weights and running statistics), to
-/// check that ranks agree.
-pub fn weights_checksum(model: &Model) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for t in named_tensors(model) {
-        for x in t.value.into_data().iter::<f32>() {
-            for b in x.to_bits().to_le_bytes() {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x100000001b3);
-            }
-        }
-    }
-    h
-}
-
-/// Replaces every rank's batch-norm running statistics by their mean over the ranks.
-///
-/// Each rank updates its running statistics from its own shards only; averaging them (in f64)
-/// before every evaluation and checkpoint makes all ranks hold the same model, which the
-/// checkpoint stores and the weight checksum then covers.
-fn average_running_stats(model: Model, comm: &dyn Communicator) -> Result<Model> {
-    let world = comm.world_size();
-    let buffers: Vec<_> = named_tensors(&model)
-        .into_iter()
-        .filter(|t| !t.trainable)
-        .collect();
-    if world == 1 || buffers.is_empty() {
-        return Ok(model);
-    }
-    let mut flat: Vec<f64> = Vec::new();
-    for t in &buffers {
-        flat.extend(t.value.to_data().iter::<f32>().map(f64::from));
-    }
-    comm.all_reduce_sum_f64(&mut flat)?;
-    let mut offset = 0;
-    let mut values = std::collections::HashMap::new();
-    for t in buffers {
-        let len = t.value.shape().num_elements();
-        let mean: Vec<f32> = flat[offset..offset + len]
-            .iter()
-            .map(|&v| (v / world as f64) as f32)
-            .collect();
-        offset += len;
-        let device = t.value.device();
-        values.insert(
-            t.name,
-            Tensor::<1>::from_data(TensorData::new(mean, [len]), &device),
-        );
-    }
-    // `replace_tensors` names every tensor it left alone (the trainable ones); what matters is
-    // that every running statistic found its place.
-    let (model, _) = replace_tensors(model, &mut values);
-    if !values.is_empty() {
-        let names: Vec<_> = values.keys().collect();
-        bail!("running statistics not found when averaging them over ranks: {names:?}");
-    }
-    Ok(model)
-}
-
-/// The partial-epoch sums of all ranks, summed: what a checkpoint stores, so that a resumed run
-/// (on any number of ranks) counts each sample once.
-fn global_epoch_sums(acc: &EpochAccumulator, comm: &dyn Communicator) -> Result<EpochAccumulator> {
-    let mut sums = [acc.loss_sum, acc.correct as f64, acc.count as f64];
-    comm.all_reduce_sum_f64(&mut sums)?;
-    Ok(EpochAccumulator {
-        loss_sum: sums[0],
-        correct: sums[1] as u64,
-        count: sums[2] as u64,
-        ..acc.clone()
-    })
-}
-
-fn mix(a: u64, b: u64) -> u64 {
-    // splitmix64 of a combination: distinct (seed, update, micro) give unrelated seeds.
-    let mut z = a ^ b.wrapping_mul(0x9E3779B97F4A7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-    z ^ (z >> 31)
-}
-
-/// How one update's batch is pushed through the model on this rank.
-#[derive(Debug, Clone, Copy)]
-pub struct StepPlan {
-    /// Largest piece pushed through the model at once (`train.max_micro_batch`).
-    pub max_micro_batch: usize,
-    /// Cut a share that fits one micro-batch into this many pieces anyway (1: never), so that
-    /// the noise-scale estimator has two batch sizes to compare; pieces stay whole multiples
-    /// of `quantum`.
-    pub min_pieces: usize,
-    /// Samples a piece boundary must respect (the ghost batch size; 1: any).
-    pub quantum: usize,
-    /// Measure each piece's squared gradient norm (for [`crate::gns`]).
-    pub measure: bool,
-    /// The run's seed: piece `i` of update `u` reseeds the backend's random stream (dropout)
-    /// with `mix(seed, mix(u, i))`, so a resumed run draws the same dropout masks.
-    pub seed: u64,
-    /// The update being computed (1-based).
-    pub update: u64,
-    /// Fault injection: report a NaN loss (tests of the divergence guard).
-    pub inject_nan: bool,
-}
-
-impl StepPlan {
-    /// The size of every piece but the last, for a share of `local` samples.
-    pub fn piece_len(&self, local: usize) -> usize {
-        let q = self.quantum.max(1);
-        if local <= self.max_micro_batch && self.min_pieces > 1 {
-            let chunks = local.div_ceil(q);
-            if chunks >= self.min_pieces {
-                return chunks.div_ceil(self.min_pieces) * q;
-            }
-        }
-        self.max_micro_batch.max(1)
-    }
-}
-
-/// What one update's forward and backward passes produced on this rank.
-#[derive(Debug, Clone)]
-pub struct StepOutput {
-    /// `Σ (b_i/B) g_i` over this rank's pieces: its part of the gradient of the batch's mean
-    /// loss (the all-reduce sums the parts).
-    pub grads: Grads,
-    /// `Σ loss × samples` over this rank's pieces.
-    pub loss_sum: f64,
-    /// Correct predictions (training mode).
-    pub correct: u64,
-    /// Per piece: its samples `b_i` and, when measured, `|g_i|²` of its mean loss gradient.
-    pub pieces: Vec<(usize, f64)>,
-}
-
-/// Why a step failed.
-#[derive(Debug)]
-pub enum StepError {
-    /// The loss was NaN or infinite.
-    NonFinite {
-        /// The loss.
-        loss: f64,
-    },
-    /// Anything else.
-    Other(anyhow::Error),
-}
-
-/// One update's forward and backward passes on this rank's share `batch` of a global batch of
-/// `global_len` samples: the share is cut into pieces ([`StepPlan::piece_len`]), each piece's
-/// gradient weighted by `len/global_len`, which sums (over pieces and ranks) to the gradient of
-/// the mean loss over the whole batch. The trainer and `bench` both run this.
-pub fn forward_backward(
-    model: &Model,
-    batch: &data::Batch,
-    global_len: usize,
-    plan: &StepPlan,
-    device: &Device,
-) -> Result<StepOutput, StepError> {
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
-    let [_, c, h, w] = batch.shape;
-    let img = c * h * w;
-    let local = batch.len();
-    let piece = plan.piece_len(local);
-    let mut out = StepOutput {
-        grads: Grads::default(),
-        loss_sum: 0.0,
-        correct: 0,
-        pieces: Vec::new(),
-    };
-    let mut start = 0;
-    while start < local {
-        let len = piece.min(local - start);
-        device.seed(mix(plan.seed, mix(plan.update, out.pieces.len() as u64)));
-        let (x, y) = to_tensors(
-            &batch.images[start * img..(start + len) * img],
-            &batch.labels[start..start + len],
-            [len, c, h, w],
-            device,
-        );
-        let logits = model.forward(x);
-        let loss = loss_fn.forward(logits.clone(), y.clone());
-        let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
-        if plan.inject_nan {
-            loss_value = f64::NAN;
-        }
-        if !loss_value.is_finite() {
-            return Err(StepError::NonFinite { loss: loss_value });
-        }
-        out.loss_sum += loss_value * len as f64;
-        out.correct += accuracy_count(logits.detach().inner(), y.inner());
-        let g = Grads::from_backward(model, &loss.backward());
-        let norm = if plan.measure { g.sq_norm() } else { f64::NAN };
-        out.grads = std::mem::take(&mut out.grads)
-            .accumulate(g.scale(len as f64 / global_len as f64))
-            .map_err(|e| {
-                StepError::Other(e.context(format!("micro-batch {}", out.pieces.len())))
-            })?;
-        out.pieces.push((len, norm));
-        start += len;
-    }
-    if local == 0 {
-        // This rank's share of a last batch smaller than the ranks is empty: it adds nothing,
-        // but joins the all-reduce with a buffer of the right size.
-        out.grads = Grads::zeros_like(model);
-    }
-    Ok(out)
 }
 
 /// Runs (or resumes) training as `resolved` says, writing into `opts.out`.
@@ -490,10 +211,7 @@ pub fn train(
                 cfg.device,
                 n,
                 epochs,
-                match &controller {
-                    Some(_) => "B follows the measured noise scale (adaptive)".to_string(),
-                    None => format!("{} updates planned", schedule.total_updates()),
-                },
+                resolved.describe_plan(),
                 if state.position != data::Position::start_of(0) {
                     format!(
                         " · resuming at epoch {} (+{} samples), update {}",
@@ -911,90 +629,6 @@ fn progress_bar(visible: bool, len: u64, epoch: u32, epochs: u32) -> indicatif::
     );
     bar.set_prefix(format!("{}/{epochs}", epoch + 1));
     bar
-}
-
-/// Measures the gradient noise scale of `model` as it stands (no update): `batches` batches of
-/// `batch_size` training samples (each drawn without replacement, from `seed`; no augmentation),
-/// each computed in `pieces` equal pieces exactly as the trainer computes micro-batches.
-/// The result's `epoch_b_simple` is `Σ𝒮/Σ|𝒢|²` over the batches and `b_simple_stderr` its
-/// standard error; `trace` and `grad_sq` are the means of 𝒮 and |𝒢|² (see [`crate::gns`]).
-pub fn measure_noise_scale(
-    model: &Model,
-    data: &Prepared,
-    batches: usize,
-    batch_size: usize,
-    pieces: usize,
-    seed: u64,
-    device: &Device,
-) -> Result<crate::gns::Reading> {
-    use rand::seq::SliceRandom;
-    let n = data.train.len();
-    if pieces < 2 || batch_size < pieces || batch_size > n || batches == 0 {
-        bail!(
-            "measuring the noise scale needs 2 <= pieces <= batch size <= N ({n}) and at least one batch (got {batches} batches of {batch_size} in {pieces} pieces)"
-        );
-    }
-    let plan = StepPlan {
-        max_micro_batch: batch_size.div_ceil(pieces),
-        min_pieces: 1,
-        quantum: 1,
-        measure: true,
-        seed,
-        update: 0,
-        inject_nan: false,
-    };
-    let mut estimator = crate::gns::Estimator::default();
-    let mut all: Vec<u32> = (0..n as u32).collect();
-    let (mut trace_sum, mut grad_sum) = (0.0, 0.0);
-    for i in 0..batches {
-        let mut rng = data::derive_rng(seed, 0, 0x6e6f697365, i as u64);
-        let (chosen, _) = all.partial_shuffle(&mut rng, batch_size);
-        let batch = data::assemble(
-            &data.train,
-            chosen,
-            &data.normalizer,
-            data::Augment::None,
-            seed,
-            0,
-        );
-        let step = forward_backward(
-            model,
-            &batch,
-            batch_size,
-            &StepPlan {
-                update: i as u64,
-                ..plan
-            },
-            device,
-        )
-        .map_err(|e| match e {
-            StepError::NonFinite { loss } => anyhow::anyhow!("the loss is {loss} on batch {i}"),
-            StepError::Other(e) => e,
-        })?;
-        let small = step
-            .pieces
-            .iter()
-            .map(|(len, norm)| *len as f64 / batch_size as f64 * norm)
-            .sum();
-        let norms = StepNorms {
-            small,
-            pieces: step.pieces.len() as f64,
-            big: step.grads.sq_norm(),
-            batch: batch_size as f64,
-        };
-        if let Some((t, g)) = norms.estimates() {
-            trace_sum += t;
-            grad_sum += g;
-        }
-        estimator.add(norms);
-    }
-    let mut reading = estimator
-        .finish_epoch()
-        .context("no batch gave a noise-scale measurement")?;
-    reading.trace = trace_sum / batches as f64;
-    reading.grad_sq = grad_sum / batches as f64;
-    reading.b_simple = reading.epoch_b_simple;
-    Ok(reading)
 }
 
 /// Path of the checkpoint in a run directory.

@@ -1,0 +1,484 @@
+//! The `[schedule]` table: its keys, their defaults and their validation.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{AdaptiveConfig, Schedule, ScheduleKind};
+use crate::noise;
+use crate::units::Samples;
+
+/// A per-epoch learning-rate schedule in PyTorch's terms, the input of `kind = "converted"`.
+///
+/// Its values are learning rates for the configured `lr` (ε0) before `lr_scale`; epoch `e`
+/// (0-based) uses the value PyTorch's scheduler would give after `e` calls to `step()`.
+/// In TOML: `lr_schedule = { type = "multistep", milestones = [60, 120], gamma = 0.2 }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LrSchedule {
+    /// `StepLR`: ε_e = ε0 · gamma^⌊e / step_size⌋.
+    Step {
+        /// Epochs between decays (≥ 1).
+        step_size: u32,
+        /// Multiplier per step (> 0).
+        gamma: f64,
+    },
+    /// `MultiStepLR`: ε_e = ε0 · gamma^(number of milestones ≤ e).
+    Multistep {
+        /// Epochs at which ε is multiplied by `gamma`, strictly increasing in 1..epochs.
+        milestones: Vec<u32>,
+        /// Multiplier per milestone (> 0).
+        gamma: f64,
+    },
+    /// `ExponentialLR`: ε_e = ε0 · gamma^e.
+    Exponential {
+        /// Multiplier per epoch (> 0).
+        gamma: f64,
+    },
+    /// `CosineAnnealingLR` with T_max = epochs:
+    /// ε_e = min_lr + (ε0 − min_lr)(1 + cos(π e / T_max)) / 2.
+    Cosine {
+        /// The floor ε approaches at the end of training, in [0, ε0].
+        #[serde(default)]
+        min_lr: f64,
+    },
+    /// Explicit learning rates, one per epoch.
+    Table {
+        /// ε for epochs 0, 1, …, epochs − 1 (each > 0).
+        lrs: Vec<f64>,
+    },
+}
+
+impl LrSchedule {
+    /// ε_e / ε0 for epoch `e`, where `lr0` is the configured ε0 and `epochs` T_max.
+    pub(super) fn multiplier(&self, e: u32, lr0: f64, epochs: u32) -> f64 {
+        match self {
+            LrSchedule::Step { step_size, gamma } => gamma.powi(pow(e / step_size)),
+            LrSchedule::Multistep { milestones, gamma } => {
+                gamma.powi(pow(phase_index(milestones, e)))
+            }
+            LrSchedule::Exponential { gamma } => gamma.powi(pow(e)),
+            LrSchedule::Cosine { min_lr } => {
+                let cos = (std::f64::consts::PI * f64::from(e) / f64::from(epochs)).cos();
+                (min_lr + (lr0 - min_lr) * (1.0 + cos) / 2.0) / lr0
+            }
+            LrSchedule::Table { lrs } => lrs[e as usize] / lr0,
+        }
+    }
+}
+
+pub(super) fn pow(p: u32) -> i32 {
+    i32::try_from(p).unwrap_or(i32::MAX)
+}
+
+/// Number of milestones ≤ `epoch`: the phase index (milestones are sorted).
+pub(super) fn phase_index(milestones: &[u32], epoch: u32) -> u32 {
+    milestones.iter().take_while(|&&m| m <= epoch).count() as u32
+}
+
+fn default_factor() -> f64 {
+    5.0
+}
+fn default_one_usize() -> usize {
+    1
+}
+fn default_one_f64() -> f64 {
+    1.0
+}
+fn default_warmup_from() -> f64 {
+    0.1
+}
+
+/// The `[schedule]` table of a run configuration: what [`ScheduleConfig::resolve`] turns
+/// into a [`Schedule`] once the training-set size is known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ScheduleConfig {
+    /// The schedule rule (default `decay-lr`).
+    #[serde(default)]
+    pub kind: ScheduleKind,
+    /// Training length in epochs (≥ 1).
+    pub epochs: u32,
+    /// Initial learning rate ε0 (> 0).
+    pub lr: f64,
+    /// Initial batch size B0, in 1..=N.
+    pub batch_size: usize,
+    /// Momentum coefficient m in [0, 1) (default 0).
+    #[serde(default)]
+    pub momentum: f64,
+    /// Noise-scale reduction per milestone (> 1, default 5 as in the paper).
+    #[serde(default = "default_factor")]
+    pub factor: f64,
+    /// Epochs at which a new phase starts, strictly increasing in 1..epochs.
+    #[serde(default)]
+    pub milestones: Vec<u32>,
+    /// Largest batch size for `hybrid`, `converted` and `adaptive` (default N/10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<usize>,
+    /// Every batch size is rounded to a multiple of this (micro-batch × workers; default 1).
+    #[serde(default = "default_one_usize")]
+    pub batch_multiple: usize,
+    /// Length of the linear learning-rate warm-up in (fractional) epochs (default 0: none).
+    #[serde(default)]
+    pub warmup_epochs: f64,
+    /// Warm-up starts at this fraction of the scheduled ε, in [0, 1] (default 0.1).
+    #[serde(default = "default_warmup_from")]
+    pub warmup_from: f64,
+    /// Multiply ε0 and B0 by this (> 0, default 1): same noise scale, fewer updates
+    /// (paper section 5.1).
+    #[serde(default = "default_one_f64")]
+    pub lr_scale: f64,
+    /// Raise the momentum to this m' and multiply B0 by (1 − m)/(1 − m') (paper section 5.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum_scaled: Option<f64>,
+    /// The learning-rate schedule to convert; required by, and only allowed with,
+    /// `kind = "converted"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_schedule: Option<LrSchedule>,
+    /// The adaptive controller's settings; only allowed with `kind = "adaptive"` (default:
+    /// [`AdaptiveConfig::default`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveConfig>,
+}
+
+/// Training-set size of CIFAR-10, the paper's main benchmark (Smith et al. 2018, section 5).
+pub const CIFAR10_SAMPLES: Samples = Samples(50_000);
+
+impl ScheduleConfig {
+    /// A configuration of kind `kind` with the given length, ε0 and B0 and every other key
+    /// at its default.
+    pub fn new(kind: ScheduleKind, epochs: u32, lr: f64, batch_size: usize) -> Self {
+        ScheduleConfig {
+            kind,
+            epochs,
+            lr,
+            batch_size,
+            momentum: 0.0,
+            factor: default_factor(),
+            milestones: Vec::new(),
+            max_batch_size: None,
+            batch_multiple: 1,
+            warmup_epochs: 0.0,
+            warmup_from: default_warmup_from(),
+            lr_scale: 1.0,
+            momentum_scaled: None,
+            lr_schedule: None,
+            adaptive: None,
+        }
+    }
+
+    /// This configuration under another kind: milestones are dropped for `adaptive` (it takes
+    /// none) and the adaptive settings for every other kind, so that any preset runs under any
+    /// kind (`train --schedule`, `reproduce`). `converted` keeps its `lr_schedule`.
+    pub fn with_kind(&self, kind: ScheduleKind) -> Self {
+        let mut c = self.clone();
+        c.kind = kind;
+        if kind == ScheduleKind::Adaptive {
+            c.milestones.clear();
+        } else {
+            c.adaptive = None;
+        }
+        if kind != ScheduleKind::Converted {
+            c.lr_schedule = None;
+        }
+        c
+    }
+
+    /// The adaptive controller's settings (the defaults where the table is absent).
+    pub fn adaptive_config(&self) -> AdaptiveConfig {
+        self.adaptive.clone().unwrap_or_default()
+    }
+
+    /// The paper's CIFAR-10 setting (Smith et al. 2018, section 5.1, wide ResNet): 200 epochs,
+    /// B0 = 128, ε0 = 0.1, m = 0.9, factor 5 at epochs 60, 120 and 160; use with
+    /// [`CIFAR10_SAMPLES`].
+    pub fn paper_cifar10(kind: ScheduleKind) -> Self {
+        ScheduleConfig {
+            momentum: 0.9,
+            milestones: vec![60, 120, 160],
+            ..ScheduleConfig::new(kind, 200, 0.1, 128)
+        }
+    }
+
+    /// The batch-size cap used by `hybrid`, `converted` and `adaptive`: `max_batch_size`, or N/10.
+    pub fn cap(&self, n: Samples) -> usize {
+        self.max_batch_size
+            .unwrap_or_else(|| noise::max_batch_size(n))
+    }
+
+    /// Checks every key against `n` and builds the per-phase schedule.
+    ///
+    /// # Errors
+    /// [`ScheduleError`] naming the first key out of range and the range allowed.
+    pub fn resolve(&self, n: Samples) -> Result<Schedule, ScheduleError> {
+        self.validate(n)?;
+        Ok(self.build(n))
+    }
+
+    fn validate(&self, n: Samples) -> Result<(), ScheduleError> {
+        let nn = usize::try_from(n.0).unwrap_or(usize::MAX);
+        if n.0 == 0 {
+            return Err(ScheduleError::EmptyDataset);
+        }
+        if self.epochs == 0 {
+            return Err(out_of_range("epochs", 0, "must be at least 1"));
+        }
+        if self.epochs > MAX_EPOCHS {
+            // The schedule keeps per-epoch tables: bound them (found by tests/fuzz.rs).
+            return Err(out_of_range(
+                "epochs",
+                self.epochs,
+                format!("must be at most {MAX_EPOCHS}"),
+            ));
+        }
+        if self.batch_size == 0 || self.batch_size > nn {
+            return Err(out_of_range(
+                "batch_size",
+                self.batch_size,
+                format!("must be in 1..=N ({nn})"),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(out_of_range("lr", self.lr, "must be finite and > 0"));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(out_of_range("momentum", self.momentum, "must be in [0, 1)"));
+        }
+        if !(self.factor.is_finite() && self.factor > 1.0) {
+            return Err(out_of_range(
+                "factor",
+                self.factor,
+                "must be finite and > 1",
+            ));
+        }
+        check_milestones("milestones", &self.milestones, self.epochs)?;
+        if self.batch_multiple == 0 || self.batch_multiple > nn {
+            return Err(out_of_range(
+                "batch_multiple",
+                self.batch_multiple,
+                format!("must be in 1..=N ({nn})"),
+            ));
+        }
+        if self.kind.is_capped() {
+            let cap = self.cap(n);
+            let low = self.batch_size.max(self.batch_multiple);
+            if cap < low || cap > nn {
+                let value = match self.max_batch_size {
+                    Some(c) => c.to_string(),
+                    None => format!("{cap} (default N/10)"),
+                };
+                return Err(out_of_range(
+                    "max_batch_size",
+                    value,
+                    format!("must be in {low}..=N ({nn}) (at least batch_size and batch_multiple)"),
+                ));
+            }
+        }
+        if !(self.warmup_epochs.is_finite()
+            && (0.0..=f64::from(self.epochs)).contains(&self.warmup_epochs))
+        {
+            return Err(out_of_range(
+                "warmup_epochs",
+                self.warmup_epochs,
+                format!("must be in [0, epochs ({})]", self.epochs),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.warmup_from) {
+            return Err(out_of_range(
+                "warmup_from",
+                self.warmup_from,
+                "must be in [0, 1]",
+            ));
+        }
+        if !(self.lr_scale.is_finite() && self.lr_scale > 0.0) {
+            return Err(out_of_range(
+                "lr_scale",
+                self.lr_scale,
+                "must be finite and > 0",
+            ));
+        }
+        if let Some(m2) = self.momentum_scaled
+            && !(m2 >= self.momentum && m2 < 1.0)
+        {
+            return Err(out_of_range(
+                "momentum_scaled",
+                m2,
+                format!("must be in [momentum ({}), 1)", self.momentum),
+            ));
+        }
+        self.validate_adaptive(n)?;
+        match (&self.lr_schedule, self.kind) {
+            (None, ScheduleKind::Converted) => Err(ScheduleError::MissingLrSchedule),
+            (Some(_), kind) if kind != ScheduleKind::Converted => {
+                Err(ScheduleError::UnusedLrSchedule { kind })
+            }
+            (Some(s), _) => self.validate_lr_schedule(s),
+            (None, _) => Ok(()),
+        }
+    }
+
+    fn validate_adaptive(&self, n: Samples) -> Result<(), ScheduleError> {
+        if self.kind != ScheduleKind::Adaptive {
+            return match self.adaptive {
+                Some(_) => Err(ScheduleError::UnusedAdaptive { kind: self.kind }),
+                None => Ok(()),
+            };
+        }
+        if !self.milestones.is_empty() {
+            return Err(out_of_range(
+                "milestones",
+                format!("{:?}", self.milestones),
+                "must be empty with kind = \"adaptive\": the measured noise scale decides when B grows",
+            ));
+        }
+        let a = self.adaptive_config();
+        if !(a.alpha.is_finite() && a.alpha > 0.0) {
+            return Err(out_of_range(
+                "adaptive.alpha",
+                a.alpha,
+                "must be finite and > 0",
+            ));
+        }
+        if !(a.min_change.is_finite() && a.min_change >= 1.0) {
+            return Err(out_of_range(
+                "adaptive.min_change",
+                a.min_change,
+                "must be finite and >= 1",
+            ));
+        }
+        let cap = self.cap(n);
+        if let Some(b) = a.min_batch_size
+            && (b == 0 || b > cap)
+        {
+            return Err(out_of_range(
+                "adaptive.min_batch_size",
+                b,
+                format!("must be in 1..=max_batch_size ({cap})"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_lr_schedule(&self, s: &LrSchedule) -> Result<(), ScheduleError> {
+        let check_gamma = |gamma: f64| {
+            if gamma.is_finite() && gamma > 0.0 {
+                Ok(())
+            } else {
+                Err(out_of_range(
+                    "lr_schedule.gamma",
+                    gamma,
+                    "must be finite and > 0",
+                ))
+            }
+        };
+        match s {
+            LrSchedule::Step { step_size, gamma } => {
+                if *step_size == 0 {
+                    return Err(out_of_range(
+                        "lr_schedule.step_size",
+                        0,
+                        "must be at least 1",
+                    ));
+                }
+                check_gamma(*gamma)
+            }
+            LrSchedule::Multistep { milestones, gamma } => {
+                check_milestones("lr_schedule.milestones", milestones, self.epochs)?;
+                check_gamma(*gamma)
+            }
+            LrSchedule::Exponential { gamma } => check_gamma(*gamma),
+            LrSchedule::Cosine { min_lr } => {
+                if (0.0..=self.lr).contains(min_lr) {
+                    Ok(())
+                } else {
+                    Err(out_of_range(
+                        "lr_schedule.min_lr",
+                        min_lr,
+                        format!("must be in [0, lr ({})]", self.lr),
+                    ))
+                }
+            }
+            LrSchedule::Table { lrs } => {
+                if lrs.len() != self.epochs as usize {
+                    return Err(out_of_range(
+                        "lr_schedule.lrs",
+                        format!("[{} values]", lrs.len()),
+                        format!("must have one value per epoch ({})", self.epochs),
+                    ));
+                }
+                match lrs.iter().find(|lr| !(lr.is_finite() && **lr > 0.0)) {
+                    Some(bad) => Err(out_of_range(
+                        "lr_schedule.lrs",
+                        format!("[.., {bad}, ..]"),
+                        "every value must be finite and > 0",
+                    )),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn check_milestones(key: &'static str, ms: &[u32], epochs: u32) -> Result<(), ScheduleError> {
+    let show = || format!("{ms:?}");
+    if ms.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(out_of_range(key, show(), "must be strictly increasing"));
+    }
+    if ms.iter().any(|&m| m == 0 || m >= epochs) {
+        return Err(out_of_range(
+            key,
+            show(),
+            format!("each must be in 1..epochs (1..{epochs})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Most epochs a schedule may have (the paper's runs have 200).
+pub const MAX_EPOCHS: u32 = 100_000;
+
+fn out_of_range(
+    key: &'static str,
+    value: impl fmt::Display,
+    allowed: impl Into<String>,
+) -> ScheduleError {
+    ScheduleError::OutOfRange {
+        key,
+        value: value.to_string(),
+        allowed: allowed.into(),
+    }
+}
+
+/// Why a [`ScheduleConfig`] cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ScheduleError {
+    /// A key's value is outside its allowed range.
+    #[error("schedule.{key} = {value} is out of range: {allowed}")]
+    OutOfRange {
+        /// The key, relative to the `[schedule]` table (e.g. `batch_size`).
+        key: &'static str,
+        /// The offending value as written.
+        value: String,
+        /// The allowed range, in words.
+        allowed: String,
+    },
+    /// `kind = "converted"` without an `lr_schedule`.
+    #[error("schedule.lr_schedule is required when schedule.kind = \"converted\"")]
+    MissingLrSchedule,
+    /// An `lr_schedule` given for a kind that does not use it.
+    #[error("schedule.lr_schedule is only used with schedule.kind = \"converted\", not \"{kind}\"")]
+    UnusedLrSchedule {
+        /// The configured kind.
+        kind: ScheduleKind,
+    },
+    /// An `[schedule.adaptive]` table given for another kind.
+    #[error("schedule.adaptive is only used with schedule.kind = \"adaptive\", not \"{kind}\"")]
+    UnusedAdaptive {
+        /// The configured kind.
+        kind: ScheduleKind,
+    },
+    /// The training set is empty (N = 0).
+    #[error("the training set is empty (N = 0); a schedule needs N ≥ 1")]
+    EmptyDataset,
+}

@@ -1,0 +1,128 @@
+//! The per-phase summary of a schedule: what `noisescale schedule` prints.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::Schedule;
+use crate::units::{Epochs, Samples, Updates};
+
+impl Schedule {
+    /// A per-phase summary with noise scales and update counts.
+    pub fn table(&self) -> PhaseTable {
+        let mut cumulative = Updates(0);
+        let phases = self
+            .phases
+            .iter()
+            .map(|p| {
+                let updates = self.phase_updates(p);
+                cumulative += updates;
+                let g = self.noise_scale(p.start);
+                let err = (p.start.0..p.end.0)
+                    .map(|e| self.g_rounding_error(Epochs(e)))
+                    .fold(0.0, f64::max);
+                PhaseRow {
+                    start: p.start,
+                    end: p.end,
+                    lr: p.lr,
+                    batch_size: p.batch_size,
+                    momentum: p.momentum,
+                    g_exact: g.exact,
+                    g_approx: g.approx,
+                    updates,
+                    cumulative_updates: cumulative,
+                    g_rounding_error: err,
+                }
+            })
+            .collect();
+        PhaseTable {
+            total_updates: cumulative,
+            epochs: self.epochs,
+            dataset_size: self.dataset_size,
+            samples: Samples(self.dataset_size.0 * u64::from(self.epochs.0)),
+            phases,
+        }
+    }
+}
+
+/// One phase of a [`PhaseTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PhaseRow {
+    /// First epoch of the phase.
+    pub start: Epochs,
+    /// First epoch after the phase (exclusive).
+    pub end: Epochs,
+    /// Learning rate ε.
+    pub lr: f64,
+    /// Global batch size B.
+    pub batch_size: usize,
+    /// Momentum coefficient m.
+    pub momentum: f64,
+    /// Exact noise scale `ε/(1 − m) · (N/B − 1)`.
+    pub g_exact: f64,
+    /// Approximate noise scale `ε/(1 − m) · N/B`.
+    pub g_approx: f64,
+    /// Updates in this phase.
+    pub updates: Updates,
+    /// Updates from the start of training to the end of this phase.
+    pub cumulative_updates: Updates,
+    /// Largest relative error, over the phase's epochs, of `g_approx` against the ideal
+    /// un-rounded target noise scale (0 when nothing was rounded).
+    pub g_rounding_error: f64,
+}
+
+/// A per-phase summary of a [`Schedule`]: printable as an aligned text table
+/// (`Display`) or as one JSON object (`Serialize`) with `total_updates` at top level.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseTable {
+    /// Updates over the whole schedule.
+    pub total_updates: Updates,
+    /// Training length.
+    pub epochs: Epochs,
+    /// Training-set size N.
+    pub dataset_size: Samples,
+    /// Samples processed over the whole schedule (N × epochs).
+    pub samples: Samples,
+    /// One row per phase.
+    pub phases: Vec<PhaseRow>,
+}
+
+impl fmt::Display for PhaseTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:>7} {:>7} {:>10} {:>8} {:>6} {:>12} {:>12} {:>9} {:>10} {:>9}",
+            "start",
+            "end",
+            "lr",
+            "batch",
+            "mom",
+            "g_exact",
+            "g_approx",
+            "updates",
+            "cumul.",
+            "g_err"
+        )?;
+        for r in &self.phases {
+            writeln!(
+                f,
+                "{:>7} {:>7} {:>10.4e} {:>8} {:>6.3} {:>12.4} {:>12.4} {:>9} {:>10} {:>9.2e}",
+                r.start,
+                r.end,
+                r.lr,
+                r.batch_size,
+                r.momentum,
+                r.g_exact,
+                r.g_approx,
+                r.updates,
+                r.cumulative_updates,
+                r.g_rounding_error
+            )?;
+        }
+        write!(
+            f,
+            "total: {} updates, {} epochs, {} samples (N = {})",
+            self.total_updates, self.epochs, self.samples, self.dataset_size
+        )
+    }
+}
