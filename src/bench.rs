@@ -37,7 +37,7 @@ pub enum Only {
 }
 
 /// `noisescale bench`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Compute threads: the rayon pool for burn-flex, `torch.set_num_threads` for PyTorch.
     #[arg(long, default_value_t = 2)]
@@ -98,6 +98,27 @@ pub struct TrainRow {
     /// Images per second.
     pub images_per_second: f64,
 }
+
+/// The training step without and with the noise-scale measurement, interleaved over
+/// [`GNS_ROUNDS`] rounds; each figure is the median of its rounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GnsCostRow {
+    /// Model name.
+    pub model: String,
+    /// Batch size.
+    pub batch: usize,
+    /// Images per second without the measurement.
+    pub without: f64,
+    /// With it, a batch that fits one micro-batch cut in two on 1 update in
+    /// [`crate::gns::SPLIT_EVERY`] (the default).
+    pub with_default: f64,
+    /// With it on every update (the adaptive schedule).
+    pub with_every_update: f64,
+}
+
+/// Rounds of the noise-scale cost rows: the three variants alternate, because this kind of
+/// machine drifts by more than the few percent to resolve when rows run one after another.
+pub const GNS_ROUNDS: usize = 3;
 
 /// One data-loading row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,6 +185,9 @@ pub struct BenchReport {
     pub denormals_flushed: bool,
     /// Training rows.
     pub train: Vec<TrainRow>,
+    /// The cost of measuring the gradient noise scale.
+    #[serde(default)]
+    pub gns: Vec<GnsCostRow>,
     /// Data rows.
     pub data: Vec<DataRow>,
     /// The PyTorch reference, when run.
@@ -225,6 +249,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn run_in_pool(args: BenchArgs) -> Result<()> {
     let device = crate::device::device(crate::device::DeviceSpec::Flex)?;
     let mut train = Vec::new();
+    let mut gns = Vec::new();
     let mut data_rows = Vec::new();
 
     if args.only != Only::Data {
@@ -236,20 +261,35 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
         // The cost of measuring the gradient noise scale (on by default in training): the same
         // steps with the per-micro-batch norms, at a batch that fits one micro-batch (split in
         // two on 1 update in 32, or on every update as under the adaptive schedule) and at one
-        // that is already split.
+        // that is already split; the variants interleaved, a quarter of the steps each round.
+        let quick = BenchArgs {
+            steps: (args.steps / 4).max(5),
+            min_seconds: args.min_seconds / 2.0,
+            ..args.clone()
+        };
         for (cfg, input, batches, _) in train_rows().into_iter().take(3) {
             for b in batches {
-                for every in [crate::gns::SPLIT_EVERY, 1] {
-                    train.push(bench_train(
-                        &args,
-                        &cfg,
-                        input,
-                        b,
-                        false,
-                        Some(every),
-                        &device,
-                    )?);
+                let mut rounds: [Vec<f64>; 3] = Default::default();
+                for _ in 0..GNS_ROUNDS {
+                    for (v, every) in [None, Some(crate::gns::SPLIT_EVERY), Some(1)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let row = bench_train(&quick, &cfg, input, b, false, every, &device)?;
+                        rounds[v].push(row.images_per_second);
+                    }
                 }
+                let [without, with_default, with_every_update] = rounds.map(|mut r| {
+                    r.sort_by(f64::total_cmp);
+                    r[r.len() / 2]
+                });
+                gns.push(GnsCostRow {
+                    model: cfg.name(),
+                    batch: b,
+                    without,
+                    with_default,
+                    with_every_update,
+                });
             }
         }
     } else {
@@ -313,6 +353,7 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
             .into_iter()
             .all(|f| f),
         train,
+        gns,
         data: data_rows,
         pytorch,
     };
@@ -614,15 +655,10 @@ pub fn format_report(r: &BenchReport) -> String {
         }
         let _ = writeln!(s);
     }
-    let with_gns: Vec<&TrainRow> = r
-        .train
-        .iter()
-        .filter(|row| row.noise_scale && row.split_every != Some(1))
-        .collect();
-    if !with_gns.is_empty() {
+    if !r.gns.is_empty() {
         let _ = writeln!(
             s,
-            "\nMeasuring the gradient noise scale (train.noise_scale, on by default): the same step with it, a batch that fits one micro-batch cut in two on 1 update in {} (default) or on every update (adaptive schedule)",
+            "\nMeasuring the gradient noise scale (train.noise_scale, on by default): the same step without and with it, a batch that fits one micro-batch cut in two on 1 update in {} (default) or on every update (adaptive schedule); medians of {GNS_ROUNDS} interleaved rounds",
             crate::gns::SPLIT_EVERY
         );
         let _ = writeln!(
@@ -630,29 +666,18 @@ pub fn format_report(r: &BenchReport) -> String {
             "| model | B | img/s without | img/s with | cost | img/s, every update | cost |"
         );
         let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|");
-        for row in with_gns {
-            let find = |measured: bool, every: Option<u64>| {
-                r.train.iter().find(|p| {
-                    p.noise_scale == measured
-                        && p.model == row.model
-                        && p.batch == row.batch
-                        && (!measured || p.split_every == every)
-                })
-            };
-            let (Some(p), Some(each)) = (find(false, None), find(true, Some(1))) else {
-                continue;
-            };
-            let cost = |q: &TrainRow| 100.0 * (p.images_per_second / q.images_per_second - 1.0);
+        for g in &r.gns {
+            let cost = |with: f64| 100.0 * (g.without / with - 1.0);
             let _ = writeln!(
                 s,
                 "| {} | {} | {:.0} | {:.0} | {:+.1}% | {:.0} | {:+.1}% |",
-                row.model,
-                row.batch,
-                p.images_per_second,
-                row.images_per_second,
-                cost(row),
-                each.images_per_second,
-                cost(each)
+                g.model,
+                g.batch,
+                g.without,
+                g.with_default,
+                cost(g.with_default),
+                g.with_every_update,
+                cost(g.with_every_update)
             );
         }
     }

@@ -60,8 +60,8 @@ impl StepNorms {
 
 /// When a batch fits one micro-batch and is cut in two only to be measured, this is done on
 /// every this-many updates (the others are computed whole and not measured): cutting costs up
-/// to +60% of a step for a small MLP at B = 64 (`noisescale bench`), so measuring 1 update in
-/// 32 keeps the cost under 2%. Batches already in pieces are measured on every update.
+/// to +70% of a step for a small MLP at B = 64 (`noisescale bench`), so measuring 1 update in
+/// 32 keeps the cost near 2%. Batches already in pieces are measured on every update.
 pub const SPLIT_EVERY: u64 = 32;
 
 /// Smoothing of the moving averages: weight of the past per update (gpt-neox uses 0.99).
