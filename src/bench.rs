@@ -87,10 +87,6 @@ pub struct TrainRow {
     /// Whether the step measured the gradient noise scale (`train.noise_scale`).
     #[serde(default)]
     pub noise_scale: bool,
-    /// With it, every how many updates a batch that fits one micro-batch was cut in two
-    /// (`train.noise_scale_split_every`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split_every: Option<u64>,
     /// Timed steps.
     pub steps: usize,
     /// Mean seconds per step.
@@ -485,7 +481,6 @@ fn bench_train(
         input,
         batch,
         noise_scale: measure,
-        split_every,
         steps: timed,
         seconds_per_step: sps,
         images_per_second: batch as f64 / sps,

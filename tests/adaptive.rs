@@ -13,19 +13,7 @@ use std::process::Command;
 /// epochs: B0 = 32 is cut into two micro-batches of 16, so every update is measured.
 fn config(extra: &str) -> String {
     format!(
-        r#"
-seed = 3
-[data]
-dataset = "mnist"
-dir = "{}/../shared/data"
-train_subset = 10000
-test_subset = 500
-workers = 1
-[model]
-kind = "mlp"
-widths = [32]
-[optimizer]
-kind = "momentum"
+        r#"{}
 [schedule]
 kind = "adaptive"
 epochs = 10
@@ -37,7 +25,7 @@ max_batch_size = 1000
 max_micro_batch = 16
 {extra}
 "#,
-        env!("CARGO_MANIFEST_DIR")
+        common::mnist_mlp_slice(3, 10_000)
     )
 }
 
@@ -249,4 +237,26 @@ fn any_preset_trains_adaptive_and_an_unmeasurable_start_is_refused() {
         err.contains("schedule.milestones") && err.contains("adaptive"),
         "{err}"
     );
+}
+
+/// Same seed, same decisions: at 1 thread with `-q` and at 16 threads (more than this machine's
+/// cores) with per-epoch output, the metrics and the decisions are identical.
+#[test]
+fn decisions_do_not_depend_on_threads_or_verbosity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write(tmp.path(), "t.toml", &config(ADAPTIVE));
+    let quiet = tmp.path().join("quiet-1");
+    succeed(train_cmd(&cfg, &quiet, &[("RAYON_NUM_THREADS", "1")]));
+    let loud = tmp.path().join("verbose-16");
+    let o = succeed({
+        let mut c = Command::new(BIN);
+        c.args(["train", cfg.to_str().unwrap(), "--out"])
+            .arg(&loud)
+            .env("RAYON_NUM_THREADS", "16");
+        c
+    });
+    assert!(String::from_utf8_lossy(&o.stderr).contains("adaptive: after"));
+    assert_eq!(timing_free(&quiet), timing_free(&loud));
+    assert_eq!(decisions(&quiet), decisions(&loud));
+    assert!(!decisions(&quiet).is_empty());
 }

@@ -334,19 +334,7 @@ fn an_adaptive_run_on_two_ranks_decides_as_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("adaptive.toml");
     let text = format!(
-        r#"
-seed = 7
-[data]
-dataset = "mnist"
-dir = "{}/../shared/data"
-train_subset = 4000
-test_subset = 500
-workers = 1
-[model]
-kind = "mlp"
-widths = [32]
-[optimizer]
-kind = "momentum"
+        r#"{}
 [schedule]
 kind = "adaptive"
 epochs = 6
@@ -361,7 +349,7 @@ min_change = 1.5
 [train]
 max_micro_batch = 16
 "#,
-        env!("CARGO_MANIFEST_DIR")
+        common::mnist_mlp_slice(7, 4000)
     );
     std::fs::write(&cfg, text).unwrap();
     let a = train_on(1, &cfg, tmp.path(), "single");

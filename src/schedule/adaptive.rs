@@ -29,6 +29,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Hyper;
 use crate::gns::StepNorms;
 use crate::noise;
 
@@ -111,6 +112,18 @@ pub struct AdaptiveState {
     pub window: Window,
     /// Every change made, in order.
     pub decisions: Vec<Decision>,
+}
+
+impl AdaptiveState {
+    /// The schedule's hyper-parameters `h` (warm-up included) as the controller has set them:
+    /// its batch size, and ε times its factor.
+    pub fn apply(&self, h: Hyper) -> Hyper {
+        Hyper {
+            lr: h.lr * self.lr_factor,
+            batch_size: self.batch_size,
+            momentum: h.momentum,
+        }
+    }
 }
 
 /// Sums over per-update noise-scale measurements `(𝒮_i, |𝒢|²_i)`: enough for their means, the

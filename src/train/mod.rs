@@ -36,7 +36,6 @@ use crate::metrics::{self, EpochMetrics, RunSummary};
 use crate::optim::{Optimizer, StepHyper};
 use crate::params::trainable_params;
 use crate::run_dir::{self, RunInfo};
-use crate::schedule::Hyper;
 use crate::schedule::adaptive::{AdaptiveState, Decision, Observation};
 use crate::units::{Epochs, Samples, Updates};
 use anyhow::{Context, Result, bail};
@@ -253,14 +252,7 @@ pub fn train(
     // ε, B and m at a point of the epoch: the schedule's, as the adaptive controller has set.
     let hyper_at = |e: Epochs, offset: u64, adaptive: &Option<AdaptiveState>| {
         let h = schedule.hyper(e, offset as f64 / n.0 as f64);
-        match adaptive {
-            Some(a) => Hyper {
-                lr: h.lr * a.lr_factor,
-                batch_size: a.batch_size,
-                momentum: h.momentum,
-            },
-            None => h,
-        }
+        adaptive.as_ref().map_or(h, |a| a.apply(h))
     };
     let shard = (world > 1).then_some(Shard {
         rank,

@@ -10,6 +10,28 @@ use std::time::{Duration, Instant};
 /// The `noisescale` binary built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_noisescale");
 
+/// The top of a run config: `seed`, the first `train` images of the real MNIST (500 test images)
+/// and a 784-32-10 MLP with momentum; the caller adds `[schedule]` and `[train]`.
+pub fn mnist_mlp_slice(seed: u64, train: usize) -> String {
+    format!(
+        r#"
+seed = {seed}
+[data]
+dataset = "mnist"
+dir = "{}/../shared/data"
+train_subset = {train}
+test_subset = 500
+workers = 1
+[model]
+kind = "mlp"
+widths = [32]
+[optimizer]
+kind = "momentum"
+"#,
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
 /// Writes `text` as `name` in `dir` and returns its path.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
