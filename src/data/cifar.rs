@@ -131,3 +131,109 @@ fn dataset(images: Vec<u8>, labels: Vec<u8>, name: &str) -> Dataset {
         name: name.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::data::test_util::{cifar, cifar_file, link, write};
+    use crate::data::*;
+
+    // ---------------------------------------------------------------- real data
+
+    #[test]
+    fn cifar_loads() {
+        let s = cifar();
+        assert_eq!(s.train.len(), 4_000);
+        assert_eq!(s.test.len(), 1_000);
+        assert_eq!(s.train.image_shape(), [3, 32, 32]);
+        assert_eq!(s.test.image_shape(), [3, 32, 32]);
+        assert_eq!(s.train.labels[..10], [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]);
+        assert_eq!(s.test.labels[..10], [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]);
+        // CHW layout: image 0's first red pixel is byte 1 of the file.
+        let raw = std::fs::read(cifar_file("data_batch_1.bin")).unwrap();
+        assert_eq!(s.train.image(0), &raw[1..3073]);
+        assert_eq!(s.train.image(1), &raw[3074..6146]);
+    }
+
+    #[test]
+    fn cifar_reads_many_files_sorted_numerically() {
+        let raw = std::fs::read(cifar_file("data_batch_1.bin")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let r = cifar::RECORD_LEN;
+        // 10 must come after 2 (numeric, not lexical order).
+        write(dir.path(), "data_batch_10.bin", &raw[2500 * r..]);
+        write(dir.path(), "data_batch_1.bin", &raw[..1000 * r]);
+        write(dir.path(), "data_batch_2.bin", &raw[1000 * r..2500 * r]);
+        write(
+            dir.path(),
+            "data_batch_x.bin",
+            b"ignored: not a numbered batch",
+        );
+        link(dir.path(), &cifar_file("test_batch.bin"));
+        let s = load_cifar10(dir.path()).unwrap();
+        assert_eq!(s.train.images, cifar().train.images);
+        assert_eq!(s.train.labels, cifar().train.labels);
+        assert_eq!(s.test.labels, cifar().test.labels);
+    }
+
+    // ---------------------------------------------------------------- corruption
+
+    #[test]
+    fn cifar_corruptions() {
+        let test = std::fs::read(cifar_file("test_batch.bin")).unwrap();
+        let train = std::fs::read(cifar_file("data_batch_1.bin")).unwrap();
+        // Truncated last record, through the directory loader.
+        let dir = tempfile::tempdir().unwrap();
+        link(dir.path(), &cifar_file("data_batch_1.bin"));
+        write(dir.path(), "test_batch.bin", &test[..test.len() - 10]);
+        let e = load_cifar10(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::TruncatedRecord {
+                    record: 999,
+                    partial: 3063,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("test_batch.bin") && e.to_string().contains("record 999"),
+            "{e}"
+        );
+        // Label 10 in record 3 of a training file.
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad = train.clone();
+        bad[3 * cifar::RECORD_LEN] = 10;
+        write(dir.path(), "data_batch_1.bin", &bad);
+        link(dir.path(), &cifar_file("test_batch.bin"));
+        let e = load_cifar10(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::LabelOutOfRange {
+                    index: 3,
+                    label: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("data_batch_1.bin"), "{e}");
+        // No data_batch files.
+        let dir = tempfile::tempdir().unwrap();
+        link(dir.path(), &cifar_file("test_batch.bin"));
+        let e = load_cifar10(dir.path()).unwrap_err();
+        assert!(matches!(e, DataError::NoDataBatches { .. }), "{e}");
+        assert!(
+            e.to_string().contains(&dir.path().display().to_string()),
+            "{e}"
+        );
+        // Missing test file.
+        let dir = tempfile::tempdir().unwrap();
+        link(dir.path(), &cifar_file("data_batch_1.bin"));
+        let e = load_cifar10(dir.path()).unwrap_err();
+        assert!(matches!(e, DataError::Missing { .. }), "{e}");
+        assert!(e.to_string().contains("test_batch.bin"), "{e}");
+    }
+}

@@ -232,3 +232,59 @@ pub fn channel_stats(ds: &Dataset) -> (Vec<f64>, Vec<f64>) {
         .collect();
     (mean, std)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::data::test_util::{cifar, mnist};
+    use crate::data::*;
+
+    // ---------------------------------------------------------------- real data
+
+    #[test]
+    fn mnist_known_statistics() {
+        let n = Normalizer::from_dataset(&mnist().train);
+        assert!((n.mean[0] - 0.1307).abs() < 1e-3, "{:?}", n.mean);
+        assert!((n.std[0] - 0.3081).abs() < 1e-3, "{:?}", n.std);
+    }
+
+    #[test]
+    fn kind_serde_kebab_case() {
+        let s = serde_json::to_string(&[
+            DatasetKind::Mnist,
+            DatasetKind::Cifar10,
+            DatasetKind::Synthetic,
+        ]);
+        assert_eq!(s.unwrap(), r#"["mnist","cifar10","synthetic"]"#);
+        let k: DatasetKind = serde_json::from_str(r#""cifar10""#).unwrap();
+        assert_eq!(k, DatasetKind::Cifar10);
+    }
+
+    // ---------------------------------------------------------------- normaliser
+
+    #[test]
+    fn normalised_train_set_has_zero_mean_unit_std() {
+        let ds = &cifar().train;
+        let n = Normalizer::from_dataset(ds);
+        let all: Vec<u32> = (0..ds.len() as u32).collect();
+        let b = assemble(ds, &all, &n, Augment::None, 0, 0);
+        let plane = 32 * 32;
+        for c in 0..3 {
+            let vals: Vec<f64> = b
+                .images
+                .chunks_exact(3 * plane)
+                .flat_map(|img| img[c * plane..(c + 1) * plane].iter().map(|&v| v as f64))
+                .collect();
+            let m = vals.iter().sum::<f64>() / vals.len() as f64;
+            let s =
+                (vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / vals.len() as f64).sqrt();
+            assert!(m.abs() < 1e-4, "channel {c} mean {m}");
+            assert!((s - 1.0).abs() < 1e-4, "channel {c} std {s}");
+        }
+        // Per-image `apply` agrees with batch assembly.
+        let mut out = vec![0f32; ds.image_len()];
+        n.apply(ds.image(9), &mut out);
+        assert_eq!(out, b.images[9 * 3 * plane..10 * 3 * plane]);
+        let id = Normalizer::identity(3);
+        assert_eq!(id.table(0)[255], 1.0);
+    }
+}

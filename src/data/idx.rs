@@ -285,3 +285,202 @@ fn load_pair(
         name: name.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    use crate::data::test_util::{link, mnist, mnist_file, write};
+    use crate::data::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// Writes `bytes` raw and gzipped under `name` / `name.gz`; returns both paths.
+    fn both(dir: &Path, name: &str, bytes: &[u8]) -> [PathBuf; 2] {
+        [
+            write(dir, name, bytes),
+            write(dir, &format!("{name}.gz"), &gzip(bytes)),
+        ]
+    }
+
+    fn names_file(e: &DataError, p: &Path) -> bool {
+        e.to_string()
+            .contains(p.file_name().unwrap().to_str().unwrap())
+    }
+
+    // ---------------------------------------------------------------- real data
+
+    #[test]
+    fn mnist_loads() {
+        let s = mnist();
+        assert_eq!(s.train.len(), 60_000);
+        assert_eq!(s.test.len(), 10_000);
+        for d in [&s.train, &s.test] {
+            assert_eq!(d.image_shape(), [1, 28, 28]);
+            assert_eq!(d.images.len(), d.len() * 784);
+            assert_eq!(d.num_classes, 10);
+        }
+        assert_eq!(
+            s.train.class_counts(),
+            [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+        );
+        assert_eq!(s.test.class_counts().iter().sum::<usize>(), 10_000);
+        assert_eq!(s.train.samples(), crate::units::Samples(60_000));
+    }
+
+    // ---------------------------------------------------------------- corruption
+
+    fn t10k_labels() -> Vec<u8> {
+        read_decoded(&mnist_file(idx::TEST_LABELS)).unwrap()
+    }
+
+    #[test]
+    fn mnist_wrong_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = t10k_labels();
+        b[3] = 0x03; // 2049 -> 2051
+        for p in both(dir.path(), "t10k-labels-idx1-ubyte", &b) {
+            let e = read_labels(&p, 10).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DataError::BadMagic {
+                        expected: 2049,
+                        found: 2051,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(names_file(&e, &p), "{e}");
+            assert!(e.to_string().contains("expected"), "{e}");
+        }
+        // A labels file where an images file is expected.
+        let p = write(dir.path(), "labels-as-images", &t10k_labels());
+        let e = read_images(&p).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::BadMagic {
+                    expected: 2051,
+                    found: 2049,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mnist_count_disagrees_with_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut more = t10k_labels();
+        more[7] = more[7].wrapping_add(1); // header claims 10001 labels
+        let mut trailing = t10k_labels();
+        trailing.push(0);
+        for (name, b, word) in [
+            ("more", &more, "truncated"),
+            ("trail", &trailing, "trailing"),
+        ] {
+            for p in both(dir.path(), name, b) {
+                let e = read_labels(&p, 10).unwrap_err();
+                assert!(matches!(e, DataError::LengthMismatch { .. }), "{e}");
+                assert!(names_file(&e, &p) && e.to_string().contains(word), "{e}");
+            }
+        }
+        // Images file cut short mid-image (raw and gzip).
+        let img = read_decoded(&mnist_file(idx::TEST_IMAGES)).unwrap();
+        for p in both(
+            dir.path(),
+            "t10k-images-idx3-ubyte",
+            &img[..img.len() - 100],
+        ) {
+            let e = read_images(&p).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DataError::LengthMismatch {
+                        expected: 7_840_016,
+                        found: 7_839_916,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(names_file(&e, &p), "{e}");
+        }
+        // Shorter than the header.
+        let p = write(dir.path(), "tiny", &t10k_labels()[..6]);
+        assert!(matches!(
+            read_labels(&p, 10),
+            Err(DataError::ShortHeader { .. })
+        ));
+    }
+
+    #[test]
+    fn mnist_label_out_of_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = t10k_labels();
+        b[8 + 5] = 10;
+        for p in both(dir.path(), "t10k-labels-idx1-ubyte", &b) {
+            let e = read_labels(&p, 10).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DataError::LabelOutOfRange {
+                        index: 5,
+                        label: 10,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(names_file(&e, &p), "{e}");
+        }
+    }
+
+    #[test]
+    fn mnist_corrupt_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let gz = std::fs::read(mnist_file(idx::TEST_LABELS)).unwrap();
+        let p = write(dir.path(), "t10k-labels-idx1-ubyte.gz", &gz[..gz.len() / 2]);
+        let e = read_labels(&p, 10).unwrap_err();
+        assert!(matches!(e, DataError::Gzip { .. }), "{e}");
+        assert!(names_file(&e, &p), "{e}");
+    }
+
+    #[test]
+    fn mnist_missing_file_and_count_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        for stem in [idx::TRAIN_IMAGES, idx::TRAIN_LABELS, idx::TEST_IMAGES] {
+            link(dir.path(), &mnist_file(stem));
+        }
+        let e = load_mnist(dir.path()).unwrap_err();
+        assert!(matches!(e, DataError::Missing { .. }), "{e}");
+        assert!(e.to_string().contains("t10k-labels-idx1-ubyte"), "{e}");
+        // Raw labels file with one label fewer than there are test images.
+        let mut b = t10k_labels();
+        b.pop();
+        b[4..8].copy_from_slice(&9999u32.to_be_bytes());
+        write(dir.path(), "t10k-labels-idx1-ubyte", &b);
+        let e = load_mnist(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::CountMismatch {
+                    images: 10_000,
+                    labels: 9_999,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("t10k-labels-idx1-ubyte"), "{e}");
+        assert!(e.to_string().contains("t10k-images-idx3-ubyte"), "{e}");
+    }
+}

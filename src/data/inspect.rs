@@ -164,3 +164,80 @@ impl fmt::Display for InspectReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::data::test_util::data_dir;
+    use crate::data::*;
+
+    // ---------------------------------------------------------------- real data
+
+    #[test]
+    fn inspect_reports_and_checksums() {
+        let r = inspect(&data_dir()).unwrap();
+        let kinds: Vec<_> = r.datasets.iter().map(|d| d.kind).collect();
+        assert_eq!(kinds, [DatasetKind::Mnist, DatasetKind::Cifar10]);
+        let want = [
+            (
+                "train-images-idx3-ubyte.gz",
+                47_040_016,
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            ),
+            (
+                "train-labels-idx1-ubyte.gz",
+                60_008,
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            ),
+            (
+                "t10k-images-idx3-ubyte.gz",
+                7_840_016,
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            ),
+            (
+                "t10k-labels-idx1-ubyte.gz",
+                10_008,
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            ),
+            (
+                "data_batch_1.bin",
+                12_292_000,
+                "0993cf8b8e43bc207603aef9787006995746513f5e3fa5a52e06d1b069926330",
+            ),
+            (
+                "test_batch.bin",
+                3_073_000,
+                "8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5",
+            ),
+        ];
+        let got: Vec<_> = r
+            .datasets
+            .iter()
+            .flat_map(|d| &d.files)
+            .map(|f| {
+                let n = f.path.file_name().unwrap().to_str().unwrap().to_string();
+                (n, f.decoded_bytes, f.sha256.clone())
+            })
+            .collect();
+        let want: Vec<_> = want
+            .iter()
+            .map(|(n, l, h)| (n.to_string(), *l, h.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        let m = &r.datasets[0].splits[0];
+        assert_eq!(
+            (m.split.as_str(), m.count, m.shape),
+            ("train", 60_000, [1, 28, 28])
+        );
+        assert_eq!(m.class_counts[0], 5923);
+        let text = r.to_string();
+        assert!(text.contains("mnist") && text.contains("cifar10") && text.contains("60000"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["datasets"][1]["kind"], "cifar10");
+        // A directory with nothing recognisable.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            inspect(empty.path()),
+            Err(DataError::NoDataset { .. })
+        ));
+    }
+}

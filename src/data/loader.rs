@@ -341,3 +341,134 @@ impl Drop for EpochIter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::data::test_util::cifar;
+    use crate::data::*;
+
+    // ---------------------------------------------------------------- loader
+
+    fn sequential(
+        loader: &Loader,
+        epoch: u32,
+        b: usize,
+        offset: u64,
+        n: &Normalizer,
+        aug: Augment,
+    ) -> Vec<Batch> {
+        let s = loader.sampler();
+        let perm = s.permutation(epoch);
+        s.batches(epoch, b, offset)
+            .map(|r| {
+                let idx = &perm[r.start as usize..r.end as usize];
+                let mut bt = assemble(loader.dataset(), idx, n, aug, s.seed, epoch);
+                (bt.start, bt.end) = (r.start, r.end);
+                bt
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loader_matches_sequential_assembly() {
+        let ds = Arc::new(cifar().train.clone());
+        let n = Normalizer::from_dataset(&ds);
+        let aug = Augment::CropFlip { pad: 4 };
+        let loader = Loader::new(ds.clone(), n.clone(), aug, 11, 3, 4);
+        let inline = Loader::new(ds.clone(), n.clone(), aug, 11, 0, 4);
+        for (epoch, b) in [(0u32, 128usize), (1, 300)] {
+            let want = sequential(&loader, epoch, b, 0, &n, aug);
+            let it = loader.epoch(epoch, b, 0, None);
+            assert_eq!(it.len(), 4000usize.div_ceil(b));
+            let got: Vec<Batch> = it.collect();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(
+                    (g.start, g.end, g.epoch, g.shape),
+                    (w.start, w.end, w.epoch, w.shape)
+                );
+                assert_eq!(g.labels, w.labels);
+                assert!(
+                    g.images
+                        .iter()
+                        .zip(&w.images)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+                );
+            }
+            assert_eq!(inline.epoch(epoch, b, 0, None).collect::<Vec<_>>(), want);
+            assert_eq!(
+                got.last().unwrap().position_after(4000),
+                Position::start_of(epoch + 1)
+            );
+        }
+        // Resume mid-epoch.
+        let want = sequential(&loader, 1, 300, 0, &n, aug);
+        let got: Vec<Batch> = loader.epoch(1, 300, 1200, None).collect();
+        assert_eq!(got, want[4..]);
+    }
+
+    #[test]
+    fn loader_shards_partition_global_batches() {
+        let ds = Arc::new(synthetic(103, 0, 4, 1, 4, 4, 5).train);
+        let n = Normalizer::from_dataset(&ds);
+        let loader = Loader::new(ds, n, Augment::None, 3, 2, 2);
+        let whole: Vec<Batch> = loader.epoch(0, 10, 0, None).collect();
+        let world = 3;
+        let ranks: Vec<Vec<Batch>> = (0..world)
+            .map(|rank| {
+                let s = Shard {
+                    rank,
+                    world,
+                    quantum: 1,
+                };
+                loader.epoch(0, 10, 0, Some(s)).collect()
+            })
+            .collect();
+        for (i, w) in whole.iter().enumerate() {
+            let mut labels = Vec::new();
+            let mut images = Vec::new();
+            for r in &ranks {
+                assert_eq!((r[i].start, r[i].end), (w.start, w.end));
+                labels.extend_from_slice(&r[i].labels);
+                images.extend_from_slice(&r[i].images);
+            }
+            assert_eq!(labels, w.labels);
+            assert_eq!(images, w.images);
+        }
+    }
+
+    #[test]
+    fn loader_stops_cleanly_when_dropped() {
+        let ds = Arc::new(cifar().train.clone());
+        let n = Normalizer::from_dataset(&ds);
+        let loader = Loader::new(ds, n, Augment::CropFlip { pad: 4 }, 0, 2, 2);
+        for take in [0, 1, 3] {
+            let mut it = loader.epoch(0, 64, 0, None);
+            for _ in 0..take {
+                assert!(it.next().is_some());
+            }
+            drop(it); // must not hang or panic
+        }
+        // Still usable afterwards, at a new batch size.
+        assert_eq!(loader.epoch(1, 1000, 0, None).count(), 4);
+    }
+
+    #[test]
+    fn eval_batches_in_order() {
+        let ds = &cifar().test;
+        let n = Normalizer::from_dataset(&cifar().train);
+        let batches: Vec<Batch> = eval_batches(ds, &n, 300).collect();
+        assert_eq!(
+            batches.iter().map(|b| b.len()).collect::<Vec<_>>(),
+            [300, 300, 300, 100]
+        );
+        let labels: Vec<u8> = batches.iter().flat_map(|b| b.labels.clone()).collect();
+        assert_eq!(labels, ds.labels);
+        assert_eq!((batches[3].start, batches[3].end), (900, 1000));
+        let mut out = vec![0f32; ds.image_len()];
+        n.apply(ds.image(301), &mut out);
+        assert_eq!(out, batches[1].images[ds.image_len()..2 * ds.image_len()]);
+    }
+}

@@ -57,7 +57,7 @@ pub mod sampler;
 pub mod synthetic;
 
 #[cfg(test)]
-mod tests;
+mod test_util;
 
 pub use augment::{Augment, CropFlipParams, crop_flip};
 pub use cifar::{

@@ -197,3 +197,165 @@ pub fn shard(range: Range<u64>, s: Shard) -> Range<u64> {
     let end = (range.start + (first + count) * q).min(range.end);
     start..end
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::data::*;
+
+    // ---------------------------------------------------------------- sampler
+
+    fn flatten(perm: &[u32], ranges: impl Iterator<Item = std::ops::Range<u64>>) -> Vec<u32> {
+        ranges
+            .flat_map(|r| perm[r.start as usize..r.end as usize].to_vec())
+            .collect()
+    }
+
+    fn assert_once(n: usize, seen: &[u32]) {
+        let mut s = seen.to_vec();
+        s.sort_unstable();
+        assert_eq!(s, (0..n as u32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sampler_every_sample_once_per_epoch() {
+        let n = 1000;
+        let s = Sampler::new(n, 7);
+        for b in [1, 7, 128, 333, 999, 1000, 1500] {
+            let perm = s.permutation(3);
+            let ranges: Vec<_> = s.batches(3, b, 0).collect();
+            assert_eq!(ranges.len(), n.div_ceil(b));
+            assert_eq!(ranges.len() as u64, s.updates_per_epoch(b).0);
+            assert!(ranges.iter().all(|r| r.end - r.start <= b as u64));
+            assert_once(n, &flatten(&perm, ranges.into_iter()));
+            // Drop policy: only full batches.
+            let d = s.with_last_batch(LastBatch::Drop);
+            let full: Vec<_> = d.batches(3, b, 0).collect();
+            assert_eq!(full.len(), n / b);
+            assert_eq!(full.len() as u64, d.updates_per_epoch(b).0);
+            assert!(full.iter().all(|r| r.end - r.start == b as u64));
+        }
+    }
+
+    #[test]
+    fn sampler_reproducible_per_epoch() {
+        let s = Sampler::new(500, 42);
+        assert_eq!(s.permutation(5), s.permutation(5));
+        assert_eq!(s.permutation(5), Sampler::new(500, 42).permutation(5));
+        assert_ne!(s.permutation(5), s.permutation(6));
+        assert_ne!(s.permutation(0), s.permutation(1));
+        assert_ne!(s.permutation(5), Sampler::new(500, 43).permutation(5));
+        assert_ne!(s.permutation(0), (0..500).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn batch_size_change_and_resume_neither_repeat_nor_skip() {
+        let n = 1037;
+        let s = Sampler::new(n, 1);
+        // Epoch 0 at B = 32, epoch 1 at B = 100: each covers every sample once.
+        for (epoch, b) in [(0u32, 32usize), (1, 100)] {
+            assert_once(n, &flatten(&s.permutation(epoch), s.batches(epoch, b, 0)));
+        }
+        // Interrupt epoch 2 after 5 batches of 64, checkpoint, resume (also at another size).
+        let full = flatten(&s.permutation(2), s.batches(2, 64, 0));
+        let mut pos = Position::start_of(2);
+        let mut seen = Vec::new();
+        let perm = s.permutation(2);
+        for r in s.batches(pos.epoch, 64, pos.offset).take(5) {
+            seen.extend_from_slice(&perm[r.start as usize..r.end as usize]);
+            pos = pos.after(r.end, n as u64);
+        }
+        let json = serde_json::to_string(&pos).unwrap();
+        let pos: Position = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            pos,
+            Position {
+                epoch: 2,
+                offset: 320
+            }
+        );
+        let mut resumed = seen.clone();
+        let perm = Sampler::new(n, 1).permutation(pos.epoch); // a fresh process
+        resumed.extend(flatten(&perm, s.batches(pos.epoch, 64, pos.offset)));
+        assert_eq!(resumed, full);
+        let mut other = seen.clone();
+        other.extend(flatten(&perm, s.batches(pos.epoch, 100, pos.offset)));
+        assert_eq!(
+            other, full,
+            "resuming at another batch size keeps the order"
+        );
+        // The last batch rolls the position into the next epoch.
+        let last = s.batches(2, 64, 0).last().unwrap();
+        assert_eq!(pos.after(last.end, n as u64), Position::start_of(3));
+    }
+
+    #[test]
+    fn shards_cover_each_batch_once() {
+        for len in 0..20u64 {
+            for world in 1..6 {
+                let range = 100..100 + len;
+                let parts: Vec<_> = (0..world)
+                    .map(|rank| {
+                        let s = Shard {
+                            rank,
+                            world,
+                            quantum: 1,
+                        };
+                        shard(range.clone(), s)
+                    })
+                    .collect();
+                let mut next = range.start;
+                for (r, p) in parts.iter().enumerate() {
+                    assert_eq!(p.start, next);
+                    let size = len / world as u64 + u64::from((r as u64) < len % world as u64);
+                    assert_eq!(p.end - p.start, size);
+                    next = p.end;
+                }
+                assert_eq!(next, range.end);
+            }
+        }
+    }
+
+    /// With a quantum (the ghost batch size), every shard starts on a multiple of it from the
+    /// batch's start, so ghost chunks are the same whatever the number of ranks; the last chunk
+    /// may be short and ranks past the data get empty shards.
+    #[test]
+    fn shards_keep_whole_chunks() {
+        for len in 0..40u64 {
+            for world in 1..5 {
+                for quantum in [1usize, 3, 4, 8] {
+                    let range = 50..50 + len;
+                    let mut next = range.start;
+                    let mut sizes = Vec::new();
+                    for rank in 0..world {
+                        let p = shard(
+                            range.clone(),
+                            Shard {
+                                rank,
+                                world,
+                                quantum,
+                            },
+                        );
+                        assert_eq!(p.start, next, "len {len} world {world} q {quantum}");
+                        assert!(
+                            p.is_empty() || (p.start - range.start).is_multiple_of(quantum as u64),
+                            "shard {p:?} of {range:?} splits a chunk of {quantum}"
+                        );
+                        sizes.push((p.end - p.start).div_ceil(quantum as u64));
+                        next = p.end;
+                    }
+                    assert_eq!(next, range.end);
+                    // Chunks near-equally dealt: counts differ by at most one, larger first.
+                    assert!(sizes.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 1));
+                }
+            }
+        }
+        // 10 samples in chunks of 4 over 2 ranks: [0, 8) and [8, 10).
+        let s = |rank| Shard {
+            rank,
+            world: 2,
+            quantum: 4,
+        };
+        assert_eq!(shard(0..10, s(0)), 0..8);
+        assert_eq!(shard(0..10, s(1)), 8..10);
+    }
+}

@@ -68,3 +68,51 @@ pub fn synthetic(
         test: make(n_test, 1, "synthetic-test"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::data::*;
+
+    // ---------------------------------------------------------------- synthetic
+
+    #[test]
+    fn synthetic_is_deterministic_and_separable() {
+        let a = synthetic(400, 100, 5, 2, 6, 6, 9);
+        assert_eq!(a, synthetic(400, 100, 5, 2, 6, 6, 9));
+        assert_ne!(
+            a.train.images,
+            synthetic(400, 100, 5, 2, 6, 6, 10).train.images
+        );
+        assert_eq!(a.train.class_counts(), [80; 5]);
+        assert_eq!(a.test.image_shape(), [2, 6, 6]);
+        // Nearest class mean classifies every test image correctly.
+        let l = a.train.image_len();
+        let mut means = vec![vec![0f64; l]; 5];
+        for i in 0..a.train.len() {
+            let c = a.train.labels[i] as usize;
+            for (m, &p) in means[c].iter_mut().zip(a.train.image(i)) {
+                *m += p as f64 / 80.0;
+            }
+        }
+        for i in 0..a.test.len() {
+            let img = a.test.image(i);
+            let dist = |m: &Vec<f64>| {
+                m.iter()
+                    .zip(img)
+                    .map(|(a, &b)| (a - b as f64).powi(2))
+                    .sum::<f64>()
+            };
+            let best = (0..5)
+                .min_by(|&x, &y| dist(&means[x]).total_cmp(&dist(&means[y])))
+                .unwrap();
+            assert_eq!(best, a.test.labels[i] as usize);
+        }
+        let d = load(DatasetKind::Synthetic, Path::new("/nonexistent")).unwrap();
+        assert_eq!(
+            (d.train.len(), d.train.image_shape()),
+            (synthetic::DEFAULT_TRAIN, [3, 32, 32])
+        );
+    }
+}
