@@ -14,6 +14,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 pub mod gns;
+pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod noise;

@@ -22,6 +22,7 @@
 //! the weights directly, `w ← w·(1 − ε·wd)`, before the Adam step (Loshchilov & Hutter).
 
 use crate::params::Grads;
+use crate::schedule::Hyper;
 use anyhow::{Result, bail};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -130,15 +131,6 @@ impl OptimizerConfig {
     }
 }
 
-/// The hyper-parameters in force for one step, read from the schedule.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepHyper {
-    /// Learning rate ε.
-    pub lr: f64,
-    /// Momentum m (β1 for Adam).
-    pub momentum: f64,
-}
-
 /// Everything an optimiser remembers between steps.
 #[derive(Debug, Clone, Default)]
 pub struct OptimizerState {
@@ -175,7 +167,7 @@ struct StepMapper<'a> {
     path: Vec<String>,
     grads: HashMap<String, Tensor<1>>,
     opt: &'a mut Optimizer,
-    hyper: StepHyper,
+    hyper: Hyper,
     rescale: Option<f64>,
 }
 
@@ -209,8 +201,10 @@ impl ModuleMapper for StepMapper<'_> {
 }
 
 impl Optimizer {
-    /// Applies one update to every parameter of `module` that has a gradient in `grads`.
-    pub fn step<M: Module>(&mut self, module: M, grads: Grads, hyper: StepHyper) -> M {
+    /// Applies one update to every parameter of `module` that has a gradient in `grads`, with
+    /// the schedule's ε and m in force (`hyper.batch_size` is the data's business, not the
+    /// optimiser's).
+    pub fn step<M: Module>(&mut self, module: M, grads: Grads, hyper: Hyper) -> M {
         self.state.step += 1;
         let rescale = match self.state.last_lr {
             Some(old) if self.config.velocity_rescale && old != hyper.lr => Some(old / hyper.lr),
@@ -233,7 +227,7 @@ impl Optimizer {
         name: &str,
         w: Tensor<1>,
         g: Tensor<1>,
-        hyper: StepHyper,
+        hyper: Hyper,
         rescale: Option<f64>,
     ) -> Tensor<1> {
         let wd = self.config.weight_decay;

@@ -193,19 +193,20 @@ impl Grads {
     /// `Σ g²` over every element: squares summed per tensor on the device (f32, one pass),
     /// the per-tensor sums added in f64 after one transfer.
     pub fn sq_norm(&self) -> f64 {
+        self.sq_norm_parts().map_or(0.0, |parts| {
+            parts.into_data().iter::<f32>().map(f64::from).sum()
+        })
+    }
+
+    /// Each gradient's squared norm (f32, one element per tensor), left on the device so that
+    /// a step can read it with everything else at once; `None` without gradients.
+    pub fn sq_norm_parts(&self) -> Option<Tensor<1>> {
         let sums: Vec<Tensor<1>> = self
             .tensors
             .iter()
             .map(|(_, t)| (t.clone() * t.clone()).sum())
             .collect();
-        if sums.is_empty() {
-            return 0.0;
-        }
-        Tensor::cat(sums, 0)
-            .into_data()
-            .iter::<f32>()
-            .map(f64::from)
-            .sum()
+        (!sums.is_empty()).then(|| Tensor::cat(sums, 0))
     }
 
     /// Total number of gradient elements.
@@ -226,27 +227,36 @@ impl Grads {
         })
     }
 
-    /// All gradients concatenated into one host buffer (for an all-reduce).
+    /// All gradients concatenated into one host buffer (for an all-reduce): concatenated on
+    /// the device, then read in one transfer.
     pub fn to_flat(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.numel());
-        for (_, t) in &self.tensors {
-            out.extend(t.to_data().iter::<f32>());
+        if self.tensors.is_empty() {
+            return Vec::new();
         }
-        out
+        let all: Vec<Tensor<1>> = self.tensors.iter().map(|(_, t)| t.clone()).collect();
+        Tensor::cat(all, 0)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32 gradients")
     }
 
-    /// The inverse of [`Grads::to_flat`]: replaces every gradient by its slice of `flat`.
+    /// The inverse of [`Grads::to_flat`]: replaces every gradient by its slice of `flat`,
+    /// uploaded in one transfer and cut on the device.
     pub fn from_flat(&self, flat: &[f32]) -> Self {
+        let Some((_, first)) = self.tensors.first() else {
+            return Grads::default();
+        };
+        let data = burn::tensor::TensorData::new(flat[..self.numel()].to_vec(), [self.numel()]);
+        let all = Tensor::<1>::from_data(data, &first.device());
         let mut offset = 0;
         let tensors = self
             .tensors
             .iter()
             .map(|(n, t)| {
                 let len = t.shape().num_elements();
-                let data =
-                    burn::tensor::TensorData::new(flat[offset..offset + len].to_vec(), [len]);
+                let piece = all.clone().narrow(0, offset, len);
                 offset += len;
-                (n.clone(), Tensor::from_data(data, &t.device()))
+                (n.clone(), piece)
             })
             .collect();
         Grads { tensors }

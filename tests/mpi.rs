@@ -56,16 +56,28 @@ fn mpirun(np: usize, args: &[&str]) -> std::process::Output {
 
 /// Trains `config` into `dir/name` on `np` ranks (1: a plain process) and returns its metrics.
 fn train_on(np: usize, config: &Path, dir: &Path, name: &str) -> Vec<EpochMetrics> {
+    train_with(np, config, dir, name, &[])
+}
+
+/// [`train_on`] with more arguments for `train`.
+fn train_with(
+    np: usize,
+    config: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Vec<EpochMetrics> {
     let out = dir.join(name);
-    let args = [
+    let mut args = vec![
         "train",
         config.to_str().unwrap(),
         "-q",
         "--out",
         out.to_str().unwrap(),
     ];
+    args.extend_from_slice(extra);
     let o = if np == 1 {
-        Command::new(BIN).args(args).output().unwrap()
+        Command::new(BIN).args(&args).output().unwrap()
     } else {
         mpirun(np, &args)
     };
@@ -388,5 +400,32 @@ max_micro_batch = 16
     for (x, y) in a.iter().zip(&b) {
         assert_eq!((x.updates, x.batch_size), (y.updates, y.batch_size));
         assert!((x.train_loss - y.train_loss).abs() <= 1e-4 * x.train_loss.max(1.0));
+    }
+}
+
+/// On a GPU device (wgpu; lavapipe in CI) each rank's gradients cross host memory for the
+/// all-reduce in one buffer: two ranks on wgpu follow one flex process, within the tolerance of
+/// GPU arithmetic (`tests/wgpu.rs`), and the ranks' weights stay identical (checked by the run
+/// every epoch).
+#[cfg(feature = "wgpu")]
+#[test]
+fn two_ranks_on_wgpu_follow_one_flex_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, CONFIG.replace("train = 1536", "train = 1537")).unwrap();
+    let one = train_on(1, &cfg, tmp.path(), "flex");
+    let two = train_with(2, &cfg, tmp.path(), "wgpu", &["--device", "wgpu"]);
+    assert_eq!(one.len(), two.len());
+    for (x, y) in one.iter().zip(&two) {
+        assert_eq!((x.updates, x.samples), (y.updates, y.samples));
+        assert_eq!(y.world_size, 2);
+        assert_close("train loss", x.train_loss, y.train_loss, 2e-3);
+        assert_close("test loss", x.test_loss, y.test_loss, 2e-3);
+        assert!(
+            (x.test_accuracy - y.test_accuracy).abs() <= 0.01,
+            "test accuracy {} vs {}",
+            x.test_accuracy,
+            y.test_accuracy
+        );
     }
 }

@@ -3,8 +3,9 @@
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use noisescale::optim::{OptimizerConfig, OptimizerKind, StepHyper};
+use noisescale::optim::{OptimizerConfig, OptimizerKind};
 use noisescale::params::{Grads, named_tensors};
+use noisescale::schedule::Hyper;
 use serde_json::Value;
 
 #[derive(Module, Debug)]
@@ -116,7 +117,8 @@ fn run_case(case: &Value, data: &Value, dtype_f64: bool) -> f64 {
             .unwrap_or_else(|| h["momentum"].as_f64().unwrap());
         // Weight decay is constant in the reference cases.
         assert_eq!(h["weight_decay"].as_f64().unwrap(), config.weight_decay);
-        let hyper = StepHyper {
+        let hyper = Hyper {
+            batch_size: 0,
             lr: h["lr"].as_f64().unwrap(),
             momentum,
         };
@@ -196,7 +198,8 @@ fn train_steps(
             TensorData::new(g.iter().map(|&x| x as f32).collect::<Vec<_>>(), [g.len()]),
             &device,
         );
-        let hyper = StepHyper {
+        let hyper = Hyper {
+            batch_size: 0,
             lr: if i < 5 { 0.1 } else { 0.02 },
             momentum: if i < 8 { 0.9 } else { 0.98 },
         };
@@ -294,7 +297,8 @@ fn state_is_independent_of_batch_size_and_velocity_rescale_keeps_the_step() {
             Grads {
                 tensors: vec![(name.clone(), g)],
             },
-            StepHyper {
+            Hyper {
+                batch_size: 0,
                 lr: 0.1,
                 momentum: 0.9,
             },
@@ -305,7 +309,8 @@ fn state_is_independent_of_batch_size_and_velocity_rescale_keeps_the_step() {
             Grads {
                 tensors: vec![(name, zero.clone())],
             },
-            StepHyper {
+            Hyper {
+                batch_size: 0,
                 lr: 0.02,
                 momentum: 0.9,
             },

@@ -1,7 +1,7 @@
 //! Our layers against PyTorch on `../shared/testdata/tiny_cnn.json`: conv → batch norm (train)
 //! → ReLU → max-pool → linear → cross-entropy, with plain and ghost (chunks of 2) batch norm:
 //! logits, loss, every gradient, running statistics and eval logits. The convolution goes
-//! through the models' own path (`model::conv::conv2d`, our im2col kernel on flex), not burn's.
+//! through the models' own path (`kernels::conv::conv2d`, our im2col kernel on flex), not burn's.
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -10,7 +10,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use noisescale::model::{GhostBatchNorm, conv};
+use noisescale::kernels::conv;
+use noisescale::model::GhostBatchNorm;
 use serde_json::Value;
 
 #[derive(Module, Debug)]

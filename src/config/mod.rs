@@ -166,7 +166,8 @@ pub struct RunConfig {
     /// Seed of everything random: initial weights, sample order, augmentation.
     #[serde(default)]
     pub seed: u64,
-    /// Compute device: `flex` (CPU, default) or `cuda[:N]` (with the `cuda` feature).
+    /// Compute device: `flex` (CPU, default), `wgpu[:…]` or `cuda[:N]` (with their cargo
+    /// features); see [`crate::device::parse`].
     #[serde(default = "default_device")]
     pub device: String,
     /// Data set.

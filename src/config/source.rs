@@ -44,7 +44,7 @@ pub struct Overrides {
     /// Data directory (overrides `data.dir`; default ../shared/data).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Compute device: flex (CPU) or cuda[:N].
+    /// Compute device: flex (CPU), wgpu, wgpu:N, wgpu:integrated:N, wgpu:cpu or cuda[:N].
     #[arg(long)]
     pub device: Option<String>,
     /// Seed.

@@ -1,7 +1,7 @@
 //! The LeNet-style CNN of the PyTorch MNIST example: two 5×5 convolutions with max-pooling, then
 //! two fully connected layers.
 
-use super::conv::conv2d;
+use crate::kernels::conv::conv2d;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};

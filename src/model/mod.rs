@@ -5,11 +5,8 @@
 //! [`Model`] for the data set's image shape and class count on any `Device`.
 
 pub mod cnn;
-pub mod conv;
-mod flex;
 pub mod mlp;
 pub mod norm;
-pub mod norm_kernel;
 pub mod resnet;
 pub mod wrn;
 
@@ -188,6 +185,30 @@ impl ModelConfig {
         model
     }
 
+    /// A model whose initial parameters are drawn from `seed` on the CPU and then moved to
+    /// `device`: the same seed gives the same initial weights on every device, so a GPU run
+    /// starts where the CPU run does (random streams differ between burn's backends).
+    pub fn init_seeded(
+        &self,
+        input: [usize; 3],
+        classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Model {
+        // burn's random stream is one per backend and process: seeding it and drawing happen
+        // under one lock, so that models initialised on other threads cannot interleave.
+        static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _draws = DRAWS.lock().unwrap_or_else(|e| e.into_inner());
+        if crate::device::is_flex(device) {
+            device.seed(seed);
+            return self.init(input, classes, device);
+        }
+        let cpu = Device::flex().autodiff();
+        cpu.seed(seed);
+        // `fork` keeps each parameter's `require_grad` on the new device.
+        self.init(input, classes, &cpu).fork(device)
+    }
+
     fn build(&self, input: [usize; 3], classes: usize, device: &Device) -> Model {
         let [c, h, w] = input;
         match self {
@@ -280,5 +301,19 @@ impl Model {
             Model::ResNet(m) => m.forward(images),
             Model::Wrn(m) => m.forward(images),
         }
+    }
+}
+
+/// A model noisescale can train: images `[B, C, H, W]` in, logits `[B, classes]` out. The
+/// shipped [`Model`] is one; a burn module of your own becomes one by saying how it computes
+/// its logits (see `examples/custom_model.rs`).
+pub trait Classifier: Module {
+    /// The logits of a batch of images.
+    fn logits(&self, images: Tensor<4>) -> Tensor<2>;
+}
+
+impl Classifier for Model {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward(images)
     }
 }

@@ -11,7 +11,7 @@
 //! called once per chunk. Evaluation uses the running statistics. With `ghost_batch_size = 0` (or a
 //! chunk at least as large as the batch) the layer is ordinary batch normalisation.
 
-use super::norm_kernel;
+use crate::kernels::batch_norm;
 use burn::module::{Module, Param, RunningState};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
@@ -68,9 +68,9 @@ impl GhostBatchNorm {
             0 => batch,
             g => g.min(batch),
         };
-        if norm_kernel::supports(&input) {
+        if batch_norm::supports(&input) {
             let per_sample: usize = input.dims()[2..].iter().product();
-            let (output, mean, var) = norm_kernel::ghost_batch_norm_train(
+            let (output, mean, var) = batch_norm::ghost_batch_norm_train(
                 input,
                 self.gamma.val(),
                 self.beta.val(),
@@ -89,7 +89,7 @@ impl GhostBatchNorm {
     }
 
     /// Training-mode forward from burn's tensor operations (`batch_norm_train` per chunk): the
-    /// path for backends without [`norm_kernel`], and its reference in tests.
+    /// path for backends without [`batch_norm`], and its reference in tests.
     fn forward_composed<const D: usize>(&self, input: Tensor<D>, chunk: usize) -> Tensor<D> {
         let batch = input.dims()[0];
         if chunk >= batch {
@@ -154,7 +154,7 @@ impl GhostBatchNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::flex::assert_close;
+    use crate::kernels::flex::assert_close;
     use burn::tensor::Distribution;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {

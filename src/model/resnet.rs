@@ -3,8 +3,8 @@
 //! Shortcuts that change shape are 1×1 projections followed by batch norm ("option B").
 //! ResNet-8 has one block per stage (78,042 parameters with widths 16/32/64), ResNet-20 three.
 
-use super::conv::conv2d;
 use super::norm::GhostBatchNorm;
+use crate::kernels::conv::conv2d;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};

@@ -3,9 +3,9 @@
 //! after a 16-channel stem; 1×1 convolution shortcuts where the width changes; optional dropout
 //! between the two convolutions of a block. 2,748,890 parameters on CIFAR-10, as PyTorch counts.
 
-use super::conv::conv2d;
 use super::norm::GhostBatchNorm;
 use super::resnet::{conv, global_avg_pool};
+use crate::kernels::conv::conv2d;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};

@@ -1,13 +1,13 @@
 //! Test-set evaluation, and the tensors of a batch.
 
 use crate::data::{self, Dataset, Normalizer};
-use crate::model::Model;
+use crate::model::Classifier;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Loss and accuracy of `model` on `data` (no gradients, running statistics for batch norm).
-pub fn evaluate(
-    model: &Model,
+pub fn evaluate<M: Classifier>(
+    model: &M,
     data: &Dataset,
     normalizer: &Normalizer,
     batch_size: usize,
@@ -19,13 +19,11 @@ pub fn evaluate(
     let (mut loss_sum, mut correct, mut count) = (0.0f64, 0u64, 0u64);
     for batch in data::eval_batches(data, normalizer, batch_size) {
         let (x, y) = to_tensors(&batch.images, &batch.labels, batch.shape, &device);
-        let logits = model.forward(x);
+        let logits = model.logits(x);
         let n = batch.len();
-        loss_sum += loss_fn
-            .forward(logits.clone(), y.clone())
-            .into_scalar::<f32>() as f64
-            * n as f64;
-        correct += accuracy_count(logits, y);
+        let (loss, right) = loss_and_correct(loss_fn.forward(logits.clone(), y.clone()), logits, y);
+        loss_sum += loss * n as f64;
+        correct += right;
         count += n as u64;
     }
     (loss_sum / count as f64, correct as f64 / count as f64)
@@ -43,7 +41,19 @@ pub(super) fn to_tensors(
     (x, y)
 }
 
-pub(super) fn accuracy_count(logits: Tensor<2>, y: Tensor<1, Int>) -> u64 {
-    let pred = logits.argmax(1).flatten::<1>(0, 1);
-    pred.equal(y).int().sum().into_scalar::<i64>() as u64
+/// The number of correct predictions as a one-element f32 tensor, left on the device (f32 holds
+/// every count up to 2^24 exactly, far above a batch).
+pub(super) fn correct_count(logits: Tensor<2>, y: Tensor<1, Int>) -> Tensor<1> {
+    let pred = logits.detach().inner().argmax(1).flatten::<1>(0, 1);
+    pred.equal(y.inner()).int().sum().float()
+}
+
+/// The mean loss and the number of correct predictions of one batch, read from the device in
+/// one transfer: a GPU backend waits for its queue at every read.
+fn loss_and_correct(loss: Tensor<1>, logits: Tensor<2>, y: Tensor<1, Int>) -> (f64, u64) {
+    let both = Tensor::cat(vec![loss.inner().reshape([1]), correct_count(logits, y)], 0)
+        .into_data()
+        .convert::<f32>();
+    let both = both.as_slice::<f32>().expect("f32 data");
+    (both[0] as f64, both[1] as u64)
 }

@@ -33,7 +33,7 @@ use crate::data::{self, Loader, Shard};
 use crate::dist::Communicator;
 use crate::gns::StepNorms;
 use crate::metrics::{self, EpochMetrics, RunSummary};
-use crate::optim::{Optimizer, StepHyper};
+use crate::optim::Optimizer;
 use crate::params::trainable_params;
 use crate::run_dir::{self, RunInfo};
 use crate::schedule::adaptive::{AdaptiveState, Decision, Observation};
@@ -129,11 +129,13 @@ pub fn train(
     let schedule = &resolved.schedule;
     let epochs = schedule.epochs().0;
 
-    device.seed(cfg.seed);
     let train_set = &prepared.train;
-    let mut model = cfg
-        .model
-        .init(train_set.image_shape(), train_set.num_classes, &device);
+    let mut model = cfg.model.init_seeded(
+        train_set.image_shape(),
+        train_set.num_classes,
+        cfg.seed,
+        &device,
+    );
     let mut optim: Optimizer = cfg.optimizer.init();
     let mut state = TrainState::start();
     let mut records: Vec<EpochMetrics> = Vec::new();
@@ -377,14 +379,7 @@ pub fn train(
                         a.window.add(norms);
                     }
                 }
-                model = optim.step(
-                    model,
-                    grads,
-                    StepHyper {
-                        lr: hyper.lr,
-                        momentum: hyper.momentum,
-                    },
-                );
+                model = optim.step(model, grads, hyper);
                 state.updates = Updates(update);
                 state.samples += Samples(global_len as u64);
                 state.epoch.loss_sum += batch_loss;

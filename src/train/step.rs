@@ -1,12 +1,12 @@
 //! One update's forward and backward passes: the seam the trainer, `bench` and the noise-scale
 //! estimator share.
 
-use super::eval::{accuracy_count, to_tensors};
+use super::eval::{correct_count, to_tensors};
 use crate::data;
-use crate::model::Model;
+use crate::model::Classifier;
 use crate::params::Grads;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 pub(super) fn mix(a: u64, b: u64) -> u64 {
     // splitmix64 of a combination: distinct (seed, update, micro) give unrelated seeds.
@@ -39,6 +39,20 @@ pub struct StepPlan {
 }
 
 impl StepPlan {
+    /// Each batch in one piece, nothing measured: the plain step for a model of your own
+    /// (`examples/custom_model.rs`).
+    pub fn whole_batch() -> StepPlan {
+        StepPlan {
+            max_micro_batch: usize::MAX,
+            min_pieces: 1,
+            quantum: 1,
+            measure: false,
+            seed: 0,
+            update: 0,
+            inject_nan: false,
+        }
+    }
+
     /// The size of every piece but the last, for a share of `local` samples.
     pub fn piece_len(&self, local: usize) -> usize {
         let q = self.quantum.max(1);
@@ -78,12 +92,23 @@ pub enum StepError {
     Other(anyhow::Error),
 }
 
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::NonFinite { loss } => write!(f, "the loss is {loss}"),
+            StepError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+
 /// One update's forward and backward passes on this rank's share `batch` of a global batch of
 /// `global_len` samples: the share is cut into pieces ([`StepPlan::piece_len`]), each piece's
 /// gradient weighted by `len/global_len`, which sums (over pieces and ranks) to the gradient of
 /// the mean loss over the whole batch. The trainer and `bench` both run this.
-pub fn forward_backward(
-    model: &Model,
+pub fn forward_backward<M: Classifier>(
+    model: &M,
     batch: &data::Batch,
     global_len: usize,
     plan: &StepPlan,
@@ -91,7 +116,6 @@ pub fn forward_backward(
 ) -> Result<StepOutput, StepError> {
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let [_, c, h, w] = batch.shape;
-    let img = c * h * w;
     let local = batch.len();
     let piece = plan.piece_len(local);
     let mut out = StepOutput {
@@ -100,41 +124,70 @@ pub fn forward_backward(
         correct: 0,
         pieces: Vec::new(),
     };
+    if local == 0 {
+        // This rank's share of a last batch smaller than the ranks is empty: it adds nothing,
+        // but joins the all-reduce with a buffer of the right size.
+        out.grads = Grads::zeros_like(model);
+        return Ok(out);
+    }
+    // The share goes to the device once; pieces are slices of it there. What the host needs
+    // (losses, correct counts, the pieces' squared norms) stays on the device until one read
+    // after the last piece: a GPU backend waits for its queue at every read.
+    let (all_x, all_y) = to_tensors(&batch.images, &batch.labels, [local, c, h, w], device);
+    let mut stats: Vec<Tensor<1>> = Vec::new();
+    let mut norm_parts = 0;
     let mut start = 0;
     while start < local {
         let len = piece.min(local - start);
         device.seed(mix(plan.seed, mix(plan.update, out.pieces.len() as u64)));
-        let (x, y) = to_tensors(
-            &batch.images[start * img..(start + len) * img],
-            &batch.labels[start..start + len],
-            [len, c, h, w],
-            device,
-        );
-        let logits = model.forward(x);
+        let (x, y) = if len == local {
+            (all_x.clone(), all_y.clone())
+        } else {
+            (
+                all_x.clone().narrow(0, start, len),
+                all_y.clone().narrow(0, start, len),
+            )
+        };
+        let logits = model.logits(x);
         let loss = loss_fn.forward(logits.clone(), y.clone());
-        let mut loss_value = loss.clone().into_scalar::<f32>() as f64;
-        if plan.inject_nan {
-            loss_value = f64::NAN;
-        }
-        if !loss_value.is_finite() {
-            return Err(StepError::NonFinite { loss: loss_value });
-        }
-        out.loss_sum += loss_value * len as f64;
-        out.correct += accuracy_count(logits.detach().inner(), y.inner());
+        let mut piece_stats = vec![loss.clone().detach().inner(), correct_count(logits, y)];
         let g = Grads::from_backward(model, &loss.backward());
-        let norm = if plan.measure { g.sq_norm() } else { f64::NAN };
+        if plan.measure
+            && let Some(parts) = g.sq_norm_parts()
+        {
+            norm_parts = parts.dims()[0];
+            piece_stats.push(parts);
+        }
+        stats.push(Tensor::cat(piece_stats, 0));
         out.grads = std::mem::take(&mut out.grads)
             .accumulate(g.scale(len as f64 / global_len as f64))
             .map_err(|e| {
                 StepError::Other(e.context(format!("micro-batch {}", out.pieces.len())))
             })?;
-        out.pieces.push((len, norm));
+        out.pieces.push((len, f64::NAN));
         start += len;
     }
-    if local == 0 {
-        // This rank's share of a last batch smaller than the ranks is empty: it adds nothing,
-        // but joins the all-reduce with a buffer of the right size.
-        out.grads = Grads::zeros_like(model);
+    let values = Tensor::cat(stats, 0)
+        .into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| StepError::Other(anyhow::anyhow!("reading the step's losses: {e:?}")))?;
+    let per_piece = 2 + if plan.measure { norm_parts } else { 0 };
+    for (i, (len, norm)) in out.pieces.iter_mut().enumerate() {
+        let v = &values[i * per_piece..(i + 1) * per_piece];
+        let loss = if plan.inject_nan {
+            f64::NAN
+        } else {
+            v[0] as f64
+        };
+        if !loss.is_finite() {
+            return Err(StepError::NonFinite { loss });
+        }
+        out.loss_sum += loss * *len as f64;
+        out.correct += v[1] as u64;
+        if plan.measure {
+            // Per-tensor f32 sums added in f64, as `Grads::sq_norm` does.
+            *norm = v[2..].iter().map(|&x| f64::from(x)).sum();
+        }
     }
     Ok(out)
 }

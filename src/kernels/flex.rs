@@ -1,13 +1,12 @@
-//! What our flex kernels (`conv`, `norm_kernel`) share: whether a tensor runs on them, and how
+//! What our flex kernels (`conv`, `batch_norm`) share: whether a tensor runs on them, and how
 //! they read and write flex tensors as f32 slices.
 
-use burn::backend::DispatchDevice;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 
 /// Whether `x` lives on the flex backend (with or without autodiff) as f32.
 pub(crate) fn is_flex_f32<const D: usize>(x: &Tensor<D>) -> bool {
-    matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_)) && x.dtype() == DType::F32
+    crate::device::is_flex(&x.device()) && x.dtype() == DType::F32
 }
 
 /// `t` as a contiguous f32 tensor; panics naming `op` on another dtype.

@@ -1,0 +1,316 @@
+//! `noisescale bench`: training-step and data-loading throughput on the current device, and
+//! optionally the same training steps in PyTorch eager (`bench/pytorch_ref.py`) for a ratio.
+//!
+//! A training step is the trainer's own [`crate::train::forward_backward`] (host batch →
+//! tensors, forward, cross-entropy, `loss.into_scalar()`, backward, gradients gathered, in
+//! micro-batches of [`crate::config::AUTO_MICRO_BATCH`]) plus one SGD-momentum step
+//! (`weight_decay` 5e-4, ε 0.1, m 0.9), on
+//! random inputs of the model's input shape. Data loading is [`assemble`] (one thread, the CPU cost
+//! of a batch) and the background [`Loader`] (its worker threads, consumed without training).
+//!
+//! Threads: burn-flex and our kernels parallelise over the current rayon pool; `--threads` runs
+//! the whole benchmark in a pool of that many threads (flushing denormals, as training does) and
+//! is passed to PyTorch as `torch.set_num_threads`. The table names the CPU, whether it has
+//! AVX-512 and whether denormals are flushed.
+
+mod loading;
+mod report;
+mod step;
+
+pub use report::{
+    BenchReport, DataRow, GNS_ROUNDS, GnsCostRow, TorchReport, TorchRow, TrainRow, format_report,
+};
+
+use crate::data::{self, DatasetKind};
+use crate::model::ModelConfig;
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Which measurements to run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    /// Training steps only.
+    TrainStep,
+    /// Data loading only (plus the ResNet-8 steps it is compared with).
+    Data,
+    /// Everything.
+    All,
+}
+
+/// `noisescale bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Compute threads: the rayon pool for burn-flex, `torch.set_num_threads` for PyTorch.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed steps per training row (WRN-16-4 takes a quarter of them, at least 3).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Untimed warm-up steps per training row.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Stop timing a training row after this many seconds (once 3 steps are timed).
+    #[arg(long, default_value_t = 30.0)]
+    pub max_seconds: f64,
+    /// Keep timing a training row past `--steps` until this many seconds are timed, so that
+    /// millisecond steps are not measured from a handful of samples.
+    #[arg(long, default_value_t = 2.0)]
+    pub min_seconds: f64,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Only::All)]
+    pub only: Only,
+    /// Devices to time the training steps on, comma-separated (`flex`, `wgpu`, `wgpu:0`, …);
+    /// the table puts each beside the first. The noise-scale cost and the data rows use the
+    /// first.
+    #[arg(long = "device", value_delimiter = ',', default_value = "flex")]
+    pub devices: Vec<String>,
+    /// Leave out the noise-scale cost rows (three interleaved rounds of three variants).
+    #[arg(long)]
+    pub no_gns_cost: bool,
+    /// Also write the results as JSON to this file (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Data directory (holds `cifar10-subset`).
+    #[arg(long, default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// Run the PyTorch reference (`bench/pytorch_ref.py`) with the same settings and compare.
+    #[arg(long)]
+    pub pytorch: bool,
+    /// Python interpreter for `--pytorch` (e.g. `bench/.venv/bin/python`).
+    #[arg(long, default_value = "python3")]
+    pub python: PathBuf,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "bench/pytorch_ref.py")]
+    pub pytorch_script: PathBuf,
+}
+
+/// The training rows: model, input shape, batch sizes, and whether it is a slow row (fewer
+/// steps).
+fn train_rows() -> Vec<(ModelConfig, [usize; 3], Vec<usize>, bool)> {
+    vec![
+        (
+            ModelConfig::Mlp { widths: vec![256] },
+            [1, 28, 28],
+            vec![64, 1024],
+            false,
+        ),
+        (
+            ModelConfig::Cnn { hidden: 512 },
+            [1, 28, 28],
+            vec![128, 1024],
+            false,
+        ),
+        (resnet8(), [3, 32, 32], vec![128, 1024], false),
+        (
+            ModelConfig::Wrn {
+                depth: 16,
+                widen: 4,
+                dropout: 0.0,
+                ghost_batch_size: 128,
+            },
+            [3, 32, 32],
+            vec![128],
+            true,
+        ),
+    ]
+}
+
+fn resnet8() -> ModelConfig {
+    ModelConfig::Resnet {
+        depth: 8,
+        width: 16,
+        ghost_batch_size: 0,
+    }
+}
+
+/// Runs `noisescale bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.threads == 0 {
+        bail!("--threads = 0 is out of range: must be at least 1");
+    }
+    if args.steps == 0 {
+        bail!("--steps = 0 is out of range: must be at least 1");
+    }
+    // burn-flex and our kernels parallelise over the current rayon pool: this one, whose
+    // workers flush denormals like the global pool's.
+    crate::cpu::pool(args.threads)?.install(|| run_in_pool(args))
+}
+
+fn run_in_pool(args: BenchArgs) -> Result<()> {
+    let specs = args
+        .devices
+        .iter()
+        .map(|d| crate::device::parse(d))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(&first) = specs.first() else {
+        bail!("--device names no device");
+    };
+    let mut train = Vec::new();
+    let mut gns = Vec::new();
+    let mut data_rows = Vec::new();
+
+    if args.only != Only::Data {
+        for &spec in &specs {
+            for (cfg, input, batches, slow) in train_rows() {
+                for b in batches {
+                    train.push(step::bench_train(&args, &cfg, input, b, slow, None, spec)?);
+                }
+            }
+        }
+    }
+    if args.only != Only::Data && !args.no_gns_cost {
+        // The cost of measuring the gradient noise scale (on by default in training): the same
+        // steps with the per-micro-batch norms, at a batch that fits one micro-batch (split in
+        // two on 1 update in 32, or on every update as under the adaptive schedule) and at one
+        // that is already split; the variants interleaved, a quarter of the steps each round.
+        let quick = BenchArgs {
+            steps: (args.steps / 4).max(5),
+            min_seconds: args.min_seconds / 2.0,
+            ..args.clone()
+        };
+        for (cfg, input, batches, _) in train_rows().into_iter().take(3) {
+            for b in batches {
+                let mut rounds: [Vec<f64>; 3] = Default::default();
+                for _ in 0..GNS_ROUNDS {
+                    for (v, every) in [None, Some(crate::gns::SPLIT_EVERY), Some(1)]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        let row = step::bench_train(&quick, &cfg, input, b, false, every, first)?;
+                        rounds[v].push(row.images_per_second);
+                    }
+                }
+                let [without, with_default, with_every_update] = rounds.map(|mut r| {
+                    r.sort_by(f64::total_cmp);
+                    r[r.len() / 2]
+                });
+                gns.push(GnsCostRow {
+                    model: cfg.name(),
+                    batch: b,
+                    without,
+                    with_default,
+                    with_every_update,
+                });
+            }
+        }
+    }
+    if args.only == Only::Data {
+        for b in [128, 1024] {
+            train.push(step::bench_train(
+                &args,
+                &resnet8(),
+                [3, 32, 32],
+                b,
+                false,
+                None,
+                first,
+            )?);
+        }
+    }
+
+    if args.only != Only::TrainStep {
+        let resnet = |b: usize| {
+            // The nearest measured ResNet-8 row at or below b (8,192 uses the 1,024 row:
+            // throughput per image is flat at large batches on the CPU).
+            train
+                .iter()
+                .filter(|r| r.device == first.to_string())
+                .filter(|r| r.model == "resnet-8" && r.batch <= b)
+                .max_by_key(|r| r.batch)
+                .map(|r| (r.batch, r.images_per_second))
+        };
+        let split = data::load(DatasetKind::Cifar10, &args.data)
+            .with_context(|| format!("loading cifar10 from {}", args.data.display()))?;
+        let cifar = Arc::new(split.train);
+        let n = cifar.len();
+        data_rows.push(loading::bench_data(
+            "cifar10-subset",
+            cifar,
+            128,
+            data_epochs(n, 128),
+            resnet(128),
+        ));
+        let synth = Arc::new(data::synthetic(16_384, 1, 10, 3, 32, 32, 0).train);
+        data_rows.push(loading::bench_data(
+            "synthetic 3x32x32",
+            synth,
+            8192,
+            4,
+            resnet(8192),
+        ));
+    }
+
+    let pytorch = if args.pytorch && args.only != Only::Data {
+        Some(run_pytorch(&args)?)
+    } else {
+        None
+    };
+
+    let report = BenchReport {
+        noisescale_version: env!("CARGO_PKG_VERSION").to_string(),
+        devices: specs.iter().map(ToString::to_string).collect(),
+        threads: args.threads,
+        rayon_num_threads: std::env::var("RAYON_NUM_THREADS").ok(),
+        cpu: crate::cpu::model_name(),
+        avx512: crate::cpu::has_avx512(),
+        denormals_flushed: rayon::broadcast(|_| crate::cpu::denormals_flushed())
+            .into_iter()
+            .all(|f| f),
+        train,
+        gns,
+        data: data_rows,
+        pytorch,
+    };
+    print!("{}", format_report(&report));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(path, text + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn data_epochs(n: usize, batch: usize) -> u32 {
+    // About 12,000 images, at least 2 epochs.
+    (12_000 / n.max(batch)).max(2) as u32
+}
+
+/// Runs the PyTorch reference as a child process and parses its JSON.
+fn run_pytorch(args: &BenchArgs) -> Result<TorchReport> {
+    eprintln!(
+        "running {} {} (PyTorch reference)",
+        args.python.display(),
+        args.pytorch_script.display()
+    );
+    let out = std::process::Command::new(&args.python)
+        .arg(&args.pytorch_script)
+        .args(["--json", "-"])
+        .args(["--threads", &args.threads.to_string()])
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--max-seconds", &args.max_seconds.to_string()])
+        .args(["--min-seconds", &args.min_seconds.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {}", args.python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {} failed with {}",
+            args.python.display(),
+            args.pytorch_script.display(),
+            out.status
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "parsing the JSON of {}: {text}",
+            args.pytorch_script.display()
+        )
+    })
+}

@@ -1,0 +1,131 @@
+//! Timing the trainer's own training step.
+
+use super::BenchArgs;
+use super::report::TrainRow;
+use crate::data;
+use crate::device::DeviceSpec;
+use crate::model::ModelConfig;
+use crate::optim::{OptimizerConfig, OptimizerKind};
+use crate::schedule::Hyper;
+use anyhow::Result;
+use rand::Rng;
+use std::time::Instant;
+
+/// Times training steps of one model at one batch size.
+pub(super) fn bench_train(
+    args: &BenchArgs,
+    cfg: &ModelConfig,
+    input: [usize; 3],
+    batch: usize,
+    slow: bool,
+    split_every: Option<u64>,
+    spec: DeviceSpec,
+) -> Result<TrainRow> {
+    let device = &crate::device::device(spec)?;
+    let measure = split_every.is_some();
+    let (steps, warmup) = if slow {
+        ((args.steps / 4).max(3), args.warmup.min(1))
+    } else {
+        (args.steps, args.warmup)
+    };
+    let classes = 10;
+    let mut model = cfg.init(input, classes, device);
+    let mut optim = OptimizerConfig {
+        kind: OptimizerKind::Momentum,
+        weight_decay: 5e-4,
+        ..OptimizerConfig::default()
+    }
+    .init();
+    let hyper = Hyper {
+        lr: 0.1,
+        batch_size: batch,
+        momentum: 0.9,
+    };
+    let [c, h, w] = input;
+    let mut rng = data::derive_rng(0, 0, 99, batch as u64);
+    let batch_data = data::Batch {
+        images: (0..batch * c * h * w)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect(),
+        labels: (0..batch)
+            .map(|_| rng.random_range(0..classes as u8))
+            .collect(),
+        shape: [batch, c, h, w],
+        epoch: 0,
+        start: 0,
+        end: batch as u64,
+    };
+    // The trainer's step on one process: micro-batches of `AUTO_MICRO_BATCH`, and with the
+    // noise scale measured, a batch that fits one micro-batch in two pieces.
+    let split = measure && !(cfg.ghost_batch_size() == 0 && cfg.has_batch_norm());
+    let plan = crate::train::StepPlan {
+        max_micro_batch: crate::config::AUTO_MICRO_BATCH,
+        min_pieces: 1,
+        quantum: cfg.ghost_batch_size().max(1),
+        measure,
+        seed: 0,
+        update: 0,
+        inject_nan: false,
+    };
+    let label = format!(
+        "{} B={batch}{} on {spec}",
+        cfg.name(),
+        if measure { " +gns" } else { "" }
+    );
+    eprint!("bench {label}: ");
+    let mut timed = 0;
+    let mut elapsed = 0.0;
+    for i in 0.. {
+        if i >= warmup && timed >= steps && elapsed >= args.min_seconds {
+            break;
+        }
+        let t = Instant::now();
+        // As the trainer: a batch that fits one micro-batch is cut in two on every
+        // `split_every`-th update only.
+        let mut plan = crate::train::StepPlan {
+            min_pieces: if split && (i as u64).is_multiple_of(split_every.unwrap_or(1)) {
+                2
+            } else {
+                1
+            },
+            ..plan
+        };
+        plan.measure = measure && batch.div_ceil(plan.piece_len(batch)) >= 2;
+        let step = crate::train::forward_backward(&model, &batch_data, batch, &plan, device)
+            .map_err(|e| match e {
+                crate::train::StepError::NonFinite { loss } => {
+                    anyhow::anyhow!("bench {label}: the loss is {loss}")
+                }
+                crate::train::StepError::Other(e) => e,
+            })?;
+        if plan.measure {
+            // What the trainer adds per measured update: the batch gradient's squared norm.
+            std::hint::black_box(step.grads.sq_norm());
+        }
+        model = optim.step(model, step.grads, hyper);
+        let _ = device.sync();
+        let dt = t.elapsed().as_secs_f64();
+        if i >= warmup {
+            timed += 1;
+            elapsed += dt;
+            if timed >= 3 && elapsed > args.max_seconds {
+                break;
+            }
+        }
+        if i < warmup + steps {
+            eprint!(".");
+        }
+    }
+    let sps = elapsed / timed as f64;
+    eprintln!(" {:.1} images/s", batch as f64 / sps);
+    Ok(TrainRow {
+        device: spec.to_string(),
+        model: cfg.name(),
+        input,
+        batch,
+        noise_scale: measure,
+        steps: timed,
+        seconds_per_step: sps,
+        images_per_second: batch as f64 / sps,
+    })
+}
