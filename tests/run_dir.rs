@@ -537,11 +537,11 @@ workers = 0
 synthetic = { train = 4096, test = 64, classes = 10, shape = [3, 32, 32] }
 [model]
 kind = "mlp"
-widths = [1024, 1024]
+widths = [2048, 2048]
 [schedule]
 epochs = 50
 lr = 0.01
-batch_size = 2048
+batch_size = 4096
 momentum = 0.9
 "#;
     let cfg = write(tmp.path(), "slow.toml", text);
@@ -558,7 +558,8 @@ momentum = 0.9
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(300));
-    // Both signals within a few milliseconds, well inside one update (~0.1 s or more), so the
+    // Both signals within a few milliseconds, well inside one update (~0.5 s or more, long
+    // enough that a loaded machine's delay in starting `kill` does not matter), so the
     // second always finds the first still pending its checkpoint.
     for _ in 0..2 {
         Command::new("kill")

@@ -16,16 +16,19 @@
 mod eval;
 mod measure;
 mod prepare;
+mod progress;
 mod ranks;
 mod step;
 
 pub use eval::evaluate;
 pub use measure::measure_noise_scale;
 pub use prepare::{Prepared, prepare_data};
+pub use progress::describe_decision;
 pub use ranks::weights_checksum;
 pub use step::{StepError, StepOutput, StepPlan, forward_backward};
 
-use ranks::{average_running_stats, global_epoch_sums};
+use progress::{describe_epoch, progress_bar};
+use ranks::{Agreed, all_reduce_update, average_running_stats, global_epoch_sums};
 
 use crate::checkpoint::{self, CHECKPOINT_FILE, EpochAccumulator, TrainState};
 use crate::config::Resolved;
@@ -33,10 +36,11 @@ use crate::data::{self, Loader, Shard};
 use crate::dist::Communicator;
 use crate::gns::StepNorms;
 use crate::metrics::{self, EpochMetrics, RunSummary};
+use crate::model::Model;
 use crate::optim::Optimizer;
 use crate::params::trainable_params;
 use crate::run_dir::{self, RunInfo};
-use crate::schedule::adaptive::{AdaptiveState, Decision, Observation};
+use crate::schedule::adaptive::{AdaptiveState, Observation};
 use crate::units::{Epochs, Samples, Updates};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -171,58 +175,7 @@ pub fn train(
         state.adaptive = Some(c.start(schedule.batch_size(Epochs(0))));
     }
     if leader {
-        if let Some(a) = &state.adaptive {
-            // Decisions after the checkpoint are made again, identically.
-            write_decisions(out, a)?;
-        }
-        checkpoint::write_atomic(&out.join(run_dir::CONFIG_FILE), cfg.to_toml().as_bytes())?;
-        // What the config resolved to on this data and these workers: N, the schedule's
-        // phases, the micro-batch and the world size.
-        checkpoint::write_atomic(
-            &out.join(run_dir::RESOLVED_FILE),
-            serde_json::to_string_pretty(resolved)?.as_bytes(),
-        )?;
-        checkpoint::write_atomic(
-            &out.join(run_dir::SCHEDULE_FILE),
-            serde_json::to_string_pretty(&schedule.table())?.as_bytes(),
-        )?;
-        let info = RunInfo {
-            name: cfg.label(),
-            group: opts.group.clone().unwrap_or_else(|| cfg.label()),
-            seed: cfg.seed,
-            schedule: cfg.schedule.kind.to_string(),
-            optimizer: cfg.optimizer.kind.to_string(),
-            model: cfg.model.name(),
-            dataset: cfg.data.dataset.to_string(),
-            normalization: resolved.describe_normalization(),
-        };
-        if let Some(w) = resolved.normalization_warning() {
-            eprintln!("warning: {w}");
-        }
-        checkpoint::write_atomic(
-            &out.join(run_dir::RUN_INFO_FILE),
-            serde_json::to_string_pretty(&info)?.as_bytes(),
-        )?;
-        if opts.verbose {
-            eprintln!(
-                "{}: {} ({} parameters) on {} · N = {} · {} epochs · {}{}",
-                cfg.label(),
-                cfg.model.name(),
-                trainable_params(&model),
-                cfg.device,
-                n,
-                epochs,
-                resolved.describe_plan(),
-                if state.position != data::Position::start_of(0) {
-                    format!(
-                        " · resuming at epoch {} (+{} samples), update {}",
-                        state.position.epoch, state.position.offset, state.updates
-                    )
-                } else {
-                    String::new()
-                }
-            );
-        }
+        write_run_files(resolved, opts, &model, &state)?;
     }
 
     let loader = Loader::new(
@@ -321,10 +274,9 @@ pub fn train(
                         return Err(e.context(format!("update {update}")));
                     }
                 };
-                let (mut grads, batch_loss, batch_correct) =
-                    (step.grads, step.loss_sum, step.correct);
+                let (batch_loss, batch_correct) = (step.loss_sum, step.correct);
                 // This rank's noise-scale inputs: Σ (b_i/B)|g_i|² and the number of pieces.
-                let (mut small, mut pieces) = step
+                let (small, pieces) = step
                     .pieces
                     .iter()
                     .filter(|(len, norm)| *len > 0 && norm.is_finite())
@@ -336,36 +288,27 @@ pub fn train(
                 let due_local = (every_updates > 0 && update.is_multiple_of(every_updates))
                     || (every_seconds > 0.0
                         && last_checkpoint.elapsed().as_secs_f64() >= every_seconds);
-                let mut due = due_local;
-                let stop = if world > 1 {
-                    let t = Instant::now();
-                    let mut flat = grads.to_flat();
-                    // The stop request and the noise-scale sums ride along with the gradients: all
-                    // ranks stop after the same update when any of them was signalled, and all see
-                    // the same noise-scale measurement.
-                    let extra = [
-                        if INTERRUPTED.load(Ordering::SeqCst) {
-                            1.0
-                        } else {
-                            0.0
-                        },
-                        small as f32,
-                        pieces as f32,
-                        if due_local { 1.0 } else { 0.0 },
-                    ];
-                    flat.extend(extra);
-                    comm.all_reduce_sum(&mut flat)?;
-                    let tail = flat.split_off(flat.len() - extra.len());
-                    (small, pieces) = (tail[1] as f64, tail[2] as f64);
-                    grads = grads.from_flat(&flat);
-                    let elems = flat.len() + extra.len();
-                    state.epoch.allreduce_calls += elems.div_ceil(crate::dist::BUCKET_ELEMS) as u64;
-                    state.epoch.allreduce_bytes += (elems * 4) as u64;
-                    state.epoch.comm_seconds += t.elapsed().as_secs_f64();
-                    due = tail[3] > 0.0;
-                    tail[0] > 0.0
+                // The stop request and the noise-scale sums ride along with the gradients: all
+                // ranks stop after the same update when any of them was signalled, and all see
+                // the same noise-scale measurement.
+                let local_agreed = Agreed {
+                    stop: INTERRUPTED.load(Ordering::SeqCst),
+                    due: due_local,
+                    small,
+                    pieces,
+                };
+                let (
+                    grads,
+                    Agreed {
+                        stop,
+                        due,
+                        small,
+                        pieces,
+                    },
+                ) = if world > 1 {
+                    all_reduce_update(step.grads, local_agreed, comm, &mut state.epoch)?
                 } else {
-                    INTERRUPTED.load(Ordering::SeqCst)
+                    (step.grads, local_agreed)
                 };
                 if plan.measure && pieces >= 2.0 {
                     let norms = StepNorms {
@@ -513,21 +456,7 @@ pub fn train(
                 last_checkpoint = Instant::now();
             }
             if opts.verbose {
-                eprintln!(
-                    "epoch {:>3}/{epochs}  updates {:>6}  B {:>5}  ε {:.4}  m {:.3}  g {:>9.2}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%  {:.1}s  {:.0} samples/s",
-                    epoch + 1,
-                    record.updates,
-                    batch_size,
-                    record.lr,
-                    record.momentum,
-                    record.noise_scale,
-                    record.train_loss,
-                    100.0 * record.train_accuracy,
-                    record.test_loss,
-                    100.0 * record.test_accuracy,
-                    record.epoch_seconds,
-                    record.samples_per_second,
-                );
+                eprintln!("{}", describe_epoch(&record, epochs));
                 if let Some(d) = &decision {
                     eprintln!("{}", describe_decision(d));
                 }
@@ -561,6 +490,73 @@ pub fn train(
     Ok(summary)
 }
 
+/// The run directory's description of the run, written by the leader before the first update
+/// (and again on resume): `config.toml`, `resolved.json`, the planned `schedule.json`,
+/// `run.json`, the adaptive schedule's decisions so far; and, in a verbose run, one line saying
+/// what runs where.
+fn write_run_files(
+    resolved: &Resolved,
+    opts: &TrainOptions,
+    model: &Model,
+    state: &TrainState,
+) -> Result<()> {
+    let (cfg, out, schedule) = (&resolved.config, &opts.out, &resolved.schedule);
+    let (n, epochs) = (resolved.dataset_size, schedule.epochs().0);
+    if let Some(a) = &state.adaptive {
+        // Decisions after the checkpoint are made again, identically.
+        write_decisions(out, a)?;
+    }
+    checkpoint::write_atomic(&out.join(run_dir::CONFIG_FILE), cfg.to_toml().as_bytes())?;
+    // What the config resolved to on this data and these workers: N, the schedule's
+    // phases, the micro-batch and the world size.
+    checkpoint::write_atomic(
+        &out.join(run_dir::RESOLVED_FILE),
+        serde_json::to_string_pretty(resolved)?.as_bytes(),
+    )?;
+    checkpoint::write_atomic(
+        &out.join(run_dir::SCHEDULE_FILE),
+        serde_json::to_string_pretty(&schedule.table())?.as_bytes(),
+    )?;
+    let info = RunInfo {
+        name: cfg.label(),
+        group: opts.group.clone().unwrap_or_else(|| cfg.label()),
+        seed: cfg.seed,
+        schedule: cfg.schedule.kind.to_string(),
+        optimizer: cfg.optimizer.kind.to_string(),
+        model: cfg.model.name(),
+        dataset: cfg.data.dataset.to_string(),
+        normalization: resolved.describe_normalization(),
+    };
+    if let Some(w) = resolved.normalization_warning() {
+        eprintln!("warning: {w}");
+    }
+    checkpoint::write_atomic(
+        &out.join(run_dir::RUN_INFO_FILE),
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+    )?;
+    if opts.verbose {
+        eprintln!(
+            "{}: {} ({} parameters) on {} · N = {} · {} epochs · {}{}",
+            cfg.label(),
+            cfg.model.name(),
+            trainable_params(model),
+            cfg.device,
+            n,
+            epochs,
+            resolved.describe_plan(),
+            if state.position != data::Position::start_of(0) {
+                format!(
+                    " · resuming at epoch {} (+{} samples), update {}",
+                    state.position.epoch, state.position.offset, state.updates
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Where the run stands, for the adaptive controller's log.
 fn observation(position: &data::Position, update: u64) -> Observation {
     Observation {
@@ -578,44 +574,6 @@ fn write_decisions(out: &Path, state: &AdaptiveState) -> Result<()> {
         text.push('\n');
     }
     checkpoint::write_atomic(&out.join(run_dir::DECISIONS_FILE), text.as_bytes())
-}
-
-/// One line for a decision of the adaptive schedule.
-pub fn describe_decision(d: &Decision) -> String {
-    let estimate = match (d.b_simple, d.b_simple_stderr) {
-        (Some(b), Some(se)) => format!("{b:.0} ± {se:.0}"),
-        (Some(b), None) => format!("{b:.0}"),
-        _ => "unresolved".into(),
-    };
-    format!(
-        "adaptive: after {} epoch(s) + {} samples, update {}: B_simple ≈ {estimate} (bound {:.0}, {} measurements) → B {} → {}, ε {:.4} → {:.4}",
-        d.epoch,
-        d.offset,
-        d.update,
-        d.b_simple_bound,
-        d.measurements,
-        d.old_batch_size,
-        d.new_batch_size,
-        d.old_lr,
-        d.new_lr
-    )
-}
-
-fn progress_bar(visible: bool, len: u64, epoch: u32, epochs: u32) -> indicatif::ProgressBar {
-    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} batches  {msg}  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("{}/{epochs}", epoch + 1));
-    bar
 }
 
 /// Path of the checkpoint in a run directory.

@@ -3,9 +3,10 @@
 use crate::checkpoint::EpochAccumulator;
 use crate::dist::Communicator;
 use crate::model::Model;
-use crate::params::{named_tensors, replace_tensors};
+use crate::params::{Grads, named_tensors, replace_tensors};
 use anyhow::{Result, bail};
 use burn::tensor::{Tensor, TensorData};
+use std::time::Instant;
 
 /// A 64-bit FNV-1a checksum of every tensor of the model (weights and running statistics), to
 /// check that ranks agree.
@@ -80,4 +81,49 @@ pub(super) fn global_epoch_sums(
         count: sums[2] as u64,
         ..acc.clone()
     })
+}
+
+/// What the ranks agree on after each update besides the gradient: whether to stop (any rank
+/// signalled), whether a mid-epoch checkpoint is due (any rank's clock says so), and the
+/// noise-scale sums Σ (b_i/B)|g_i|² and the number of pieces.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Agreed {
+    pub(super) stop: bool,
+    pub(super) due: bool,
+    pub(super) small: f64,
+    pub(super) pieces: f64,
+}
+
+/// Sums the ranks' gradients, and this rank's [`Agreed`] with them, in one all-reduce of one
+/// host buffer; counts the calls, bytes and seconds in `acc`.
+pub(super) fn all_reduce_update(
+    grads: Grads,
+    local: Agreed,
+    comm: &dyn Communicator,
+    acc: &mut EpochAccumulator,
+) -> Result<(Grads, Agreed)> {
+    let t = Instant::now();
+    let mut flat = grads.to_flat();
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let extra = [
+        flag(local.stop),
+        local.small as f32,
+        local.pieces as f32,
+        flag(local.due),
+    ];
+    flat.extend(extra);
+    comm.all_reduce_sum(&mut flat)?;
+    let tail = flat.split_off(flat.len() - extra.len());
+    let grads = grads.from_flat(&flat);
+    let elems = flat.len() + extra.len();
+    acc.allreduce_calls += elems.div_ceil(crate::dist::BUCKET_ELEMS) as u64;
+    acc.allreduce_bytes += (elems * 4) as u64;
+    acc.comm_seconds += t.elapsed().as_secs_f64();
+    let agreed = Agreed {
+        stop: tail[0] > 0.0,
+        due: tail[3] > 0.0,
+        small: tail[1] as f64,
+        pieces: tail[2] as f64,
+    };
+    Ok((grads, agreed))
 }
