@@ -92,12 +92,7 @@ pub(super) fn bench_train(
         };
         plan.measure = measure && batch.div_ceil(plan.piece_len(batch)) >= 2;
         let step = crate::train::forward_backward(&model, &batch_data, batch, &plan, device)
-            .map_err(|e| match e {
-                crate::train::StepError::NonFinite { loss } => {
-                    anyhow::anyhow!("bench {label}: the loss is {loss}")
-                }
-                crate::train::StepError::Other(e) => e,
-            })?;
+            .map_err(|e| anyhow::anyhow!("bench {label}: {e}"))?;
         if plan.measure {
             // What the trainer adds per measured update: the batch gradient's squared norm.
             std::hint::black_box(step.grads.sq_norm());
