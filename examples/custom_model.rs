@@ -9,7 +9,7 @@ use noisescale::model::Classifier;
 use noisescale::optim::OptimizerConfig;
 use noisescale::schedule::{ScheduleConfig, ScheduleKind};
 use noisescale::train::{StepPlan, evaluate, forward_backward};
-use noisescale::units::Epochs;
+use noisescale::units::Epoch;
 use std::sync::Arc;
 
 /// A two-layer perceptron: any burn module works once it says how it computes logits.
@@ -51,7 +51,7 @@ fn main() -> Result<()> {
 
     let mut updates = 0;
     for epoch in 0..schedule.epochs().0 {
-        let hyper = schedule.hyper(Epochs(epoch), 0.0);
+        let hyper = schedule.hyper(Epoch(epoch), 0.0);
         for batch in loader.epoch(epoch, hyper.batch_size, 0, None) {
             let step = forward_backward(&model, &batch, batch.len(), &plan, &device)?;
             model = optim.step(model, step.grads, hyper);

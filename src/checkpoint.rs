@@ -36,7 +36,7 @@ pub use crate::run_dir::{CHECKPOINT_FILE, CRASH_IN_WRITE_ENV, write_atomic};
 pub struct EpochAccumulator {
     /// Σ loss × samples.
     pub loss_sum: f64,
-    /// Correct predictions.
+    /// Correct predictions on the training batches so far (training mode).
     pub correct: u64,
     /// Samples seen by this rank's accumulator (global count after reduction).
     pub count: u64,
@@ -108,9 +108,9 @@ pub const META_SHA256_KEY: &str = "noisescale_sha256";
 /// Everything restored from a checkpoint, besides the model.
 #[derive(Debug, Clone)]
 pub struct Loaded {
-    /// Training state.
+    /// Where training stands: position, counters, estimator and adaptive state.
     pub state: TrainState,
-    /// Optimiser state.
+    /// Step count, last ε and buffers, so that the optimiser continues exactly.
     pub optimizer: OptimizerRecord,
     /// The settings of the run that wrote it.
     pub resolved: Resolved,

@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 #[derive(Parser, Debug)]
 #[command(name = "noisescale", version, about, long_about = None)]
 pub struct Cli {
-    /// What to do.
+    /// The subcommand; `--help` lists them.
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The subcommands.
+/// `noisescale`'s subcommands, dispatched by [`run`].
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train one run from a TOML config (or resume one).
@@ -34,7 +34,7 @@ pub enum Command {
     Reproduce(crate::reproduce::ReproduceArgs),
     /// Redraw the report from existing runs.
     Report(ReportArgs),
-    /// Data set tools.
+    /// Data set tools: inspect a data directory.
     #[command(subcommand)]
     Data(DataCommand),
     /// List the models with their input shape and parameter count.
@@ -55,7 +55,7 @@ pub struct NoiseArgs {
     /// Batches to average over (each drawn without replacement).
     #[arg(long, default_value_t = 100)]
     batches: usize,
-    /// Samples per batch.
+    /// Samples per batch: the estimator's large batch size.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Equal pieces each batch is computed in (the small batch size is batch-size/pieces).
@@ -65,10 +65,10 @@ pub struct NoiseArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
-    overrides: Overrides,
+    placement: Placement,
 }
 
-pub use crate::config::{ConfigSource, Overrides, load_preset};
+pub use crate::config::{ConfigSource, Overrides, Placement, load_preset};
 
 /// `noisescale train`.
 #[derive(Args, Debug)]
@@ -103,7 +103,7 @@ pub struct EvalArgs {
     /// A checkpoint file, or a run directory holding `checkpoint.safetensors`.
     checkpoint: PathBuf,
     #[command(flatten)]
-    overrides: Overrides,
+    placement: Placement,
 }
 
 /// `noisescale schedule`.
@@ -118,7 +118,8 @@ pub struct ScheduleArgs {
     /// a config's plan.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "preset", "schedule", "milestones", "max_batch_size", "dataset_size"])]
     run: Option<PathBuf>,
-    /// Training-set size N (default: the preset's data set, else read from the data).
+    /// Training-set size N (default: counted in the config's data, or the data set's published
+    /// size where there is none).
     #[arg(long)]
     dataset_size: Option<u64>,
     /// Replace the milestones (comma-separated epochs).
@@ -143,7 +144,7 @@ pub struct ReportArgs {
     /// Where to write the report (default: the first directory).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Report title.
+    /// Title heading the report's markdown and HTML pages.
     #[arg(long, default_value = "noisescale report")]
     title: String,
 }
@@ -155,7 +156,7 @@ pub enum DataCommand {
     Inspect {
         /// Directory holding MNIST and/or CIFAR-10 files (or their parent).
         dir: PathBuf,
-        /// Print JSON.
+        /// Print the report as pretty JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -286,7 +287,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     if !quiet {
         eprintln!(
             "{}",
-            resolved.describe_batching(resolved.schedule.batch_size(crate::units::Epochs(0)))
+            resolved.describe_batching(resolved.schedule.batch_size(crate::units::Epoch(0)))
         );
     }
     let summary = train::train(
@@ -327,7 +328,7 @@ struct SavedRun {
     loaded: crate::checkpoint::Loaded,
 }
 
-fn load_saved_run(checkpoint: &Path, overrides: &Overrides) -> Result<SavedRun> {
+fn load_saved_run(checkpoint: &Path, placement: &Placement) -> Result<SavedRun> {
     let path = if checkpoint.is_dir() {
         checkpoint.join(run_dir::CHECKPOINT_FILE)
     } else {
@@ -357,7 +358,7 @@ fn load_saved_run(checkpoint: &Path, overrides: &Overrides) -> Result<SavedRun> 
             path.display()
         )
     })?;
-    overrides.apply(&mut cfg)?;
+    placement.apply(&mut cfg)?;
     let prepared = train::prepare_data(&cfg)?;
     let device = crate::device::device(crate::device::parse(&cfg.device)?)?;
     let model = cfg.model.init(
@@ -384,7 +385,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         device,
         model,
         loaded,
-    } = load_saved_run(&a.checkpoint, &a.overrides)?;
+    } = load_saved_run(&a.checkpoint, &a.placement)?;
     let (loss, acc) = train::evaluate(
         &model,
         &prepared.test,
@@ -423,9 +424,9 @@ fn cmd_schedule(a: ScheduleArgs) -> Result<()> {
     if let Some(c) = a.max_batch_size {
         cfg.schedule.max_batch_size = Some(c);
     }
-    let n = match a.dataset_size {
-        Some(n) => Samples(n),
-        None => nominal_size(&cfg)?,
+    let (n, note) = match a.dataset_size {
+        Some(n) => (Samples(n), None),
+        None => train::planned_train_size(&cfg)?,
     };
     let schedule = cfg
         .schedule
@@ -435,8 +436,9 @@ fn cmd_schedule(a: ScheduleArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&table)?);
     } else {
+        let note = note.map_or(String::new(), |s| format!(" ({s})"));
         println!(
-            "{} schedule, N = {n}, {} epochs",
+            "{} schedule, N = {n}{note}, {} epochs",
             cfg.schedule.kind,
             schedule.epochs()
         );
@@ -487,24 +489,6 @@ fn print_realised_schedule(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The training-set size a config implies without reading the data where it is known:
-/// 60,000 for MNIST, 50,000 for CIFAR-10 under the `paper-cifar10` preset; otherwise the data is
-/// read.
-fn nominal_size(cfg: &RunConfig) -> Result<Samples> {
-    use crate::data::DatasetKind;
-    if cfg.data.train_subset > 0 {
-        return Ok(Samples(cfg.data.train_subset as u64));
-    }
-    match cfg.data.dataset {
-        DatasetKind::Mnist => Ok(Samples(60_000)),
-        DatasetKind::Synthetic => Ok(Samples(cfg.data.synthetic.train as u64)),
-        DatasetKind::Cifar10 if cfg.name.as_deref() == Some("paper-cifar10") => {
-            Ok(crate::schedule::CIFAR10_SAMPLES)
-        }
-        DatasetKind::Cifar10 => Ok(train::prepare_data(cfg)?.train.samples()),
-    }
-}
-
 fn cmd_report(a: ReportArgs) -> Result<()> {
     let mut runs = crate::report::load_runs(&a.dirs)?;
     let order: Vec<String> = ScheduleKind::ALL.iter().map(|k| k.to_string()).collect();
@@ -534,7 +518,7 @@ fn cmd_noise(a: NoiseArgs) -> Result<()> {
         model,
         loaded,
         ..
-    } = load_saved_run(&a.checkpoint, &a.overrides)?;
+    } = load_saved_run(&a.checkpoint, &a.placement)?;
     let r = train::measure_noise_scale(
         &model,
         &prepared,
@@ -571,4 +555,33 @@ fn cmd_noise(a: NoiseArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every option of every (sub)command has its own long name: a flattened group that repeats
+    /// one (as `noise --seed` and the config overrides' `--seed` once did) makes clap panic in a
+    /// debug build and silently drop one of them in a release build, where clap's own
+    /// `debug_assert` checks are compiled out, so they are checked here.
+    #[test]
+    fn option_names_are_unique_in_every_command() {
+        fn check(cmd: &clap::Command, path: &str) -> usize {
+            let mut seen = std::collections::HashSet::new();
+            for arg in cmd.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    assert!(seen.insert(long), "`{path}` has --{long} twice");
+                }
+            }
+            let subs: usize = cmd
+                .get_subcommands()
+                .map(|s| check(s, &format!("{path} {}", s.get_name())))
+                .sum();
+            1 + subs
+        }
+        // Every subcommand is reached: noisescale and its 11 commands and nested ones.
+        assert!(check(&Cli::command(), "noisescale") >= 12);
+    }
 }

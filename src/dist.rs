@@ -11,7 +11,7 @@ use anyhow::Result;
 pub trait Communicator {
     /// This process's rank, `0..world_size`.
     fn rank(&self) -> usize;
-    /// Number of processes.
+    /// Number of processes (ranks) taking part; 1 for [`Local`].
     fn world_size(&self) -> usize;
     /// Sums `buf` element-wise over all ranks, in place.
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;

@@ -7,7 +7,7 @@
 
 use crate::noise;
 use crate::schedule::{PhaseRow, PhaseTable};
-use crate::units::{Epochs, Samples, Updates};
+use crate::units::{Epoch, Epochs, Samples, Updates};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -34,11 +34,11 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     /// Training accuracy over the epoch's samples (in training mode, augmented).
     pub train_accuracy: f64,
-    /// Mean test loss.
+    /// Mean cross-entropy over the test set after the epoch, in evaluation mode.
     pub test_loss: f64,
     /// Test accuracy in [0, 1].
     pub test_accuracy: f64,
-    /// Data-parallel processes.
+    /// Data-parallel processes (ranks) that trained the epoch.
     pub world_size: usize,
     /// Gradient all-reduce calls in this epoch.
     pub allreduce_calls: u64,
@@ -123,7 +123,7 @@ pub fn realised_table(records: &[EpochMetrics], n: Samples) -> PhaseTable {
                 p.cumulative_updates = r.updates;
             }
             _ => phases.push(PhaseRow {
-                start: Epochs(r.epoch.0.saturating_sub(1)),
+                start: Epoch(r.epoch.0.saturating_sub(1)),
                 end: r.epoch,
                 lr: r.lr,
                 batch_size: r.batch_size,
@@ -246,15 +246,15 @@ pub fn resume_metrics(path: &Path, done: Epochs, truncate: bool) -> Result<Vec<E
 pub struct RunSummary {
     /// Run label, e.g. `increase-batch` or `decay-lr-seed1`.
     pub name: String,
-    /// Schedule kind.
+    /// Schedule kind, e.g. `decay-lr`.
     pub schedule: String,
-    /// Optimiser kind.
+    /// Optimiser kind, e.g. `momentum`.
     pub optimizer: String,
-    /// Model name.
+    /// Model name, e.g. `mlp-256`.
     pub model: String,
-    /// Seed.
+    /// The config's `seed`.
     pub seed: u64,
-    /// Epochs run.
+    /// Epochs run (the last record's `epoch`).
     pub epochs: Epochs,
     /// Parameter updates in total.
     pub updates: Updates,
@@ -264,13 +264,13 @@ pub struct RunSummary {
     pub final_test_accuracy: f64,
     /// Best test accuracy over all epochs.
     pub best_test_accuracy: f64,
-    /// Final training loss.
+    /// Mean training loss of the last epoch.
     pub final_train_loss: f64,
     /// Wall seconds of the whole run.
     pub wall_seconds: f64,
     /// Training samples per second over the run.
     pub samples_per_second: f64,
-    /// Data-parallel processes.
+    /// Data-parallel processes (ranks), as of the last epoch.
     pub world_size: usize,
     /// All-reduce calls over the run.
     pub allreduce_calls: u64,

@@ -29,7 +29,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
-/// Which update rule.
+/// The update rule, `optimizer.kind` in the TOML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum OptimizerKind {
@@ -62,7 +62,7 @@ impl std::fmt::Display for OptimizerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
-    /// Update rule.
+    /// Update rule (default: heavy-ball momentum).
     #[serde(default)]
     pub kind: OptimizerKind,
     /// L2 weight decay (decoupled for AdamW).
@@ -134,7 +134,7 @@ impl OptimizerConfig {
 /// Everything an optimiser remembers between steps.
 #[derive(Debug, Clone, Default)]
 pub struct OptimizerState {
-    /// Steps taken.
+    /// Steps taken: Adam's t in its bias corrections 1 − βᵗ.
     pub step: u64,
     /// ε of the last step (for the optional velocity rescale).
     pub last_lr: Option<f64>,
@@ -146,7 +146,7 @@ pub struct OptimizerState {
 /// A host copy of [`OptimizerState`] for checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct OptimizerRecord {
-    /// Steps taken.
+    /// [`OptimizerState::step`], restored on resume so Adam's bias correction continues.
     pub step: u64,
     /// ε of the last step.
     pub last_lr: Option<f64>,
@@ -157,9 +157,9 @@ pub struct OptimizerRecord {
 /// An optimiser: its settings and its state.
 #[derive(Debug, Clone)]
 pub struct Optimizer {
-    /// Settings.
+    /// The `[optimizer]` table it was built from.
     pub config: OptimizerConfig,
-    /// State.
+    /// Step count, last ε and per-parameter buffers, checkpointed with the model.
     pub state: OptimizerState,
 }
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 pub struct Named {
     /// Dotted path in the module tree.
     pub name: String,
-    /// Original shape.
+    /// Shape before flattening, as checkpoints store and check it.
     pub shape: Vec<usize>,
     /// Whether the optimiser trains it (false for running statistics).
     pub trainable: bool,

@@ -52,7 +52,7 @@ pub struct Planned {
     pub name: String,
     /// Group label in the report.
     pub group: String,
-    /// Its config.
+    /// The base config with this group's changes (schedule kind, optimiser, ε or m) and its seed.
     pub config: RunConfig,
 }
 

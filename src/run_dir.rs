@@ -144,9 +144,9 @@ pub const STARTED_RUN_FILES: [&str; 3] = [METRICS_FILE, CHECKPOINT_FILE, SUMMARY
 /// Who holds (or held) a run directory's lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
-    /// Process id.
+    /// Process id of the holder, checked through `/proc` when `host` is this machine.
     pub pid: u32,
-    /// Host name.
+    /// Host name of the holder ([`hostname`]); on another host it is assumed alive.
     pub host: String,
     /// Start of the holding, seconds since the Unix epoch.
     pub started_unix: u64,
@@ -276,7 +276,7 @@ impl RunLock {
         Ok(RunLock { file, path, notes })
     }
 
-    /// The lock file.
+    /// Path of the lock file, [`LOCK_FILE`] in the run directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -414,7 +414,7 @@ pub struct RunInfo {
     pub name: String,
     /// Label under which seeds are aggregated, e.g. `increase-batch` or `lr×5 B×5`.
     pub group: String,
-    /// Random seed.
+    /// The config's `seed` (0 where `run.json` lacks it).
     #[serde(default)]
     pub seed: u64,
     /// Schedule kind, e.g. `decay-lr`.

@@ -8,12 +8,34 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A whole number of epochs, or an epoch index (0-based) when it names one epoch.
+/// A whole number of epochs: a length, or how many are done.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(transparent)]
 pub struct Epochs(pub u32);
+
+/// One epoch named by its 0-based index (the first is `Epoch(0)`), as the schedule is queried;
+/// a type apart from [`Epochs`] because logs and metrics count epochs from 1 (`epoch` 3 in
+/// `metrics.jsonl` is `Epoch(2)`), and the two are easy to swap.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u32);
+
+impl Epoch {
+    /// Epochs done when this one ends: what `metrics.jsonl` numbers it.
+    pub fn done_after(self) -> Epochs {
+        Epochs(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (0-based)", self.0)
+    }
+}
 
 /// A number of training samples (images) seen or to be seen.
 #[derive(

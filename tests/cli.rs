@@ -13,8 +13,16 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The paper's counts hold for the full CIFAR-10 (N = 50,000), not the subset in ../shared/data.
 fn total_updates(args: &[&str]) -> u64 {
-    let mut all = vec!["schedule", "--preset", "paper-cifar10", "--json"];
+    let mut all = vec![
+        "schedule",
+        "--preset",
+        "paper-cifar10",
+        "--json",
+        "--dataset-size",
+        "50000",
+    ];
     all.extend_from_slice(args);
     let (ok, out, err) = run(&all);
     assert!(ok, "{err}");
@@ -43,10 +51,42 @@ fn schedule_table_prints_phases_and_noise_scale() {
         "paper-cifar10",
         "--schedule",
         "increase-batch",
+        "--data",
+        "/nonexistent",
     ]);
     assert!(ok, "{err}");
+    // No data there: the published CIFAR-10's N, said so.
+    assert!(
+        out.contains("N = 50000 (cifar10's published size: no cifar10 data in /nonexistent)"),
+        "{out}"
+    );
     assert!(out.contains("16000"), "{out}");
     assert!(out.contains("29000"), "{out}");
+}
+
+/// `schedule` plans for the data a run would load: its own count, under the subset.
+#[test]
+fn schedule_sizes_n_from_the_data() {
+    let n_of = |args: &[&str]| {
+        let mut all = vec!["schedule", "--json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = run(&all);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["dataset_size"].as_u64().unwrap()
+    };
+    assert_eq!(n_of(&["--preset", "cifar10-subset"]), 4_000);
+    // The paper's preset on the same 4,000 images: the count comes from the files, not the name.
+    assert_eq!(n_of(&["--preset", "paper-cifar10"]), 4_000);
+    assert_eq!(n_of(&["--preset", "mnist"]), 60_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("subset.toml");
+    std::fs::write(
+        &p,
+        "[data]\ndataset = \"mnist\"\ndir = \"../shared/data\"\ntrain_subset = 1000\n[schedule]\nepochs = 2\nlr = 0.1\nbatch_size = 100\n",
+    )
+    .unwrap();
+    assert_eq!(n_of(&[p.to_str().unwrap()]), 1_000);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use noisescale::config::RunConfig;
 use noisescale::data::{cifar, idx};
 use noisescale::optim::OptimizerRecord;
 use noisescale::params::named_tensors;
-use noisescale::units::{Epochs, Samples};
+use noisescale::units::{Epoch, Samples};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::Write;
@@ -484,7 +484,7 @@ fn fuzz_config_parser() {
         let _ = (r.schedule.total_updates(), table.phases.len());
         let epochs = r.schedule.epochs().0 as usize;
         if epochs > 0 {
-            let e = Epochs(rng.below(epochs) as u32);
+            let e = Epoch(rng.below(epochs) as u32);
             let b = r.schedule.batch_size(e);
             let _ = (r.describe_batching(b), r.schedule.hyper(e, 0.5));
             let _ = r.schedule.noise_scale(e);

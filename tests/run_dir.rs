@@ -529,7 +529,7 @@ fn eval_of_a_missing_path_names_it() {
 #[test]
 fn a_second_ctrl_c_says_what_it_does() {
     let tmp = tempfile::tempdir().unwrap();
-    // Large slow updates (B = 2048 through a wide MLP) so both signals land within one.
+    // Large slow updates (B = 4096 through a wide MLP) so both signals land within one.
     let text = r#"
 [data]
 dataset = "synthetic"
@@ -546,7 +546,7 @@ momentum = 0.9
 "#;
     let cfg = write(tmp.path(), "slow.toml", text);
     let out = tmp.path().join("run");
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["train", cfg.to_str().unwrap(), "-q", "--out"])
         .arg(&out)
         .stderr(Stdio::piped())
@@ -558,21 +558,93 @@ momentum = 0.9
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(300));
-    // Both signals within a few milliseconds, well inside one update (~0.5 s or more, long
-    // enough that a loaded machine's delay in starting `kill` does not matter), so the
-    // second always finds the first still pending its checkpoint.
-    for _ in 0..2 {
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(2));
+    let pid = child.id().to_string();
+    let interrupt = || Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    // The second signal goes once the first is acknowledged: two sent back to back can both be
+    // pending at once, and the kernel then delivers them as one. An update takes a second or
+    // more, so the second still finds the first waiting for its checkpoint.
+    interrupt();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut err = String::new();
+    while !err.contains("Ctrl-C again") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut lines, &mut line).unwrap() == 0 {
+            break;
+        }
+        err.push_str(&line);
     }
-    let o = child.wait_with_output().unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(130), "{err}");
+    interrupt();
+    std::io::Read::read_to_string(&mut lines, &mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
     assert!(
         err.contains("second Ctrl-C, stopping now without a checkpoint"),
         "{err}"
     );
+}
+
+/// Where every epoch is one update (B = N), Ctrl-C always lands in an epoch's last update: the
+/// run still stops at once, after recording that epoch and checkpointing its end, and resumes
+/// from there to the full run.
+#[test]
+fn ctrl_c_in_the_last_update_of_an_epoch_stops_at_its_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = r#"
+[data]
+dataset = "synthetic"
+workers = 0
+synthetic = { train = 2048, test = 64, classes = 10, shape = [3, 16, 16] }
+[model]
+kind = "mlp"
+widths = [256]
+[schedule]
+epochs = 150
+lr = 0.01
+batch_size = 2048
+momentum = 0.9
+"#;
+    let cfg = write(tmp.path(), "one_update.toml", text);
+    let out = tmp.path().join("run");
+    let child = Command::new(BIN)
+        .args(["train", cfg.to_str().unwrap(), "-q", "--out"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = out.join(METRICS_FILE);
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("checkpoint written"), "{err}");
+    let done = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    assert!((3..150).contains(&done), "{done} epochs recorded");
+    let device = Device::flex();
+    let model = RunConfig::from_toml(text, "test")
+        .unwrap()
+        .model
+        .init([3, 16, 16], 10, &device);
+    let (_, loaded) = checkpoint::load(&out.join(CHECKPOINT_FILE), model, &device).unwrap();
+    assert_eq!(loaded.state.position.epoch as usize, done, "{err}");
+    assert_eq!(loaded.state.position.offset, 0);
+    let o = noisescale(args!["train", "--resume", out.as_os_str(), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = std::fs::read_to_string(&metrics).unwrap();
+    let epochs: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, (1..=150).collect::<Vec<u64>>());
 }

@@ -30,11 +30,11 @@ use std::sync::Arc;
 /// Which measurements to run.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Only {
-    /// Training steps only.
+    /// Training steps and the noise-scale cost rows; no data loading.
     TrainStep,
     /// Data loading only (plus the ResNet-8 steps it is compared with).
     Data,
-    /// Everything.
+    /// Training steps, noise-scale cost and data loading.
     All,
 }
 
@@ -57,7 +57,7 @@ pub struct BenchArgs {
     /// millisecond steps are not measured from a handful of samples.
     #[arg(long, default_value_t = 2.0)]
     pub min_seconds: f64,
-    /// What to measure.
+    /// Which rows to measure (data rows need CIFAR-10 under `--data`).
     #[arg(long, value_enum, default_value_t = Only::All)]
     pub only: Only,
     /// Devices to time the training steps on, comma-separated (`flex`, `wgpu`, `wgpu:0`, …);

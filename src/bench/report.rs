@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-/// One training-step row.
+/// Throughput of the trainer's step for one model, batch size and device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainRow {
     /// The device, as `--device` spells it.
@@ -13,16 +13,16 @@ pub struct TrainRow {
     pub model: String,
     /// Input shape C×H×W.
     pub input: [usize; 3],
-    /// Batch size.
+    /// Batch size B on one process, in micro-batches of [`crate::config::AUTO_MICRO_BATCH`].
     pub batch: usize,
     /// Whether the step measured the gradient noise scale (`train.noise_scale`).
     #[serde(default)]
     pub noise_scale: bool,
-    /// Timed steps.
+    /// Steps timed after warm-up (see `--steps`, `--min-seconds`, `--max-seconds`).
     pub steps: usize,
     /// Mean seconds per step.
     pub seconds_per_step: f64,
-    /// Images per second.
+    /// Images per second: `batch / seconds_per_step`.
     pub images_per_second: f64,
 }
 
@@ -34,9 +34,9 @@ fn flex() -> String {
 /// [`GNS_ROUNDS`] rounds; each figure is the median of its rounds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GnsCostRow {
-    /// Model name.
+    /// Model name, as in [`TrainRow::model`].
     pub model: String,
-    /// Batch size.
+    /// Batch size B: one that fits a micro-batch is cut in two to be measured.
     pub batch: usize,
     /// Images per second without the measurement.
     pub without: f64,
@@ -51,20 +51,20 @@ pub struct GnsCostRow {
 /// machine drifts by more than the few percent to resolve when rows run one after another.
 pub const GNS_ROUNDS: usize = 3;
 
-/// One data-loading row.
+/// Data-loading throughput on one data set at one batch size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DataRow {
     /// Where the images come from.
     pub source: String,
     /// Images in the training set.
     pub dataset_size: usize,
-    /// Batch size.
+    /// Batch size assembled; the loading cost uses the nearest ResNet-8 row at or below it.
     pub batch: usize,
     /// Images per second of `assemble` on this thread (crop + flip + normalise).
     pub assemble_images_per_second: f64,
     /// Images per second delivered by the background `Loader`, consumed without training.
     pub loader_images_per_second: f64,
-    /// Loader worker threads.
+    /// Loader worker threads (the loader's default count).
     pub loader_workers: usize,
     /// ResNet-8 training images per second compared against, and the batch it was measured at.
     pub train_images_per_second: Option<f64>,
@@ -81,18 +81,18 @@ pub struct TorchReport {
     pub torch_version: String,
     /// Threads it ran with.
     pub threads: usize,
-    /// Its rows.
+    /// Its rows, one per model and batch size it ran.
     pub rows: Vec<TorchRow>,
 }
 
-/// One PyTorch row.
+/// One training-step row of the PyTorch eager reference (`bench/pytorch_ref.py`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TorchRow {
     /// Model name (same names as [`TrainRow::model`]).
     pub model: String,
-    /// Batch size.
+    /// Batch size B, matched with the [`TrainRow`] of the same model for the ratio.
     pub batch: usize,
-    /// Images per second.
+    /// Images per second of PyTorch's training step.
     pub images_per_second: f64,
 }
 
@@ -103,7 +103,7 @@ fn flex_only() -> Vec<String> {
 /// Everything `bench` measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
-    /// Crate version.
+    /// `noisescale` version that measured (`CARGO_PKG_VERSION`).
     pub noisescale_version: String,
     /// `--device`: the training rows' devices, the first being the one compared against.
     #[serde(default = "flex_only")]
@@ -121,12 +121,12 @@ pub struct BenchReport {
     /// Whether the compute threads flush denormals to zero (see [`crate::cpu`]).
     #[serde(default)]
     pub denormals_flushed: bool,
-    /// Training rows.
+    /// Training rows, per device, model and batch size.
     pub train: Vec<TrainRow>,
     /// The cost of measuring the gradient noise scale.
     #[serde(default)]
     pub gns: Vec<GnsCostRow>,
-    /// Data rows.
+    /// Data-loading rows (empty with `--only train-step`).
     pub data: Vec<DataRow>,
     /// The PyTorch reference, when run.
     pub pytorch: Option<TorchReport>,

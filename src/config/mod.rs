@@ -18,7 +18,7 @@ mod resolve;
 mod source;
 
 pub use resolve::Resolved;
-pub use source::{ConfigSource, Overrides, load_preset};
+pub use source::{ConfigSource, Overrides, Placement, load_preset};
 
 /// The default data directory, relative to the working directory (the project root).
 pub const DEFAULT_DATA_DIR: &str = "../shared/data";
@@ -27,7 +27,7 @@ pub const DEFAULT_DATA_DIR: &str = "../shared/data";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Which data set.
+    /// Which data set: `mnist`, `cifar10` or `synthetic` (required).
     pub dataset: DatasetKind,
     /// Where it lives (a data root or the data set's own folder); `--data` overrides it.
     #[serde(default = "default_data_dir")]
@@ -53,11 +53,11 @@ pub struct DataConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticConfig {
-    /// Training samples.
+    /// Training samples to generate (≥ 1; default 2048).
     pub train: usize,
-    /// Test samples.
+    /// Test samples to generate (≥ 1; default 512).
     pub test: usize,
-    /// Classes.
+    /// Number of classes, 2..=256 (labels are `u8`; default 10).
     pub classes: usize,
     /// Image shape `[channels, height, width]`.
     pub shape: [usize; 3],
@@ -170,17 +170,17 @@ pub struct RunConfig {
     /// features); see [`crate::device::parse`].
     #[serde(default = "default_device")]
     pub device: String,
-    /// Data set.
+    /// The `[data]` table (required): which data set, where it lives and how it is fed.
     pub data: DataConfig,
-    /// Model.
+    /// The `[model]` table (default: an MLP with one hidden layer of 256).
     #[serde(default)]
     pub model: ModelConfig,
-    /// Optimiser.
+    /// The `[optimizer]` table (default: heavy-ball momentum, no weight decay).
     #[serde(default)]
     pub optimizer: OptimizerConfig,
     /// ε, B and m over the epochs.
     pub schedule: ScheduleConfig,
-    /// Execution settings.
+    /// The `[train]` table: micro-batching, evaluation, checkpoints, noise-scale measurement.
     #[serde(default)]
     pub train: TrainConfig,
     /// What `noisescale reproduce` compares (ignored by `train`).

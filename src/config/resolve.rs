@@ -4,7 +4,7 @@
 use super::{AUTO_MICRO_BATCH, RunConfig};
 use crate::schedule::adaptive::Controller;
 use crate::schedule::{Schedule, ScheduleKind};
-use crate::units::{Epochs, Samples};
+use crate::units::{Epoch, Samples};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,7 @@ impl RunConfig {
             }
         }
         if self.schedule.kind == ScheduleKind::Adaptive {
-            self.check_measurable(schedule.batch_size(Epochs(0)), micro, world_size)?;
+            self.check_measurable(schedule.batch_size(Epoch(0)), micro, world_size)?;
         }
         let normalization_batch = if !self.model.has_batch_norm() {
             Vec::new()
@@ -100,13 +100,13 @@ impl RunConfig {
 pub struct Resolved {
     /// The config as given (after command-line overrides).
     pub config: RunConfig,
-    /// Training-set size N.
+    /// Training-set size N the schedule was planned from; a resumed run must train on the same.
     pub dataset_size: Samples,
     /// The schedule over the epochs.
     pub schedule: Schedule,
     /// Largest micro-batch per worker.
     pub max_micro_batch: usize,
-    /// Data-parallel workers.
+    /// Data-parallel ranks (the communicator's world size; 1 in a single process).
     pub world_size: usize,
     /// Per schedule phase, the samples each batch-norm statistic is computed over: the ghost
     /// batch size, or with ordinary batch norm what one forward pass holds (the micro-batch or
@@ -197,7 +197,7 @@ impl Resolved {
         match self.config.schedule.kind {
             ScheduleKind::Adaptive => format!(
                 "B from {} follows the measured noise scale (adaptive)",
-                self.schedule.batch_size(Epochs(0))
+                self.schedule.batch_size(Epoch(0))
             ),
             _ => format!("{} updates planned", self.schedule.total_updates()),
         }

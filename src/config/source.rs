@@ -38,22 +38,20 @@ pub fn load_preset(name: &str) -> Result<RunConfig> {
     RunConfig::from_toml(text, &format!("preset {name}"))
 }
 
-/// Settings that override the config's.
+/// Where a run's data and computation are: what a saved run may change when it is loaded again
+/// (`eval`, `noise`) and still be the same run.
 #[derive(Args, Debug, Clone, Default)]
-pub struct Overrides {
+pub struct Placement {
     /// Data directory (overrides `data.dir`; default ../shared/data).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Compute device: flex (CPU), wgpu, wgpu:N, wgpu:integrated:N, wgpu:cpu or cuda[:N].
     #[arg(long)]
     pub device: Option<String>,
-    /// Seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
 }
 
-impl Overrides {
-    /// Applies the overrides to a config.
+impl Placement {
+    /// Applies the data directory and device given to a config.
     pub fn apply(&self, cfg: &mut RunConfig) -> Result<()> {
         if let Some(d) = &self.data {
             cfg.data.dir = d.clone();
@@ -62,6 +60,25 @@ impl Overrides {
             crate::device::parse(d)?;
             cfg.device = d.clone();
         }
+        Ok(())
+    }
+}
+
+/// The command-line settings that override a config's before it runs: its placement and its seed.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Overrides {
+    /// Data directory and device.
+    #[command(flatten)]
+    pub placement: Placement,
+    /// Seed of weights, sample order and augmentation (overrides the config's `seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl Overrides {
+    /// Applies the overrides to a config.
+    pub fn apply(&self, cfg: &mut RunConfig) -> Result<()> {
+        self.placement.apply(cfg)?;
         if let Some(s) = self.seed {
             cfg.seed = s;
         }

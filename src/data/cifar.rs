@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::idx::{check_labels, io_error, read_file as read_bytes};
 use super::{DataError, Dataset, Split};
+use crate::units::Samples;
 
 /// Image side of CIFAR-10.
 pub const SIDE: usize = 32;
@@ -15,6 +16,9 @@ pub const CHANNELS: usize = 3;
 pub const RECORD_LEN: usize = 1 + CHANNELS * SIDE * SIDE;
 /// Number of CIFAR-10 classes.
 pub const CLASSES: usize = 10;
+/// Training-set size of the published CIFAR-10 (Krizhevsky 2009), the paper's main benchmark
+/// (Smith et al. 2018, section 5).
+pub const TRAIN_SAMPLES: Samples = Samples(50_000);
 /// Name of the test file.
 pub const TEST_FILE: &str = "test_batch.bin";
 /// Class names in label order.
@@ -78,6 +82,34 @@ pub fn parse_records(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Da
 pub fn read_file(path: &Path) -> Result<(Vec<u8>, Vec<u8>), DataError> {
     let bytes = read_bytes(path, "a CIFAR-10 batch file")?;
     parse_records(path, &bytes)
+}
+
+/// The number of training records in `dir`, from the sizes of its `data_batch_<n>.bin` files
+/// (each a whole number of records, as [`parse_records`] requires).
+pub fn train_count(dir: &Path) -> Result<Samples, DataError> {
+    let files = data_batch_files(dir)?;
+    if files.is_empty() {
+        return Err(DataError::NoDataBatches {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let mut records = 0;
+    for (_, path) in &files {
+        let len = std::fs::metadata(path)
+            .map_err(|e| io_error(path, e))?
+            .len();
+        if !len.is_multiple_of(RECORD_LEN as u64) {
+            return Err(DataError::TruncatedRecord {
+                path: path.clone(),
+                len,
+                record_len: RECORD_LEN as u64,
+                record: len / RECORD_LEN as u64,
+                partial: len % RECORD_LEN as u64,
+            });
+        }
+        records += len / RECORD_LEN as u64;
+    }
+    Ok(Samples(records))
 }
 
 /// Loads CIFAR-10 (any number of `data_batch_*.bin` files of any number of records).
@@ -170,12 +202,42 @@ mod tests {
         );
         link(dir.path(), &cifar_file("test_batch.bin"));
         let s = load_cifar10(dir.path()).unwrap();
+        // The count from file sizes is the loader's, over all three files.
+        assert_eq!(
+            train_size(DatasetKind::Cifar10, dir.path()).unwrap().0,
+            4_000
+        );
         assert_eq!(s.train.images, cifar().train.images);
         assert_eq!(s.train.labels, cifar().train.labels);
         assert_eq!(s.test.labels, cifar().test.labels);
     }
 
     // ---------------------------------------------------------------- corruption
+
+    #[test]
+    fn cifar_count_refuses_a_partial_record_and_an_empty_dir() {
+        let raw = std::fs::read(cifar_file("data_batch_1.bin")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e = train_size(DatasetKind::Cifar10, dir.path()).unwrap_err();
+        assert!(matches!(e, DataError::NoDataBatches { .. }), "{e}");
+        write(
+            dir.path(),
+            "data_batch_1.bin",
+            &raw[..2 * cifar::RECORD_LEN + 7],
+        );
+        let e = train_size(DatasetKind::Cifar10, dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataError::TruncatedRecord {
+                    record: 2,
+                    partial: 7,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
 
     #[test]
     fn cifar_corruptions() {

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{DataError, cifar, idx, synthetic};
+use crate::units::Samples;
 
 /// A labelled image set held as raw `u8` pixels, `N×C×H×W` (CHW within each image).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +28,7 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Number of images.
+    /// Number of images, counted by their labels.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -62,9 +63,9 @@ impl Dataset {
         counts
     }
 
-    /// The number of images as a [`Samples`](crate::units::Samples) count.
-    pub fn samples(&self) -> crate::units::Samples {
-        crate::units::Samples(self.len() as u64)
+    /// The number of images as a [`Samples`] count.
+    pub fn samples(&self) -> Samples {
+        Samples(self.len() as u64)
     }
 }
 
@@ -90,6 +91,16 @@ pub enum DatasetKind {
 }
 
 impl DatasetKind {
+    /// Training-set size of the published data set (MNIST's 60,000, CIFAR-10's 50,000), which
+    /// plans a schedule where the files are not at hand; `None` for generated data.
+    pub fn published_train_size(self) -> Option<Samples> {
+        match self {
+            DatasetKind::Mnist => Some(idx::MNIST_TRAIN_SAMPLES),
+            DatasetKind::Cifar10 => Some(cifar::TRAIN_SAMPLES),
+            DatasetKind::Synthetic => None,
+        }
+    }
+
     /// Name used in file names and reports (`mnist`, `cifar10`, `synthetic`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -117,6 +128,18 @@ pub fn load(kind: DatasetKind, dir: &Path) -> Result<Split, DataError> {
         DatasetKind::Mnist => idx::load_mnist(&resolve_dir(kind, dir)),
         DatasetKind::Cifar10 => cifar::load_cifar10(&resolve_dir(kind, dir)),
         DatasetKind::Synthetic => Ok(synthetic::default_split()),
+    }
+}
+
+/// The number of training images of `kind` in `dir` (found as [`load`] finds them), read from
+/// the labels (MNIST) or the file sizes (CIFAR-10) without decoding any image, so that a schedule
+/// can be planned for the data a run would load. `Synthetic` gives [`synthetic::default_split`]'s.
+pub fn train_size(kind: DatasetKind, dir: &Path) -> Result<Samples, DataError> {
+    let dir = resolve_dir(kind, dir);
+    match kind {
+        DatasetKind::Mnist => idx::train_count(&dir),
+        DatasetKind::Cifar10 => cifar::train_count(&dir),
+        DatasetKind::Synthetic => Ok(Samples(synthetic::DEFAULT_TRAIN as u64)),
     }
 }
 

@@ -16,7 +16,7 @@ pub enum DataError {
     /// Something other than a file (a directory) is where a data file should be.
     #[error("{} is {kind}, not a file: {what}", path.display())]
     NotAFile {
-        /// The path.
+        /// The path that exists but is not a regular file.
         path: PathBuf,
         /// What it is, e.g. `a directory`.
         kind: String,
@@ -27,15 +27,15 @@ pub enum DataError {
     /// the message and deliberately not a `source`, so `{:#}` does not print it twice.)
     #[error("cannot read {}: {error}", path.display())]
     Io {
-        /// The file.
+        /// The file or directory being read (not-found errors are [`DataError::Missing`] instead).
         path: PathBuf,
-        /// The underlying error.
+        /// The OS error, shown in the message rather than as a `source`.
         error: std::io::Error,
     },
     /// The file starts with the gzip magic bytes but does not decompress.
     #[error("corrupt gzip stream in {}: {error}", path.display())]
     Gzip {
-        /// The file.
+        /// The compressed file as found on disk.
         path: PathBuf,
         /// The decompressor's error.
         error: std::io::Error,
@@ -43,9 +43,9 @@ pub enum DataError {
     /// A gzip file decompresses to more than a data file of this kind can plausibly hold.
     #[error("{} decompresses to more than {limit} bytes, more than its header ({header}) allows: not an IDX file, or a decompression bomb", path.display())]
     TooLarge {
-        /// The file.
+        /// The gzip file that inflated past `limit`.
         path: PathBuf,
-        /// The header summary.
+        /// The decoded header, e.g. `60000 images of 28x28` or `not an IDX header`.
         header: String,
         /// Bytes read before giving up.
         limit: u64,
@@ -53,15 +53,15 @@ pub enum DataError {
     /// An IDX images header with a zero dimension.
     #[error("{}: its header says {header}; images must be at least 1x1", path.display())]
     BadDimensions {
-        /// The file.
+        /// The IDX images file (gzip or raw).
         path: PathBuf,
-        /// The header summary.
+        /// Count and dimensions from the header, e.g. `10 images of 0x28`.
         header: String,
     },
     /// The IDX magic number is not the one expected for this kind of file.
     #[error("wrong magic number in {}: expected {expected:#010x} ({expected}), found {found:#010x} ({found})", path.display())]
     BadMagic {
-        /// The file.
+        /// The IDX images or labels file; the magic is read after gzip decoding.
         path: PathBuf,
         /// The magic number this file must have.
         expected: u32,
@@ -83,41 +83,41 @@ pub enum DataError {
     /// The file is too short to hold its header.
     #[error("{} is {found} bytes, too short for its {needed}-byte header", path.display())]
     ShortHeader {
-        /// The file.
+        /// The IDX file; its length is counted after gzip decoding.
         path: PathBuf,
-        /// Header length.
+        /// Header length in bytes: 16 for images, 8 for labels.
         needed: usize,
-        /// Bytes present.
+        /// Bytes present after decoding, fewer than `needed`.
         found: usize,
     },
     /// An images file and its labels file hold different numbers of samples.
     #[error("{} holds {images} images but {} holds {labels} labels", images_path.display(), labels_path.display())]
     CountMismatch {
-        /// The images file.
+        /// The MNIST images file as located (`.gz` or raw).
         images_path: PathBuf,
-        /// The labels file.
+        /// The MNIST labels file as located (`.gz` or raw).
         labels_path: PathBuf,
-        /// Number of images.
+        /// Image count from the images file's header.
         images: u64,
-        /// Number of labels.
+        /// Label count from the labels file's header.
         labels: u64,
     },
     /// A label is not below the number of classes.
     #[error("label {label} of sample {index} in {} is out of range (must be < {num_classes})", path.display())]
     LabelOutOfRange {
-        /// The file.
+        /// The IDX labels file or CIFAR-10 batch file.
         path: PathBuf,
         /// Sample index within the file.
         index: u64,
-        /// The offending label.
+        /// The first label out of range (later ones are not checked).
         label: u8,
-        /// Number of classes.
+        /// Classes of the data set (10 for MNIST and CIFAR-10): labels must be below it.
         num_classes: usize,
     },
     /// A CIFAR-10 file's length is not a whole number of 3073-byte records.
     #[error("{} is {len} bytes, not a multiple of {record_len}: record {record} is truncated ({partial} of {record_len} bytes)", path.display())]
     TruncatedRecord {
-        /// The file.
+        /// The CIFAR-10 batch file (`data_batch_<n>.bin` or `test_batch.bin`).
         path: PathBuf,
         /// File length in bytes.
         len: u64,
@@ -131,13 +131,13 @@ pub enum DataError {
     /// A CIFAR-10 directory holds no `data_batch_*.bin` file.
     #[error("no data_batch_*.bin files in {}", dir.display())]
     NoDataBatches {
-        /// The directory searched.
+        /// The CIFAR-10 directory, searched without its subdirectories.
         dir: PathBuf,
     },
     /// `inspect` found neither MNIST nor CIFAR-10 in a directory.
     #[error("no MNIST or CIFAR-10 files found in {} or its subdirectories", dir.display())]
     NoDataset {
-        /// The directory searched.
+        /// The directory given to `inspect`; its immediate subdirectories were searched too.
         dir: PathBuf,
     },
 }

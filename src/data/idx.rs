@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{DataError, Dataset, Split};
+use crate::units::Samples;
 
 /// IDX magic number of a rank-3 `u8` tensor (images).
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -20,11 +21,13 @@ pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
 pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 /// Number of MNIST classes.
 pub const MNIST_CLASSES: usize = 10;
+/// Training-set size of the published MNIST (LeCun et al. 1998).
+pub const MNIST_TRAIN_SAMPLES: Samples = Samples(60_000);
 
 /// The images of one IDX images file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdxImages {
-    /// Number of images.
+    /// Number of images, the header's first dimension.
     pub count: usize,
     /// Rows (height) of each image.
     pub rows: usize,
@@ -236,6 +239,13 @@ pub fn read_labels(path: &Path, num_classes: usize) -> Result<Vec<u8>, DataError
     parse_labels(path, read_decoded(path)?, num_classes)
 }
 
+/// The number of training samples in `dir`, from its (checked) training labels alone: 60 KB
+/// against the images' 47 MB.
+pub fn train_count(dir: &Path) -> Result<Samples, DataError> {
+    let labels = read_labels(&locate(dir, TRAIN_LABELS)?, MNIST_CLASSES)?;
+    Ok(Samples(labels.len() as u64))
+}
+
 /// Loads MNIST from `dir` (files `train-images-idx3-ubyte[.gz]` etc.).
 pub fn load_mnist(dir: &Path) -> Result<Split, DataError> {
     load_mnist_with(dir, &mut |_, _| {})
@@ -291,7 +301,7 @@ mod tests {
     use std::io::Write;
     use std::path::{Path, PathBuf};
 
-    use crate::data::test_util::{link, mnist, mnist_file, write};
+    use crate::data::test_util::{data_dir, link, mnist, mnist_file, write};
     use crate::data::*;
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -314,6 +324,27 @@ mod tests {
     }
 
     // ---------------------------------------------------------------- real data
+
+    #[test]
+    fn mnist_count_reads_the_labels_only() {
+        // From the data root (the `mnist/` subdirectory), as a run's `data.dir` names it.
+        let root = data_dir();
+        assert_eq!(train_size(DatasetKind::Mnist, &root).unwrap().0, 60_000);
+        // Seven gzipped labels and no images: the count needs no image file.
+        let dir = tempfile::tempdir().unwrap();
+        let mut labels = vec![0, 0, 8, 1, 0, 0, 0, 7];
+        labels.extend([1, 2, 3, 4, 5, 6, 9]);
+        write(dir.path(), "train-labels-idx1-ubyte.gz", &gzip(&labels));
+        assert_eq!(train_size(DatasetKind::Mnist, dir.path()).unwrap().0, 7);
+        // A label out of range is refused here as by the loader.
+        labels[14] = 10;
+        write(dir.path(), "train-labels-idx1-ubyte.gz", &gzip(&labels));
+        let e = train_size(DatasetKind::Mnist, dir.path()).unwrap_err();
+        assert!(
+            matches!(e, DataError::LabelOutOfRange { index: 6, .. }),
+            "{e}"
+        );
+    }
 
     #[test]
     fn mnist_loads() {

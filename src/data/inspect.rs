@@ -12,7 +12,7 @@ use super::{DataError, Dataset, DatasetKind, Split, channel_stats, cifar, idx, l
 /// SHA-256 of one file's decoded (decompressed) bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileDigest {
-    /// The file read.
+    /// The file as found on disk (possibly `.gz`; the digest is of its decoded bytes).
     pub path: PathBuf,
     /// Length of the decoded bytes.
     pub decoded_bytes: u64,
@@ -25,7 +25,7 @@ pub struct FileDigest {
 pub struct SplitReport {
     /// `train` or `test`.
     pub split: String,
-    /// Number of images.
+    /// Number of images in the split (the sum of `class_counts`).
     pub count: usize,
     /// Images per class, by label.
     pub class_counts: Vec<usize>,
@@ -55,7 +55,7 @@ impl SplitReport {
 /// Summary of one data set found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DatasetReport {
-    /// Which data set.
+    /// Which data set was recognised in `dir` (by its file names).
     pub kind: DatasetKind,
     /// The directory it was read from.
     pub dir: PathBuf,
@@ -68,7 +68,7 @@ pub struct DatasetReport {
 /// Everything `inspect` found under a directory.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InspectReport {
-    /// The directory inspected.
+    /// The directory given on the command line; data sets may lie in its immediate subdirectories.
     pub dir: PathBuf,
     /// One entry per data set found (MNIST first, then CIFAR-10).
     pub datasets: Vec<DatasetReport>,

@@ -191,7 +191,7 @@ impl Loader {
         &self.sampler
     }
 
-    /// The training set.
+    /// The data set batches are drawn from, whole on every rank (sharding is per batch).
     pub fn dataset(&self) -> &Arc<Dataset> {
         &self.dataset
     }

@@ -65,6 +65,7 @@ pub use cifar::{
 };
 pub use dataset::{
     Dataset, DatasetKind, Normalizer, Split, channel_stats, load, looks_like, resolve_dir,
+    train_size,
 };
 pub use error::DataError;
 pub use idx::{IdxImages, load_mnist, load_mnist_with, read_decoded, read_images, read_labels};

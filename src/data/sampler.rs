@@ -170,7 +170,7 @@ impl Iterator for Batches {
 pub struct Shard {
     /// This rank, `0..world`.
     pub rank: usize,
-    /// Number of ranks.
+    /// Number of ranks (data-parallel processes), at least 1.
     pub world: usize,
     /// Samples per indivisible chunk (1: any sample boundary).
     pub quantum: usize,

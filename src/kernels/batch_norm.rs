@@ -141,7 +141,7 @@ impl Output {
         unsafe { std::slice::from_raw_parts_mut(ptr.0.add(offset), len) }
     }
 
-    /// The filled vector.
+    /// Marks the first `len` elements initialised and returns the buffer.
     ///
     /// # Safety
     /// Every one of the `len` elements must have been written.

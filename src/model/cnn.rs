@@ -13,15 +13,15 @@ use burn::tensor::{Device, Tensor};
 /// On 1×28×28 inputs: 1,663,370 parameters, as PyTorch counts them.
 #[derive(Module, Debug)]
 pub struct Cnn {
-    /// First convolution.
+    /// 5×5 convolution, input channels to 32, padding 2.
     pub conv1: Conv2d,
-    /// Second convolution.
+    /// 5×5 convolution, 32 to 64 channels, padding 2.
     pub conv2: Conv2d,
     /// Max-pooling 2×2, stride 2.
     pub pool: MaxPool2d,
     /// Hidden fully connected layer.
     pub fc1: Linear,
-    /// Classifier.
+    /// Output layer: `hidden` units to class logits.
     pub fc2: Linear,
 }
 

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 pub struct Mlp {
     /// Hidden layers, in order.
     pub hidden: Vec<Linear>,
-    /// The classifier layer.
+    /// Output layer: last hidden width (or the flattened input) to class logits, no ReLU.
     pub output: Linear,
 }
 

@@ -26,7 +26,7 @@ pub use wrn::WideResNet;
 pub enum ModelConfig {
     /// Fully connected network on flattened images.
     Mlp {
-        /// Hidden layer widths.
+        /// Hidden layer widths, input side first (default `[256]`; empty: a linear model).
         #[serde(default = "default_mlp_widths")]
         widths: Vec<usize>,
     },
@@ -53,7 +53,7 @@ pub enum ModelConfig {
         /// Depth: 6n + 4.
         #[serde(default = "default_wrn_depth")]
         depth: usize,
-        /// Widen factor k.
+        /// Widen factor k (≥ 1): stage widths 16k, 32k, 64k (the paper's 4).
         #[serde(default = "default_wrn_widen")]
         widen: usize,
         /// Dropout probability between the convolutions of a block.

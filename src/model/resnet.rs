@@ -30,7 +30,7 @@ pub(crate) fn conv(i: usize, o: usize, k: usize, stride: usize, device: &Device)
 pub struct Projection {
     /// 1×1 strided convolution.
     pub conv: Conv2d,
-    /// Its batch norm.
+    /// Ghost batch norm on the projection's output, before the residual sum.
     pub bn: GhostBatchNorm,
 }
 
@@ -41,7 +41,7 @@ pub struct BasicBlock {
     pub conv1: Conv2d,
     /// Batch norm after `conv1`.
     pub bn1: GhostBatchNorm,
-    /// Second convolution.
+    /// Second 3×3 convolution (stride 1, width kept).
     pub conv2: Conv2d,
     /// Batch norm after `conv2`.
     pub bn2: GhostBatchNorm,
@@ -80,11 +80,11 @@ impl BasicBlock {
 pub struct ResNet {
     /// 3×3 stem convolution.
     pub stem: Conv2d,
-    /// Stem batch norm.
+    /// Ghost batch norm after the stem convolution, followed by ReLU.
     pub stem_bn: GhostBatchNorm,
     /// All blocks, stage after stage.
     pub blocks: Vec<BasicBlock>,
-    /// Classifier.
+    /// Linear classifier on the globally average-pooled last-stage features (`4·base` wide).
     pub fc: Linear,
 }
 

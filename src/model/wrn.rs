@@ -19,11 +19,11 @@ pub struct WideBlock {
     pub bn1: GhostBatchNorm,
     /// First convolution (carries the stride).
     pub conv1: Conv2d,
-    /// Second batch norm.
+    /// Batch norm after `conv1`, followed by ReLU and dropout.
     pub bn2: GhostBatchNorm,
     /// Dropout between the convolutions.
     pub dropout: Dropout,
-    /// Second convolution.
+    /// Second 3×3 convolution (stride 1), summed with the shortcut without a norm.
     pub conv2: Conv2d,
     /// 1×1 convolution when the shape changes.
     pub shortcut: Option<Conv2d>,
@@ -50,9 +50,9 @@ pub struct WideResNet {
     pub stem: Conv2d,
     /// All blocks, stage after stage.
     pub blocks: Vec<WideBlock>,
-    /// Final batch norm.
+    /// Batch norm (then ReLU) after the last block, whose pre-activation output is unnormalised.
     pub bn: GhostBatchNorm,
-    /// Classifier.
+    /// Linear classifier on the globally average-pooled `64·k` features.
     pub fc: Linear,
 }
 

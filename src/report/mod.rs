@@ -48,7 +48,7 @@ pub use crate::run_dir::RunInfo;
 /// One run as read from its directory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
-    /// The run directory.
+    /// The run directory (holding `metrics.jsonl`, `summary.json` and/or `run.json`).
     pub dir: PathBuf,
     /// Its `run.json` (or, where that is missing, what could be inferred).
     pub info: RunInfo,
@@ -242,7 +242,7 @@ fn group_order(runs: &[Run]) -> Vec<String> {
 /// One table row: a group's seeds aggregated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupSummary {
-    /// Group label.
+    /// Group label ([`RunInfo::group`]) shared by the seeds aggregated in this row.
     pub group: String,
     /// Runs whose numbers enter the means: the finished ones, or all where none finished.
     pub seeds: usize,

@@ -63,7 +63,7 @@ pub(super) struct Series {
 
 /// One plot, ready to draw.
 pub(super) struct Figure {
-    /// File stem.
+    /// File stem of the `.png` and `.svg` written.
     pub name: &'static str,
     /// Title drawn above the plot.
     pub title: String,

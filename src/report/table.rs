@@ -2,7 +2,6 @@
 
 use super::GroupSummary;
 
-/// Column headings.
 const HEADINGS: [&str; 9] = [
     "group",
     "runs",

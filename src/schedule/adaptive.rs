@@ -130,7 +130,7 @@ impl AdaptiveState {
 /// standard error of the |𝒢|² mean, and the delta-method error of the ratio of means.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Window {
-    /// Measurements n.
+    /// Measurements n; a decision needs at least [`AdaptiveConfig::MIN_MEASUREMENTS`].
     pub n: u64,
     /// Σ𝒮_i.
     pub trace: f64,
@@ -217,9 +217,9 @@ pub struct Decision {
     /// The confidence bound the decision followed: the lower one when growing, the upper one
     /// when shrinking.
     pub b_simple_bound: f64,
-    /// Measurements behind it.
+    /// Measurements n in the window behind `b_simple`.
     pub measurements: u64,
-    /// Batch size before.
+    /// Batch size in force up to `update`.
     pub old_batch_size: usize,
     /// Batch size from now on.
     pub new_batch_size: usize,
@@ -234,11 +234,11 @@ pub struct Decision {
 /// Where a decision point is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation {
-    /// Epochs completed.
+    /// Epochs completed, i.e. the 0-based epoch in progress.
     pub epoch: u32,
     /// Samples into the epoch in progress.
     pub offset: u64,
-    /// Updates so far.
+    /// Updates so far; a decision is due at every multiple of `every_updates`.
     pub update: u64,
 }
 
@@ -248,7 +248,7 @@ pub struct Controller {
     config: AdaptiveConfig,
     /// Batch sizes are whole multiples of this.
     quantum: usize,
-    /// Smallest batch size.
+    /// Smallest batch size: `min_batch_size` (or B0) rounded to `quantum`, at most `top`.
     min: usize,
     /// Largest batch size: the largest multiple of `quantum` ≤ `max_batch_size`.
     top: usize,

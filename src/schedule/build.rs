@@ -3,7 +3,7 @@
 use super::config::{phase_index, pow};
 use super::{Phase, Schedule, ScheduleConfig, ScheduleKind};
 use crate::noise;
-use crate::units::{Epochs, Samples};
+use crate::units::{Epoch, Epochs, Samples};
 
 impl ScheduleConfig {
     /// Builds the schedule of a validated configuration.
@@ -87,7 +87,7 @@ impl ScheduleConfig {
             match phases.last_mut() {
                 Some(last) if last.lr == lr && last.batch_size == b => last.end = Epochs(e + 1),
                 _ => phases.push(Phase {
-                    start: Epochs(e),
+                    start: Epoch(e),
                     end: Epochs(e + 1),
                     lr,
                     batch_size: b,

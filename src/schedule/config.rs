@@ -142,9 +142,6 @@ pub struct ScheduleConfig {
     pub adaptive: Option<AdaptiveConfig>,
 }
 
-/// Training-set size of CIFAR-10, the paper's main benchmark (Smith et al. 2018, section 5).
-pub const CIFAR10_SAMPLES: Samples = Samples(50_000);
-
 impl ScheduleConfig {
     /// A configuration of kind `kind` with the given length, ε0 and B0 and every other key
     /// at its default.
@@ -192,7 +189,7 @@ impl ScheduleConfig {
 
     /// The paper's CIFAR-10 setting (Smith et al. 2018, section 5.1, wide ResNet): 200 epochs,
     /// B0 = 128, ε0 = 0.1, m = 0.9, factor 5 at epochs 60, 120 and 160; use with
-    /// [`CIFAR10_SAMPLES`].
+    /// N = 50,000 ([`crate::data::cifar::TRAIN_SAMPLES`]).
     pub fn paper_cifar10(kind: ScheduleKind) -> Self {
         ScheduleConfig {
             momentum: 0.9,
@@ -469,13 +466,13 @@ pub enum ScheduleError {
     /// An `lr_schedule` given for a kind that does not use it.
     #[error("schedule.lr_schedule is only used with schedule.kind = \"converted\", not \"{kind}\"")]
     UnusedLrSchedule {
-        /// The configured kind.
+        /// The `schedule.kind` given (only `converted` takes an `lr_schedule`).
         kind: ScheduleKind,
     },
     /// An `[schedule.adaptive]` table given for another kind.
     #[error("schedule.adaptive is only used with schedule.kind = \"adaptive\", not \"{kind}\"")]
     UnusedAdaptive {
-        /// The configured kind.
+        /// The `schedule.kind` given (not `adaptive`).
         kind: ScheduleKind,
     },
     /// The training set is empty (N = 0).

@@ -45,7 +45,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::noise;
-use crate::units::{Epochs, Samples, Updates, updates_per_epoch};
+use crate::units::{Epoch, Epochs, Samples, Updates, updates_per_epoch};
 
 pub mod adaptive;
 mod build;
@@ -55,7 +55,7 @@ mod table;
 mod tests;
 
 pub use adaptive::AdaptiveConfig;
-pub use config::{CIFAR10_SAMPLES, LrSchedule, MAX_EPOCHS, ScheduleConfig, ScheduleError};
+pub use config::{LrSchedule, MAX_EPOCHS, ScheduleConfig, ScheduleError};
 pub use table::{PhaseRow, PhaseTable};
 
 /// Which rule turns the milestones (or an LR schedule, or the measured noise scale) into
@@ -116,7 +116,7 @@ pub struct Hyper {
     pub lr: f64,
     /// Global batch size B.
     pub batch_size: usize,
-    /// Momentum coefficient m.
+    /// Momentum coefficient m (Adam's β1 under the Adam kinds).
     pub momentum: f64,
 }
 
@@ -124,15 +124,15 @@ pub struct Hyper {
 /// (before warm-up).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
-    /// First epoch of the phase (0-based).
-    pub start: Epochs,
-    /// First epoch after the phase (exclusive).
+    /// First epoch of the phase.
+    pub start: Epoch,
+    /// Epochs done when the phase ends: the index of the first epoch after it.
     pub end: Epochs,
     /// Learning rate ε.
     pub lr: f64,
     /// Global batch size B.
     pub batch_size: usize,
-    /// Momentum coefficient m.
+    /// Momentum coefficient m (Adam's β1 under the Adam kinds).
     pub momentum: f64,
 }
 
@@ -164,13 +164,13 @@ impl Schedule {
     ///
     /// # Panics
     /// If `epoch` is not below [`Schedule::epochs`].
-    pub fn phase(&self, epoch: Epochs) -> &Phase {
+    pub fn phase(&self, epoch: Epoch) -> &Phase {
         assert!(
-            epoch < self.epochs,
+            epoch.0 < self.epochs.0,
             "epoch {epoch} is beyond the schedule ({} epochs)",
             self.epochs
         );
-        let i = self.phases.partition_point(|p| p.end <= epoch);
+        let i = self.phases.partition_point(|p| p.end.0 <= epoch.0);
         &self.phases[i]
     }
 
@@ -181,7 +181,7 @@ impl Schedule {
     ///
     /// # Panics
     /// If `epoch` is not below [`Schedule::epochs`].
-    pub fn hyper(&self, epoch: Epochs, fraction: f64) -> Hyper {
+    pub fn hyper(&self, epoch: Epoch, fraction: f64) -> Hyper {
         let p = self.phase(epoch);
         let t = f64::from(epoch.0) + fraction.clamp(0.0, 1.0);
         let lr = if t < self.warmup_epochs {
@@ -200,7 +200,7 @@ impl Schedule {
     ///
     /// # Panics
     /// If `epoch` is not below [`Schedule::epochs`].
-    pub fn batch_size(&self, epoch: Epochs) -> usize {
+    pub fn batch_size(&self, epoch: Epoch) -> usize {
         self.phase(epoch).batch_size
     }
 
@@ -209,12 +209,12 @@ impl Schedule {
         &self.phases
     }
 
-    /// Training length.
+    /// Training length: the phases cover epochs `0..epochs()`.
     pub fn epochs(&self) -> Epochs {
         self.epochs
     }
 
-    /// Training-set size N.
+    /// Training-set size N it was resolved for: N/B sets the updates per epoch.
     pub fn dataset_size(&self) -> Samples {
         self.dataset_size
     }
@@ -233,7 +233,7 @@ impl Schedule {
     ///
     /// # Panics
     /// If `epoch` is not below [`Schedule::epochs`].
-    pub fn updates_in_epoch(&self, epoch: Epochs) -> Updates {
+    pub fn updates_in_epoch(&self, epoch: Epoch) -> Updates {
         updates_per_epoch(self.dataset_size, self.batch_size(epoch))
     }
 
@@ -254,7 +254,7 @@ impl Schedule {
     ///
     /// # Panics
     /// If `epoch` is not below [`Schedule::epochs`].
-    pub fn noise_scale(&self, epoch: Epochs) -> NoiseScale {
+    pub fn noise_scale(&self, epoch: Epoch) -> NoiseScale {
         let p = self.phase(epoch);
         NoiseScale {
             exact: noise::noise_scale(p.lr, self.dataset_size, p.batch_size, p.momentum),
@@ -267,8 +267,11 @@ impl Schedule {
     ///
     /// # Panics
     /// If `epoch` is not below [`Schedule::epochs`].
-    pub fn target_noise_scale(&self, epoch: Epochs) -> f64 {
-        assert!(epoch < self.epochs, "epoch {epoch} is beyond the schedule");
+    pub fn target_noise_scale(&self, epoch: Epoch) -> f64 {
+        assert!(
+            epoch.0 < self.epochs.0,
+            "epoch {epoch} is beyond the schedule"
+        );
         self.target_noise[epoch.0 as usize]
     }
 
@@ -279,8 +282,11 @@ impl Schedule {
     ///
     /// # Panics
     /// If `epoch` is not below [`Schedule::epochs`].
-    pub fn g_rounding_error(&self, epoch: Epochs) -> f64 {
-        assert!(epoch < self.epochs, "epoch {epoch} is beyond the schedule");
+    pub fn g_rounding_error(&self, epoch: Epoch) -> f64 {
+        assert!(
+            epoch.0 < self.epochs.0,
+            "epoch {epoch} is beyond the schedule"
+        );
         self.rounding_error[epoch.0 as usize]
     }
 }

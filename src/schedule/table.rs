@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::Schedule;
-use crate::units::{Epochs, Samples, Updates};
+use crate::units::{Epoch, Epochs, Samples, Updates};
 
 impl Schedule {
     /// A per-phase summary with noise scales and update counts.
@@ -19,7 +19,7 @@ impl Schedule {
                 cumulative += updates;
                 let g = self.noise_scale(p.start);
                 let err = (p.start.0..p.end.0)
-                    .map(|e| self.g_rounding_error(Epochs(e)))
+                    .map(|e| self.g_rounding_error(Epoch(e)))
                     .fold(0.0, f64::max);
                 PhaseRow {
                     start: p.start,
@@ -49,14 +49,14 @@ impl Schedule {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct PhaseRow {
     /// First epoch of the phase.
-    pub start: Epochs,
-    /// First epoch after the phase (exclusive).
+    pub start: Epoch,
+    /// Epochs done when the phase ends: the index of the first epoch after it.
     pub end: Epochs,
     /// Learning rate ε.
     pub lr: f64,
     /// Global batch size B.
     pub batch_size: usize,
-    /// Momentum coefficient m.
+    /// Momentum coefficient m (Adam's β1 under the Adam kinds).
     pub momentum: f64,
     /// Exact noise scale `ε/(1 − m) · (N/B − 1)`.
     pub g_exact: f64,
@@ -77,9 +77,9 @@ pub struct PhaseRow {
 pub struct PhaseTable {
     /// Updates over the whole schedule.
     pub total_updates: Updates,
-    /// Training length.
+    /// Training length (the last row's `end`).
     pub epochs: Epochs,
-    /// Training-set size N.
+    /// Training-set size N in `g_exact` and `g_approx`.
     pub dataset_size: Samples,
     /// Samples processed over the whole schedule (N × epochs).
     pub samples: Samples,

@@ -1,22 +1,29 @@
 //! The data a run trains and evaluates on.
 
 use crate::config::RunConfig;
-use crate::data::{self, Dataset, DatasetKind, Normalizer, Split};
+use crate::data::{self, DataError, Dataset, DatasetKind, Normalizer, Split};
+use crate::units::Samples;
 use anyhow::{Context, Result};
 use std::sync::Arc;
 
 /// Training and test data prepared for a run.
 pub struct Prepared {
-    /// Training set.
+    /// Training set after `data.train_subset`, shared with the loader threads.
     pub train: Arc<Dataset>,
-    /// Test set.
+    /// Test set after `data.test_subset`, evaluated in file order.
     pub test: Dataset,
     /// Per-channel normalisation from the training set.
     pub normalizer: Normalizer,
 }
 
+/// The size of a set of `len` samples under a `data.*_subset` of `n` (0: all of them).
+fn subset_len(len: usize, n: usize) -> usize {
+    if n > 0 { n.min(len) } else { len }
+}
+
 fn take_first(ds: &mut Dataset, n: usize) {
-    if n > 0 && n < ds.len() {
+    let n = subset_len(ds.len(), n);
+    if n < ds.len() {
         let img = ds.image_len();
         ds.images.truncate(n * img);
         ds.labels.truncate(n);
@@ -46,4 +53,30 @@ pub fn prepare_data(config: &RunConfig) -> Result<Prepared> {
         test,
         normalizer,
     })
+}
+
+/// The training-set size N a run of `config` would train on, found without loading the images
+/// (the data's labels or file sizes), for planning its schedule. Where the data is not at hand,
+/// N is the published data set's and the note says so.
+pub fn planned_train_size(config: &RunConfig) -> Result<(Samples, Option<String>)> {
+    let d = &config.data;
+    let (full, note) = match d.dataset {
+        DatasetKind::Synthetic => (Samples(d.synthetic.train as u64), None),
+        kind => match data::train_size(kind, &d.dir) {
+            Ok(n) => (n, None),
+            Err(DataError::Missing { .. } | DataError::NoDataBatches { .. }) => {
+                let n = kind.published_train_size().expect("a data set on disk");
+                let note = format!(
+                    "{kind}'s published size: no {kind} data in {}",
+                    d.dir.display()
+                );
+                (n, Some(note))
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("sizing {kind} in {}", d.dir.display()));
+            }
+        },
+    };
+    let n = subset_len(full.0 as usize, d.train_subset);
+    Ok((Samples(n as u64), note))
 }

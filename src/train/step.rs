@@ -85,10 +85,10 @@ pub struct StepOutput {
 pub enum StepError {
     /// The loss was NaN or infinite.
     NonFinite {
-        /// The loss.
+        /// The mean loss of the first piece that was not finite (NaN or ±∞).
         loss: f64,
     },
-    /// Anything else.
+    /// Any other failure: accumulating the gradients or reading the losses back.
     Other(anyhow::Error),
 }
 

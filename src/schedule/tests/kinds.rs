@@ -14,9 +14,9 @@ fn paper_decay_lr() {
         assert!(close(*got, want), "{got} vs {want}");
     }
     // MultiStepLR semantics: epoch 59 still at ε0, epoch 60 already decayed.
-    assert!(close(s.hyper(Epochs(59), 0.9).lr, 0.1));
-    assert!(close(s.hyper(Epochs(60), 0.0).lr, 0.02));
-    assert_eq!(s.hyper(Epochs(60), 0.0).momentum, 0.9);
+    assert!(close(s.hyper(Epoch(59), 0.9).lr, 0.1));
+    assert!(close(s.hyper(Epoch(60), 0.0).lr, 0.02));
+    assert_eq!(s.hyper(Epoch(60), 0.0).momentum, 0.9);
 }
 
 #[test]
@@ -35,10 +35,10 @@ fn paper_increase_batch() {
         ]
     );
     assert!(s.phases().iter().all(|p| p.lr == 0.1));
-    assert_eq!(s.batch_size(Epochs(159)), 3200);
-    assert_eq!(s.batch_size(Epochs(160)), 16_000);
-    assert_eq!(s.updates_in_epoch(Epochs(0)), Updates(391));
-    assert_eq!(s.updates_in_epoch(Epochs(199)), Updates(4));
+    assert_eq!(s.batch_size(Epoch(159)), 3200);
+    assert_eq!(s.batch_size(Epoch(160)), 16_000);
+    assert_eq!(s.updates_in_epoch(Epoch(0)), Updates(391));
+    assert_eq!(s.updates_in_epoch(Epoch(199)), Updates(4));
 
     // Milestones 60/120/180: 23460 + 4740 + 60·16 + 20·4 = 23460+4740+960+80 = 29,240.
     let cfg = ScheduleConfig {
@@ -72,10 +72,10 @@ fn paper_hybrid() {
     // Same approximate g as decay-lr in the last phase: 0.02/0.1 · 50000/3200 = 3.125.
     let d = paper(ScheduleKind::DecayLr).resolve(N).unwrap();
     assert!(close(
-        s.noise_scale(Epochs(199)).approx,
-        d.noise_scale(Epochs(199)).approx
+        s.noise_scale(Epoch(199)).approx,
+        d.noise_scale(Epoch(199)).approx
     ));
-    assert!(close(s.noise_scale(Epochs(199)).approx, 3.125));
+    assert!(close(s.noise_scale(Epoch(199)).approx, 3.125));
     // Default cap N/10 = 5000 gives the same here.
     let s2 = paper(ScheduleKind::Hybrid).resolve(N).unwrap();
     assert_eq!(s2.total_updates(), Updates(29_480));
@@ -103,7 +103,7 @@ fn paper_effective_lr_variants() {
     );
     assert!(close(s.phases()[0].lr, 0.5));
     assert!(close(s.phases()[3].lr, 0.3125));
-    assert_eq!(s.g_rounding_error(Epochs(199)), 0.0);
+    assert_eq!(s.g_rounding_error(Epoch(199)), 0.0);
 
     // momentum_scaled 0.98: B0 = 128 · 0.1/0.02 = 640, ε0 = 0.1, m = 0.98: same 5,900.
     let cfg = ScheduleConfig {
@@ -116,7 +116,7 @@ fn paper_effective_lr_variants() {
     assert!(s.phases().iter().all(|p| p.momentum == 0.98));
     assert!(close(s.phases()[0].lr, 0.1));
     // g ≈ 0.1/0.02 · 50000/640 = 390.625, as for the baseline.
-    assert!((s.noise_scale(Epochs(0)).approx - 390.625).abs() < 1e-9);
+    assert!((s.noise_scale(Epoch(0)).approx - 390.625).abs() < 1e-9);
 }
 
 #[test]
@@ -145,7 +145,7 @@ fn converted_multistep_is_increase_batch() {
     let last = s.phases()[3];
     assert_eq!(last.batch_size, 5000);
     assert!(close(last.lr, 0.03125));
-    assert!(close(s.noise_scale(Epochs(199)).approx, 3.125));
+    assert!(close(s.noise_scale(Epoch(199)).approx, 3.125));
     // 23460 + 4740 + 640 + 40·10 = 29,240.
     assert_eq!(s.total_updates(), Updates(29_240));
 }
@@ -157,7 +157,7 @@ fn converted_cosine_is_monotone_and_reports_rounding() {
         ..paper(ScheduleKind::Converted)
     };
     let s = cfg.resolve(N).unwrap();
-    let bs: Vec<usize> = (0..200).map(|e| s.batch_size(Epochs(e))).collect();
+    let bs: Vec<usize> = (0..200).map(|e| s.batch_size(Epoch(e))).collect();
     assert!(bs.windows(2).all(|w| w[0] <= w[1]), "{bs:?}");
     assert_eq!(bs[0], 128);
     assert_eq!(*bs.last().unwrap(), 5000, "the cap binds at the end");
@@ -165,7 +165,7 @@ fn converted_cosine_is_monotone_and_reports_rounding() {
     let ideal = 128.0 / ((1.0 + (std::f64::consts::PI / 200.0).cos()) / 2.0);
     let err = (ideal - 128.0) / 128.0;
     assert!(err > 0.0);
-    assert!(close(s.g_rounding_error(Epochs(1)), err));
+    assert!(close(s.g_rounding_error(Epoch(1)), err));
     let table = s.table();
     assert!(table.phases.iter().any(|r| r.g_rounding_error > 0.0));
     for r in &table.phases {
@@ -175,9 +175,9 @@ fn converted_cosine_is_monotone_and_reports_rounding() {
     assert!(table.phases.len() < 200);
     assert!(table.phases[0].end > Epochs(1)); // epochs 0 and 1 both at B = 128
     // The row reports the worst epoch: the last one, where the ideal B is furthest from 128.
-    let last = Epochs(table.phases[0].end.0 - 1);
+    let last = Epoch(table.phases[0].end.0 - 1);
     assert_eq!(table.phases[0].g_rounding_error, s.g_rounding_error(last));
-    assert_eq!(s.g_rounding_error(Epochs(0)), 0.0);
+    assert_eq!(s.g_rounding_error(Epoch(0)), 0.0);
 }
 
 #[test]
@@ -199,8 +199,8 @@ fn converted_other_lr_schedules() {
     let s = conv(LrSchedule::Exponential { gamma: 0.5 })
         .resolve(N)
         .unwrap();
-    assert_eq!(s.batch_size(Epochs(3)), 1024);
-    assert_eq!(s.batch_size(Epochs(199)), 50_000);
+    assert_eq!(s.batch_size(Epoch(3)), 1024);
+    assert_eq!(s.batch_size(Epoch(199)), 50_000);
     // A table equal to ε0 everywhere except a halving at the end.
     let mut lrs = vec![0.1; 200];
     lrs[199] = 0.05;
@@ -217,21 +217,21 @@ fn warmup_is_linear() {
     };
     let s = cfg.resolve(N).unwrap();
     // Start: 0.1 · ε0 = 0.01.
-    assert!(close(s.hyper(Epochs(0), 0.0).lr, 0.01));
+    assert!(close(s.hyper(Epoch(0), 0.0).lr, 0.01));
     // At t = warmup_epochs: ε0.
-    assert!(close(s.hyper(Epochs(5), 0.0).lr, 0.1));
-    assert!(close(s.hyper(Epochs(4), 1.0).lr, 0.1));
+    assert!(close(s.hyper(Epoch(5), 0.0).lr, 0.1));
+    assert!(close(s.hyper(Epoch(4), 1.0).lr, 0.1));
     // Halfway (t = 2.5): 0.1 · (0.1 + 0.9 · 0.5) = 0.055.
-    assert!(close(s.hyper(Epochs(2), 0.5).lr, 0.055));
+    assert!(close(s.hyper(Epoch(2), 0.5).lr, 0.055));
     // Linear: equal steps in t give equal steps in ε.
-    let at = |t: f64| s.hyper(Epochs(t.floor() as u32), t.fract()).lr;
+    let at = |t: f64| s.hyper(Epoch(t.floor() as u32), t.fract()).lr;
     let step = at(0.5) - at(0.0);
     for k in 1..10 {
         let t = 0.5 * f64::from(k);
         assert!((at(t + 0.5) - at(t) - step).abs() < 1e-12);
     }
     // Batch size is untouched by warm-up.
-    assert_eq!(s.hyper(Epochs(0), 0.3).batch_size, 128);
+    assert_eq!(s.hyper(Epoch(0), 0.3).batch_size, 128);
 
     // Fractional warm-up, composed with lr_scale: full ε0 = 0.5 from t = 2.5 on.
     let cfg = ScheduleConfig {
@@ -241,8 +241,8 @@ fn warmup_is_linear() {
         ..paper(ScheduleKind::DecayLr)
     };
     let s = cfg.resolve(N).unwrap();
-    assert_eq!(s.hyper(Epochs(0), 0.0).lr, 0.0);
-    assert!(close(s.hyper(Epochs(1), 0.25).lr, 0.25));
-    assert!(close(s.hyper(Epochs(2), 0.5).lr, 0.5));
-    assert!(close(s.hyper(Epochs(3), 0.0).lr, 0.5));
+    assert_eq!(s.hyper(Epoch(0), 0.0).lr, 0.0);
+    assert!(close(s.hyper(Epoch(1), 0.25).lr, 0.25));
+    assert!(close(s.hyper(Epoch(2), 0.5).lr, 0.5));
+    assert!(close(s.hyper(Epoch(3), 0.0).lr, 0.5));
 }

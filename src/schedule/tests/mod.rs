@@ -11,7 +11,7 @@ mod props;
 mod reports;
 mod validation;
 
-const N: Samples = CIFAR10_SAMPLES;
+const N: Samples = crate::data::cifar::TRAIN_SAMPLES;
 
 fn paper(kind: ScheduleKind) -> ScheduleConfig {
     ScheduleConfig::paper_cifar10(kind)

@@ -41,12 +41,12 @@ proptest! {
                     // decay-lr's ideal approximate g.
                     let ideal = cfg.lr / cfg.factor.powi(p as i32) * n.0 as f64
                         / ((1.0 - cfg.momentum) * cfg.batch_size as f64);
-                    let g = s.noise_scale(Epochs(e)).approx;
+                    let g = s.noise_scale(Epoch(e)).approx;
                     let rel = (g - ideal).abs() / ideal;
-                    let reported = s.g_rounding_error(Epochs(e));
+                    let reported = s.g_rounding_error(Epoch(e));
                     prop_assert!(rel <= reported + 1e-9, "{kind} e={e}: {rel} > {reported}");
                     prop_assert!(reported <= row.g_rounding_error);
-                    prop_assert!((s.target_noise_scale(Epochs(e)) - ideal).abs() <= 1e-9 * ideal);
+                    prop_assert!((s.target_noise_scale(Epoch(e)) - ideal).abs() <= 1e-9 * ideal);
                 }
             }
             if kind == ScheduleKind::Hybrid {

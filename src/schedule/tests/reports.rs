@@ -84,7 +84,7 @@ fn batch_multiple_rounds_and_reports() {
     };
     let s = cfg.resolve(Samples(10_000)).unwrap();
     assert_eq!(batches(&s), [(0, 5, 96), (5, 10, 512)]); // 500 → 16 × 32
-    assert!(close(s.g_rounding_error(Epochs(0)), 4.0 / 96.0));
-    assert!(close(s.g_rounding_error(Epochs(5)), 12.0 / 512.0));
+    assert!(close(s.g_rounding_error(Epoch(0)), 4.0 / 96.0));
+    assert!(close(s.g_rounding_error(Epoch(5)), 12.0 / 512.0));
     assert!(s.phases().iter().all(|p| p.batch_size % 32 == 0));
 }

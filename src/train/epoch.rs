@@ -1,0 +1,147 @@
+//! An epoch of a run: what is in force while it trains, and its end (totals over the ranks,
+//! evaluation, the [`EpochMetrics`] record, the adaptive schedule's epoch-end decision, the
+//! checkpoint).
+
+use super::eval::evaluate;
+use super::files::write_decisions;
+use super::progress::{describe_decision, describe_epoch, progress_bar};
+use super::ranks::{average_running_stats, global_epoch_sums, weights_checksum};
+use super::run::{CurrentEpoch, Run, observation};
+use crate::checkpoint::{self, EpochAccumulator};
+use crate::metrics::{self, EpochMetrics};
+use crate::model::Model;
+use crate::units::Epoch;
+use anyhow::{Result, bail};
+use std::time::Instant;
+
+impl Run<'_> {
+    /// The epoch the run stands in, or `None` when the schedule is done.
+    pub(super) fn next_epoch(&self) -> Option<CurrentEpoch> {
+        let index = Epoch(self.state.position.epoch);
+        if index.0 >= self.epochs() {
+            return None;
+        }
+        let started = Instant::now();
+        let hyper = self.hyper_at(index, self.state.position.offset);
+        let visible = self.opts.verbose && self.leader();
+        Some(CurrentEpoch {
+            index,
+            hyper,
+            batch_size: hyper.batch_size,
+            bar: progress_bar(visible, 0, index.0, self.epochs()),
+            stop: false,
+            started,
+            train_started: Instant::now(),
+            resumed_train_seconds: self.state.epoch.train_seconds,
+        })
+    }
+
+    /// Whether the run still stands in `epoch` (a pass that ends early leaves samples of it).
+    pub(super) fn in_epoch(&self, epoch: &CurrentEpoch) -> bool {
+        self.state.position.epoch == epoch.index.0
+    }
+
+    /// Ends `epoch`: totals over the ranks, their agreement on the weights, evaluation (rank 0),
+    /// the record, the adaptive schedule's decision for the next epoch, and on rank 0 the metrics
+    /// line, the checkpoint when due and the printed line.
+    pub(super) fn end_epoch(&mut self, model: Model, epoch: CurrentEpoch) -> Result<Model> {
+        epoch.bar.finish_and_clear();
+        let train_seconds = epoch.train_seconds();
+        let (cfg, comm, index) = (&self.resolved.config, self.comm, epoch.index);
+        let epochs = self.epochs();
+        let n = self.resolved.dataset_size;
+
+        let totals = global_epoch_sums(&self.state.epoch, comm)?;
+        let model = average_running_stats(model, comm)?;
+        if comm.world_size() > 1 {
+            let sums = comm.all_gather_u64(weights_checksum(&model))?;
+            if sums.iter().any(|&s| s != sums[0]) {
+                bail!(
+                    "weights differ between ranks after epoch {} (checksums {sums:x?}): the ranks have diverged",
+                    index.0 + 1
+                );
+            }
+        }
+        let (test_loss, test_accuracy) = if self.leader() {
+            evaluate(
+                &model,
+                &self.prepared.test,
+                &self.prepared.normalizer,
+                cfg.train.eval_batch_size,
+                &self.device,
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        // The noise scale of the epoch's last batch (warm-up aside).
+        let lr_factor = self.state.adaptive.as_ref().map_or(1.0, |a| a.lr_factor);
+        let g = crate::noise::noise_scale(
+            self.resolved.schedule.phase(index).lr * lr_factor,
+            n,
+            epoch.batch_size,
+            epoch.hyper.momentum,
+        );
+        let (count, acc) = (totals.count as f64, &self.state.epoch);
+        let record = EpochMetrics {
+            epoch: index.done_after(),
+            updates: self.state.updates,
+            samples: self.state.samples,
+            lr: epoch.hyper.lr,
+            batch_size: epoch.batch_size,
+            momentum: epoch.hyper.momentum,
+            noise_scale: g,
+            train_loss: totals.loss_sum / count,
+            train_accuracy: totals.correct as f64 / count,
+            test_loss,
+            test_accuracy,
+            world_size: comm.world_size(),
+            allreduce_calls: acc.allreduce_calls,
+            allreduce_bytes: acc.allreduce_bytes,
+            wall_seconds: self.wall_seconds(),
+            epoch_seconds: epoch.started.elapsed().as_secs_f64() + epoch.resumed_train_seconds,
+            samples_per_second: n.0 as f64 / train_seconds.max(1e-9),
+            comm_seconds: acc.comm_seconds,
+            peak_memory_bytes: metrics::peak_memory_bytes(),
+            gns: metrics::GnsMetrics::from_reading(self.state.gns.finish_epoch()),
+        };
+        self.state.epoch = EpochAccumulator::default();
+        self.state.wall_seconds = record.wall_seconds;
+        // At the end of the epoch (the default), the adaptive schedule sets the next epoch's B.
+        let mut decision = None;
+        if let (Some(c), Some(a)) = (&self.controller, self.state.adaptive.as_mut())
+            && c.due(self.state.updates.0, true)
+            && index.0 + 1 < epochs
+        {
+            decision = c.decide(a, observation(&self.state.position, self.state.updates.0));
+        }
+        if self.leader() {
+            if let (Some(_), Some(a)) = (&decision, &self.state.adaptive) {
+                write_decisions(&self.opts.out, a)?;
+            }
+            metrics::append_metrics(&self.metrics_path, &record)?;
+            let every = cfg.train.checkpoint_every;
+            let done = index.done_after().0;
+            if (every > 0 && done.is_multiple_of(every)) || done == epochs || epoch.stop {
+                checkpoint::save(
+                    &self.ckpt_path,
+                    &model,
+                    &self.optim.to_record(),
+                    &self.state,
+                    self.resolved,
+                )?;
+                self.last_checkpoint = Instant::now();
+            }
+            if self.opts.verbose {
+                eprintln!("{}", describe_epoch(&record, epochs));
+                if let Some(d) = &decision {
+                    eprintln!("{}", describe_decision(d));
+                }
+            }
+        }
+        self.records.push(record);
+        if epoch.stop {
+            bail!(self.interrupted());
+        }
+        Ok(model)
+    }
+}

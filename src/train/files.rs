@@ -1,0 +1,90 @@
+//! What a run writes into its directory besides metrics and checkpoints: its description
+//! (config, resolved plan, planned schedule, identity) and the adaptive schedule's decisions.
+
+use super::TrainOptions;
+use crate::checkpoint::{self, TrainState};
+use crate::config::Resolved;
+use crate::data;
+use crate::model::Model;
+use crate::params::trainable_params;
+use crate::run_dir::{self, RunInfo};
+use crate::schedule::adaptive::AdaptiveState;
+use anyhow::Result;
+use std::path::Path;
+
+/// The run directory's description of the run, written by the leader before the first update
+/// (and again on resume): `config.toml`, `resolved.json`, the planned `schedule.json`,
+/// `run.json`, the adaptive schedule's decisions so far; and, in a verbose run, one line saying
+/// what runs where.
+pub(super) fn write_run_files(
+    resolved: &Resolved,
+    opts: &TrainOptions,
+    model: &Model,
+    state: &TrainState,
+) -> Result<()> {
+    let (cfg, out, schedule) = (&resolved.config, &opts.out, &resolved.schedule);
+    let (n, epochs) = (resolved.dataset_size, schedule.epochs().0);
+    if let Some(a) = &state.adaptive {
+        // Decisions after the checkpoint are made again, identically.
+        write_decisions(out, a)?;
+    }
+    checkpoint::write_atomic(&out.join(run_dir::CONFIG_FILE), cfg.to_toml().as_bytes())?;
+    // What the config resolved to on this data and these workers: N, the schedule's
+    // phases, the micro-batch and the world size.
+    checkpoint::write_atomic(
+        &out.join(run_dir::RESOLVED_FILE),
+        serde_json::to_string_pretty(resolved)?.as_bytes(),
+    )?;
+    checkpoint::write_atomic(
+        &out.join(run_dir::SCHEDULE_FILE),
+        serde_json::to_string_pretty(&schedule.table())?.as_bytes(),
+    )?;
+    let info = RunInfo {
+        name: cfg.label(),
+        group: opts.group.clone().unwrap_or_else(|| cfg.label()),
+        seed: cfg.seed,
+        schedule: cfg.schedule.kind.to_string(),
+        optimizer: cfg.optimizer.kind.to_string(),
+        model: cfg.model.name(),
+        dataset: cfg.data.dataset.to_string(),
+        normalization: resolved.describe_normalization(),
+    };
+    if let Some(w) = resolved.normalization_warning() {
+        eprintln!("warning: {w}");
+    }
+    checkpoint::write_atomic(
+        &out.join(run_dir::RUN_INFO_FILE),
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+    )?;
+    if opts.verbose {
+        eprintln!(
+            "{}: {} ({} parameters) on {} · N = {} · {} epochs · {}{}",
+            cfg.label(),
+            cfg.model.name(),
+            trainable_params(model),
+            cfg.device,
+            n,
+            epochs,
+            resolved.describe_plan(),
+            if state.position != data::Position::start_of(0) {
+                format!(
+                    " · resuming at epoch {} (+{} samples), update {}",
+                    state.position.epoch, state.position.offset, state.updates
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Rewrites the adaptive schedule's decision log (small: one line per change).
+pub(super) fn write_decisions(out: &Path, state: &AdaptiveState) -> Result<()> {
+    let mut text = String::new();
+    for d in &state.decisions {
+        text.push_str(&serde_json::to_string(d)?);
+        text.push('\n');
+    }
+    checkpoint::write_atomic(&out.join(run_dir::DECISIONS_FILE), text.as_bytes())
+}
