@@ -33,7 +33,7 @@ impl Epoch {
 
 impl std::fmt::Display for Epoch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (0-based)", self.0)
+        self.0.fmt(f)
     }
 }
 

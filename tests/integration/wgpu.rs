@@ -7,11 +7,10 @@
 //! Tolerances: one step's losses and gradients within 2e-5 relative (f32 sums in another
 //! order); two epochs of training within 2e-3 relative on losses and 1 point on accuracy, the
 //! rounding differences having been amplified by ~60 updates.
-#![cfg(feature = "wgpu")]
 
-mod common;
+use crate::common;
+use crate::common::{BIN, succeed, timing_free, wait_for_epochs};
 use burn::tensor::{Device, Tensor};
-use common::{BIN, succeed, timing_free, wait_for_epochs};
 use noisescale::data::Batch;
 use noisescale::model::{Model, ModelConfig};
 use noisescale::optim::{OptimizerConfig, OptimizerKind};

@@ -2,10 +2,9 @@
 //! with the same global batch (same seed), within f32 tolerance, also when the last batch of an
 //! epoch has fewer samples than ranks; batch norm's running statistics agree across ranks; a
 //! signal to one rank stops all of them after the same update.
-#![cfg(feature = "mpi")]
 
-mod common;
-use common::{BIN, spawn, timing_free, wait_for_epochs};
+use crate::common;
+use crate::common::{BIN, spawn, timing_free, wait_for_epochs};
 use noisescale::metrics::{EpochMetrics, read_metrics};
 use std::path::Path;
 use std::process::Command;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_noisescale");
+use crate::common::BIN;
 
 /// Fields that measure time or memory, which no two runs share.
 const METRICS_TIMING: [&str; 5] = [

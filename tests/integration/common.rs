@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: the binary, CLI runs, waiting on a live run, and
 //! metrics without their timing fields.
-#![allow(dead_code)] // each test crate uses its own subset
 
 use noisescale::metrics::{EpochMetrics, read_metrics};
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_noisescale");
+use crate::common::BIN;
 
 fn config(epochs: u32, batch: usize, train: usize) -> String {
     format!(

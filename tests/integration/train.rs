@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_noisescale");
+use crate::common::BIN;
 
 fn config(extra: &str) -> RunConfig {
     let base = r#"

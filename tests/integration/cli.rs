@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_noisescale");
+use crate::common::BIN;
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(BIN).args(args).output().unwrap();

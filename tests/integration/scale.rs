@@ -1,8 +1,7 @@
 //! Where users run it: any thread count, every model kind through interruption and resume, and
 //! results that do not depend on verbosity.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A ResNet-8 with ghost batch norm and crop-flip augmentation on synthetic 8×8 images.
 const RESNET: &str = r#"

@@ -2,8 +2,8 @@
 //! a decision within an epoch continues the epoch at the new batch size, an interrupted run
 //! resumes to the same files, and `schedule --run` prints what was realised.
 
-mod common;
-use common::{BIN, kill, resume_cmd, spawn, succeed, timing_free, train_cmd, write};
+use crate::common;
+use crate::common::{BIN, kill, resume_cmd, spawn, succeed, timing_free, train_cmd, write};
 use noisescale::metrics::{EpochMetrics, read_metrics};
 use noisescale::schedule::adaptive::Decision;
 use std::path::Path;
