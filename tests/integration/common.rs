@@ -2,6 +2,7 @@
 //! metrics without their timing fields.
 
 use noisescale::metrics::{EpochMetrics, read_metrics};
+use noisescale::run_dir::METRICS_FILE;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -69,7 +70,7 @@ pub fn succeed(mut cmd: Command) -> Output {
 
 /// Epoch records of a run directory without the timing fields.
 pub fn timing_free(dir: &Path) -> Vec<EpochMetrics> {
-    read_metrics(&dir.join("metrics.jsonl"))
+    read_metrics(&dir.join(METRICS_FILE))
         .unwrap()
         .iter()
         .map(|m| m.without_timing())
@@ -79,7 +80,7 @@ pub fn timing_free(dir: &Path) -> Vec<EpochMetrics> {
 /// Waits until the run in `dir` has logged `epochs` epochs (2 minutes at most).
 pub fn wait_for_epochs(dir: &Path, epochs: usize) {
     let start = Instant::now();
-    while read_metrics(&dir.join("metrics.jsonl")).map_or(0, |m| m.len()) < epochs {
+    while read_metrics(&dir.join(METRICS_FILE)).map_or(0, |m| m.len()) < epochs {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "{} logged fewer than {epochs} epochs in 2 minutes",

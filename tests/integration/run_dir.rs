@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::BIN;
+use crate::common::{
+    BIN, kill, resume_cmd, spawn, succeed, timing_free, train_cmd, wait_for_epochs, write,
+};
 
 fn config(epochs: u32, batch: usize, train: usize) -> String {
     format!(
@@ -33,12 +35,6 @@ batch_size = {batch}
 momentum = 0.9
 "#
     )
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 fn noisescale(args: &[&std::ffi::OsStr]) -> Output {
@@ -546,24 +542,18 @@ momentum = 0.9
 "#;
     let cfg = write(tmp.path(), "slow.toml", text);
     let out = tmp.path().join("run");
-    let mut child = Command::new(BIN)
-        .args(["train", cfg.to_str().unwrap(), "-q", "--out"])
-        .arg(&out)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(train_cmd(&cfg, &out, &[]));
     let start = Instant::now();
     while run_dir::recorded_holder(&out).is_none() {
         assert!(start.elapsed() < Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let pid = child.id().to_string();
-    let interrupt = || Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let pid = child.id();
     // The second signal goes once the first is acknowledged: two sent back to back can both be
     // pending at once, and the kernel then delivers them as one. An update takes a second or
     // more, so the second still finds the first waiting for its checkpoint.
-    interrupt();
+    kill("-INT", pid);
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut err = String::new();
     while !err.contains("Ctrl-C again") {
@@ -573,7 +563,7 @@ momentum = 0.9
         }
         err.push_str(&line);
     }
-    interrupt();
+    kill("-INT", pid);
     std::io::Read::read_to_string(&mut lines, &mut err).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
@@ -605,27 +595,14 @@ momentum = 0.9
 "#;
     let cfg = write(tmp.path(), "one_update.toml", text);
     let out = tmp.path().join("run");
-    let child = Command::new(BIN)
-        .args(["train", cfg.to_str().unwrap(), "-q", "--out"])
-        .arg(&out)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let metrics = out.join(METRICS_FILE);
-    let start = Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let child = spawn(train_cmd(&cfg, &out, &[]));
+    wait_for_epochs(&out, 3);
+    kill("-INT", child.id());
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(err.contains("checkpoint written"), "{err}");
-    let done = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    let done = timing_free(&out).len();
     assert!((3..150).contains(&done), "{done} epochs recorded");
     let device = Device::flex();
     let model = RunConfig::from_toml(text, "test")
@@ -635,16 +612,7 @@ momentum = 0.9
     let (_, loaded) = checkpoint::load(&out.join(CHECKPOINT_FILE), model, &device).unwrap();
     assert_eq!(loaded.state.position.epoch as usize, done, "{err}");
     assert_eq!(loaded.state.position.offset, 0);
-    let o = noisescale(args!["train", "--resume", out.as_os_str(), "-q"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let lines = std::fs::read_to_string(&metrics).unwrap();
-    let epochs: Vec<u64> = lines
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(epochs, (1..=150).collect::<Vec<u64>>());
+    succeed(resume_cmd(&out));
+    let epochs: Vec<u32> = timing_free(&out).iter().map(|m| m.epoch.0).collect();
+    assert_eq!(epochs, (1..=150).collect::<Vec<u32>>());
 }
