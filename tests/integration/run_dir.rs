@@ -522,25 +522,32 @@ fn eval_of_a_missing_path_names_it() {
     );
 }
 
+/// An MLP of `widths` on `n` synthetic 3×`side`×`side` images at B = n: one update an epoch.
+fn full_batch_mlp(n: usize, side: usize, widths: &str, epochs: u32) -> String {
+    format!(
+        r#"
+[data]
+dataset = "synthetic"
+workers = 0
+synthetic = {{ train = {n}, test = 64, classes = 10, shape = [3, {side}, {side}] }}
+[model]
+kind = "mlp"
+widths = [{widths}]
+[schedule]
+epochs = {epochs}
+lr = 0.01
+batch_size = {n}
+momentum = 0.9
+"#
+    )
+}
+
 #[test]
 fn a_second_ctrl_c_says_what_it_does() {
     let tmp = tempfile::tempdir().unwrap();
     // Large slow updates (B = 4096 through a wide MLP) so both signals land within one.
-    let text = r#"
-[data]
-dataset = "synthetic"
-workers = 0
-synthetic = { train = 4096, test = 64, classes = 10, shape = [3, 32, 32] }
-[model]
-kind = "mlp"
-widths = [2048, 2048]
-[schedule]
-epochs = 50
-lr = 0.01
-batch_size = 4096
-momentum = 0.9
-"#;
-    let cfg = write(tmp.path(), "slow.toml", text);
+    let text = full_batch_mlp(4096, 32, "2048, 2048", 50);
+    let cfg = write(tmp.path(), "slow.toml", &text);
     let out = tmp.path().join("run");
     let mut child = spawn(train_cmd(&cfg, &out, &[]));
     let start = Instant::now();
@@ -579,21 +586,8 @@ momentum = 0.9
 #[test]
 fn ctrl_c_in_the_last_update_of_an_epoch_stops_at_its_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = r#"
-[data]
-dataset = "synthetic"
-workers = 0
-synthetic = { train = 2048, test = 64, classes = 10, shape = [3, 16, 16] }
-[model]
-kind = "mlp"
-widths = [256]
-[schedule]
-epochs = 150
-lr = 0.01
-batch_size = 2048
-momentum = 0.9
-"#;
-    let cfg = write(tmp.path(), "one_update.toml", text);
+    let text = full_batch_mlp(2048, 16, "256", 150);
+    let cfg = write(tmp.path(), "one_update.toml", &text);
     let out = tmp.path().join("run");
     let child = spawn(train_cmd(&cfg, &out, &[]));
     wait_for_epochs(&out, 3);
@@ -605,7 +599,7 @@ momentum = 0.9
     let done = timing_free(&out).len();
     assert!((3..150).contains(&done), "{done} epochs recorded");
     let device = Device::flex();
-    let model = RunConfig::from_toml(text, "test")
+    let model = RunConfig::from_toml(&text, "test")
         .unwrap()
         .model
         .init([3, 16, 16], 10, &device);
