@@ -188,7 +188,11 @@ def bench_row(make, shape, batch, steps, warmup, max_seconds, min_seconds):
 def throughput(args):
     rows = []
     for name, make, shape, batches, slow in ROWS:
+        if args.models and name not in args.models.split(","):
+            continue
         for b in batches:
+            if args.batch_sizes and b not in [int(v) for v in args.batch_sizes.split(",")]:
+                continue
             steps, warmup = (max(args.steps // 4, 3), min(args.warmup, 1)) if slow else (args.steps, args.warmup)
             r = bench_row(make, shape, b, steps, warmup, args.max_seconds, args.min_seconds)
             log(f"torch {name} B={b}: {r['images_per_second']:.1f} images/s ({r['steps']} steps)")
@@ -308,6 +312,8 @@ def main():
     p.add_argument("--max-seconds", type=float, default=30.0)
     p.add_argument("--min-seconds", type=float, default=2.0,
                    help="keep timing a row past --steps until this many seconds are timed")
+    p.add_argument("--models", default="", help="comma-separated rows to run (default: all)")
+    p.add_argument("--batch-sizes", default="", help="comma-separated batch sizes to run (default: all)")
     p.add_argument("--mnist-decay-lr", action="store_true")
     p.add_argument("--mnist-schedule", metavar="FILE",
                    help="JSON of `noisescale schedule --preset mnist --schedule KIND --json`")

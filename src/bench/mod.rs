@@ -68,6 +68,14 @@ pub struct BenchArgs {
     /// Leave out the noise-scale cost rows (three interleaved rounds of three variants).
     #[arg(long)]
     pub no_gns_cost: bool,
+    /// Only these models' rows, comma-separated (`mlp-256`, `cnn`, `resnet-8`, `wrn-16-4`);
+    /// all of them when absent. Passed on to the PyTorch reference.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Only the training rows at these batch sizes, comma-separated (e.g. `128`); every row's
+    /// own batch sizes when absent. The PyTorch reference runs the same ones.
+    #[arg(long, value_delimiter = ',')]
+    pub batch_sizes: Vec<usize>,
     /// Also write the results as JSON to this file (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -85,9 +93,36 @@ pub struct BenchArgs {
     pub pytorch_script: PathBuf,
 }
 
-/// The training rows: model, input shape, batch sizes, and whether it is a slow row (fewer
-/// steps).
-fn train_rows() -> Vec<(ModelConfig, [usize; 3], Vec<usize>, bool)> {
+/// A training row: model, input shape, batch sizes, and whether it is a slow row (fewer steps).
+type TrainRowSpec = (ModelConfig, [usize; 3], Vec<usize>, bool);
+
+/// The training rows `--models` and `--batch-sizes` select (all when they are empty); an
+/// unknown model name is an error that lists the known ones.
+fn selected_rows(models: &[String], batch_sizes: &[usize]) -> Result<Vec<TrainRowSpec>> {
+    let rows = train_rows();
+    let known: Vec<String> = rows.iter().map(|r| r.0.name()).collect();
+    if let Some(bad) = models.iter().find(|m| !known.contains(m)) {
+        bail!(
+            "--models: no bench row for `{bad}`; known: {}",
+            known.join(", ")
+        );
+    }
+    Ok(rows
+        .into_iter()
+        .filter(|r| models.is_empty() || models.contains(&r.0.name()))
+        .map(|(cfg, input, batches, slow)| {
+            let batches = batches
+                .into_iter()
+                .filter(|b| batch_sizes.is_empty() || batch_sizes.contains(b))
+                .collect::<Vec<_>>();
+            (cfg, input, batches, slow)
+        })
+        .filter(|r| !r.2.is_empty())
+        .collect())
+}
+
+/// Every training row.
+fn train_rows() -> Vec<TrainRowSpec> {
     vec![
         (
             ModelConfig::Mlp { widths: vec![256] },
@@ -152,7 +187,7 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
 
     if args.only != Only::Data {
         for &spec in &specs {
-            for (cfg, input, batches, slow) in train_rows() {
+            for (cfg, input, batches, slow) in selected_rows(&args.models, &args.batch_sizes)? {
                 for b in batches {
                     train.push(step::bench_train(&args, &cfg, input, b, slow, None, spec)?);
                 }
@@ -169,7 +204,11 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
             min_seconds: args.min_seconds / 2.0,
             ..args.clone()
         };
-        for (cfg, input, batches, _) in train_rows().into_iter().take(3) {
+        // The models whose rows fit a quick repeat (not WRN-16-4).
+        let quick_rows = selected_rows(&args.models, &args.batch_sizes)?
+            .into_iter()
+            .filter(|r| !r.3);
+        for (cfg, input, batches, _) in quick_rows {
             for b in batches {
                 let mut rounds: [Vec<f64>; 3] = Default::default();
                 for _ in 0..GNS_ROUNDS {
@@ -295,6 +334,17 @@ fn run_pytorch(args: &BenchArgs) -> Result<TorchReport> {
         .args(["--warmup", &args.warmup.to_string()])
         .args(["--max-seconds", &args.max_seconds.to_string()])
         .args(["--min-seconds", &args.min_seconds.to_string()])
+        .args(if args.models.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--models".to_string(), args.models.join(",")]
+        })
+        .args(if args.batch_sizes.is_empty() {
+            Vec::new()
+        } else {
+            let sizes: Vec<String> = args.batch_sizes.iter().map(|b| b.to_string()).collect();
+            vec!["--batch-sizes".to_string(), sizes.join(",")]
+        })
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("starting {}", args.python.display()))?;

@@ -1,9 +1,10 @@
 //! Our CPU kernels for burn's `flex` backend, as burn backend extensions with their own backward
-//! steps: im2col + GEMM convolution ([`conv`]) and fused ghost batch normalisation
-//! ([`batch_norm`]). Each checks whether a tensor runs on it (flex, f32) and otherwise falls back
+//! steps: im2col + GEMM convolution ([`conv`]), fused ghost batch normalisation
+//! ([`batch_norm`]) and max pooling ([`pool`]). Each checks whether a tensor runs on it (flex, f32) and otherwise falls back
 //! to burn's operations, which is what every other backend (wgpu, cuda) runs.
 
 pub mod batch_norm;
 pub mod conv;
 pub(crate) mod flex;
 mod im2col;
+pub mod pool;
