@@ -248,6 +248,9 @@ mod tests {
             // More images than tasks: each task accumulates several images' weight gradients.
             (19, 3, 6, 6, 4, [3, 3], [1, 1], (1, 1), true),
             (17, 4, 5, 5, 3, [1, 1], [1, 1], (0, 0), false),
+            // Images whose `col` is cut into row chunks (3 and 2 of them), stride 1 and 2.
+            (2, 16, 32, 32, 8, [3, 3], [1, 1], (1, 1), true),
+            (3, 32, 40, 40, 4, [3, 3], [2, 2], (1, 1), false),
         ];
         for (n, c, h, w, o, kernel, stride, (ph, pw), bias) in cases {
             let conv = Conv2dConfig::new([c, o], kernel)
@@ -257,6 +260,18 @@ mod tests {
                 .init(&device);
             assert!(fast_path(&conv, &Tensor::zeros([1, c, h, w], &device)).is_some());
             let x = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+            if c >= 16 {
+                let g = Geometry::new(
+                    &[n, c, h, w],
+                    &[o, c, kernel[0], kernel[1]],
+                    stride,
+                    [ph, pw],
+                );
+                assert!(
+                    super::super::im2col::row_chunks(&g).count() > 1,
+                    "{c}×{h}×{w}"
+                );
+            }
             let ours = run(&conv, &x, conv2d);
             let burns = run(&conv, &x, |m, x| m.forward(x));
             for (what, (a, b)) in ["output", "input grad", "weight grad", "bias grad"]
