@@ -364,3 +364,32 @@ fn run_pytorch(args: &BenchArgs) -> Result<TorchReport> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(rows: &[TrainRowSpec]) -> Vec<(String, Vec<usize>)> {
+        rows.iter().map(|r| (r.0.name(), r.2.clone())).collect()
+    }
+
+    #[test]
+    fn models_and_batch_sizes_select_rows() {
+        assert_eq!(selected_rows(&[], &[]).unwrap().len(), train_rows().len());
+        let rows = selected_rows(&["cnn".into(), "resnet-8".into()], &[128]).unwrap();
+        assert_eq!(
+            names(&rows),
+            [("cnn".into(), vec![128]), ("resnet-8".into(), vec![128])]
+        );
+        // A batch size no selected model has leaves no row (the MLP runs 64 and 1,024).
+        assert!(
+            selected_rows(&["mlp-256".into()], &[128])
+                .unwrap()
+                .is_empty()
+        );
+        let err = selected_rows(&["lenet".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`lenet`") && err.contains("wrn-16-4"), "{err}");
+    }
+}
