@@ -2,7 +2,7 @@
 # Benchmarks noisescale against PyTorch eager on this machine's CPU. Not used by tests or CI.
 #
 #   bench/run.sh --install      # once: create bench/.venv and `pip install torch` from PyPI
-#   bench/run.sh [--threads N] [--steps N] [--no-mnist] [--data DIR]
+#   bench/run.sh [--threads N] [--steps N] [--rounds N] [--no-mnist] [--data DIR]
 #
 # The PyPI torch wheel for Linux x86-64 is the CUDA build (torch 2.15.0+cu132 when this was
 # written): it runs on the CPU but pulls the nvidia-* wheels, about 5 GB installed in bench/.venv.
@@ -14,6 +14,7 @@ VENV=bench/.venv
 PY="$VENV/bin/python"
 THREADS=2
 STEPS=20
+ROUNDS=3
 DATA=../shared/data
 MNIST=1
 INSTALL=0
@@ -23,6 +24,7 @@ while [ $# -gt 0 ]; do
         --install) INSTALL=1 ;;
         --threads) THREADS="$2"; shift ;;
         --steps) STEPS="$2"; shift ;;
+        --rounds) ROUNDS="$2"; shift ;;
         --data) DATA="$2"; shift ;;
         --no-mnist) MNIST=0 ;;
         -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
@@ -53,7 +55,8 @@ rustc --version
 uptime
 
 mkdir -p bench/out
-cargo run --release -- bench --threads "$THREADS" --steps "$STEPS" --data "$DATA" \
+# Training rows and PyTorch's, interleaved --rounds times, medians: this machine's speed drifts.
+cargo run --release -- bench --threads "$THREADS" --steps "$STEPS" --rounds "$ROUNDS" --data "$DATA" \
     --pytorch --python "$PY" --json bench/out/bench.json
 
 if [ "$MNIST" = 1 ]; then

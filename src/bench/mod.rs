@@ -72,6 +72,11 @@ pub struct BenchArgs {
     /// all of them when absent. Passed on to the PyTorch reference.
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Measure the training rows (and PyTorch's) this many times, interleaved (our rows, then
+    /// PyTorch's, then ours again, …), and report each row's median: on a machine whose speed
+    /// drifts, one pass of each side after the other can favour either.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Only the training rows at these batch sizes, comma-separated (e.g. `128`); every row's
     /// own batch sizes when absent. The PyTorch reference runs the same ones.
     #[arg(long, value_delimiter = ',')]
@@ -167,6 +172,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("--steps = 0 is out of range: must be at least 1");
     }
+    if args.rounds == 0 {
+        bail!("--rounds = 0 is out of range: must be at least 1");
+    }
     // burn-flex and our kernels parallelise over the current rayon pool: this one, whose
     // workers flush denormals like the global pool's.
     crate::cpu::pool(args.threads)?.install(|| run_in_pool(args))
@@ -185,14 +193,28 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
     let mut gns = Vec::new();
     let mut data_rows = Vec::new();
 
+    // The training rows and PyTorch's, `--rounds` times in turn, then each row's median.
+    let mut torch_rounds = Vec::new();
     if args.only != Only::Data {
-        for &spec in &specs {
-            for (cfg, input, batches, slow) in selected_rows(&args.models, &args.batch_sizes)? {
-                for b in batches {
-                    train.push(step::bench_train(&args, &cfg, input, b, slow, None, spec)?);
+        let mut rounds = Vec::new();
+        for round in 0..args.rounds {
+            if args.rounds > 1 {
+                eprintln!("round {} of {}", round + 1, args.rounds);
+            }
+            let mut rows = Vec::new();
+            for &spec in &specs {
+                for (cfg, input, batches, slow) in selected_rows(&args.models, &args.batch_sizes)? {
+                    for b in batches {
+                        rows.push(step::bench_train(&args, &cfg, input, b, slow, None, spec)?);
+                    }
                 }
             }
+            rounds.push(rows);
+            if args.pytorch {
+                torch_rounds.push(run_pytorch(&args)?);
+            }
         }
+        train = median_rows(rounds);
     }
     if args.only != Only::Data && !args.no_gns_cost {
         // The cost of measuring the gradient noise scale (on by default in training): the same
@@ -280,14 +302,11 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
         ));
     }
 
-    let pytorch = if args.pytorch && args.only != Only::Data {
-        Some(run_pytorch(&args)?)
-    } else {
-        None
-    };
+    let pytorch = median_torch(torch_rounds);
 
     let report = BenchReport {
         noisescale_version: env!("CARGO_PKG_VERSION").to_string(),
+        rounds: args.rounds,
         devices: specs.iter().map(ToString::to_string).collect(),
         threads: args.threads,
         rayon_num_threads: std::env::var("RAYON_NUM_THREADS").ok(),
@@ -312,6 +331,54 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The median of `v` (the upper one of an even count); `v` is not empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One row per training row of the first round, at the median images/s over the rounds (which
+/// ran the same rows in the same order); steps are summed over the rounds.
+fn median_rows(rounds: Vec<Vec<TrainRow>>) -> Vec<TrainRow> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    (0..first.len())
+        .map(|i| {
+            let row = &first[i];
+            let ips = median(rounds.iter().map(|r| r[i].images_per_second).collect());
+            TrainRow {
+                steps: rounds.iter().map(|r| r[i].steps).sum(),
+                seconds_per_step: row.batch as f64 / ips,
+                images_per_second: ips,
+                ..row.clone()
+            }
+        })
+        .collect()
+}
+
+/// PyTorch's rows at their median images/s over the rounds, or `None` when it did not run.
+fn median_torch(rounds: Vec<TorchReport>) -> Option<TorchReport> {
+    let first = rounds.first()?.clone();
+    let rows = first
+        .rows
+        .iter()
+        .map(|row| {
+            let all = rounds
+                .iter()
+                .flat_map(|r| &r.rows)
+                .filter(|r| r.model == row.model && r.batch == row.batch)
+                .map(|r| r.images_per_second)
+                .collect();
+            TorchRow {
+                images_per_second: median(all),
+                ..row.clone()
+            }
+        })
+        .collect();
+    Some(TorchReport { rows, ..first })
 }
 
 fn data_epochs(n: usize, batch: usize) -> u32 {
@@ -371,6 +438,44 @@ mod tests {
 
     fn names(rows: &[TrainRowSpec]) -> Vec<(String, Vec<usize>)> {
         rows.iter().map(|r| (r.0.name(), r.2.clone())).collect()
+    }
+
+    #[test]
+    fn rounds_give_each_row_its_median() {
+        let row = super::report::tests::row;
+        let rounds = vec![
+            vec![
+                row("flex", "cnn", 128, 900.0),
+                row("flex", "mlp-256", 64, 30.0),
+            ],
+            vec![
+                row("flex", "cnn", 128, 700.0),
+                row("flex", "mlp-256", 64, 50.0),
+            ],
+            vec![
+                row("flex", "cnn", 128, 800.0),
+                row("flex", "mlp-256", 64, 10.0),
+            ],
+        ];
+        let rows = median_rows(rounds);
+        let got: Vec<(&str, f64, usize)> = rows
+            .iter()
+            .map(|r| (r.model.as_str(), r.images_per_second, r.steps))
+            .collect();
+        assert_eq!(got, [("cnn", 800.0, 30), ("mlp-256", 30.0, 30)]);
+        assert_eq!(rows[0].seconds_per_step, 128.0 / 800.0);
+        let torch = |ips: f64| TorchReport {
+            torch_version: "t".into(),
+            threads: 2,
+            rows: vec![TorchRow {
+                model: "cnn".into(),
+                batch: 128,
+                images_per_second: ips,
+            }],
+        };
+        let t = median_torch(vec![torch(5.0), torch(1.0), torch(3.0)]).unwrap();
+        assert_eq!(t.rows[0].images_per_second, 3.0);
+        assert!(median_torch(Vec::new()).is_none());
     }
 
     #[test]

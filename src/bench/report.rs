@@ -96,6 +96,10 @@ pub struct TorchRow {
     pub images_per_second: f64,
 }
 
+fn one() -> usize {
+    1
+}
+
 fn flex_only() -> Vec<String> {
     vec![flex()]
 }
@@ -108,6 +112,9 @@ pub struct BenchReport {
     /// `--device`: the training rows' devices, the first being the one compared against.
     #[serde(default = "flex_only")]
     pub devices: Vec<String>,
+    /// `--rounds`: each training figure is the median of this many interleaved measurements.
+    #[serde(default = "one")]
+    pub rounds: usize,
     /// `--threads`.
     pub threads: usize,
     /// `RAYON_NUM_THREADS` as seen by the process.
@@ -155,11 +162,16 @@ pub fn format_report(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "\nTraining step (forward, cross-entropy, backward, SGD momentum step), threads = {}{}",
+        "\nTraining step (forward, cross-entropy, backward, SGD momentum step), threads = {}{}{}",
         r.threads,
         match &r.pytorch {
             Some(t) => format!(", PyTorch {}", t.torch_version),
             None => String::new(),
+        },
+        if r.rounds > 1 {
+            format!(", median of {} interleaved rounds", r.rounds)
+        } else {
+            String::new()
         }
     );
     // One line per (model, batch): the first device's row, then the others' beside it.
@@ -286,10 +298,10 @@ pub fn format_report(r: &BenchReport) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(device: &str, model: &str, batch: usize, ips: f64) -> TrainRow {
+    pub(crate) fn row(device: &str, model: &str, batch: usize, ips: f64) -> TrainRow {
         TrainRow {
             device: device.into(),
             model: model.into(),
@@ -306,6 +318,7 @@ mod tests {
     fn a_second_device_sits_beside_the_first_with_its_ratio() {
         let report = BenchReport {
             noisescale_version: "0".into(),
+            rounds: 1,
             devices: vec!["flex".into(), "wgpu".into()],
             threads: 2,
             rayon_num_threads: None,
