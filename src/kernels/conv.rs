@@ -10,7 +10,8 @@
 //!
 //! * forward: `Y_b[O, P] = W[O, K] · col(X_b)[K, P]`
 //! * input gradient: `dX_b = col2im(Wᵀ[K, O] · dY_b[O, P])`
-//! * weight gradient: `dW[O, K] = Σ_b dY_b[O, P] · col(X_b)ᵀ[P, K]`
+//! * weight gradient: `dW[O, K] = Σ_b dY_b[O, P] · col(X_b)ᵀ[P, K]`, summed as its transpose
+//!   `col(X_b) · dY_bᵀ` so that gemm packs the small `dY_b` block rather than `col`
 //!
 //! with `K = C·kh·kw` (the weight's own row-major order) and `P = Ho·Wo`. A 1×1, stride-1,
 //! unpadded convolution uses the input itself as `col`. The operation is a burn backend

@@ -495,8 +495,13 @@ pub(super) fn backward(
                             with_scratch(&SCRATCH, k * len, |col| {
                                 if want_dw {
                                     im2col_rows(g, padded, rows.clone(), col);
-                                    let col_t = Operand::transposed(col, len, k);
-                                    matmul(dw_task, k, dy_rows, col_t, i > 0 || c > 0, par);
+                                    // dWᵀ[K, O] += col · dYᵀ: with `col` as the left operand
+                                    // gemm packs the O×len block of dY, not the K×len `col`.
+                                    let dy_t =
+                                        Operand::transposed(&dy_b[rows.start * g.ow..], len, g.o)
+                                            .with_stride(p);
+                                    let col_k = Operand::plain(col, k, len);
+                                    matmul(dw_task, g.o, col_k, dy_t, i > 0 || c > 0, par);
                                 }
                                 if want_dx {
                                     matmul(col, len, w_t, dy_rows, false, par);
@@ -519,7 +524,17 @@ pub(super) fn backward(
                 *a += b;
             }
         }
-        total
+        if g.is_pointwise() {
+            return total;
+        }
+        // The im2col path summed dWᵀ [K, O]; the weight's layout is [O, K].
+        let mut dw = vec![0.0f32; g.o * k];
+        for (kk, row) in total.chunks_exact(g.o).enumerate() {
+            for (o, &v) in row.iter().enumerate() {
+                dw[o * k + kk] = v;
+            }
+        }
+        dw
     });
     (want_dx.then_some(dx), dw)
 }
