@@ -242,10 +242,7 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
                         rounds[v].push(row.images_per_second);
                     }
                 }
-                let [without, with_default, with_every_update] = rounds.map(|mut r| {
-                    r.sort_by(f64::total_cmp);
-                    r[r.len() / 2]
-                });
+                let [without, with_default, with_every_update] = rounds.map(median);
                 gns.push(GnsCostRow {
                     model: cfg.name(),
                     batch: b,

@@ -468,13 +468,13 @@ pub(super) fn backward(
                     None
                 };
                 if g.is_pointwise() {
-                    let dy_b = Operand::plain(dy_b, g.o, p);
+                    // dWᵀ[K, O] += x_b · dY_bᵀ, as the im2col path below sums it.
                     if want_dw {
-                        let x_t = Operand::transposed(x_b, p, k);
-                        matmul(dw_task, k, dy_b, x_t, i > 0, par);
+                        let dy_t = Operand::transposed(dy_b, p, g.o);
+                        matmul(dw_task, g.o, Operand::plain(x_b, k, p), dy_t, i > 0, par);
                     }
                     if let Some(dx_b) = dx_b {
-                        matmul(dx_b, p, w_t, dy_b, false, par);
+                        matmul(dx_b, p, w_t, Operand::plain(dy_b, g.o, p), false, par);
                     }
                     continue;
                 }
@@ -524,10 +524,7 @@ pub(super) fn backward(
                 *a += b;
             }
         }
-        if g.is_pointwise() {
-            return total;
-        }
-        // The im2col path summed dWᵀ [K, O]; the weight's layout is [O, K].
+        // Both paths summed dWᵀ [K, O]; the weight's layout is [O, K].
         let mut dw = vec![0.0f32; g.o * k];
         for (kk, row) in total.chunks_exact(g.o).enumerate() {
             for (o, &v) in row.iter().enumerate() {
