@@ -3,6 +3,11 @@
 # minutes after the build. Not used by tests or CI (CI runs the wgpu tests on lavapipe).
 #
 #   bench/gpu.sh [--device wgpu[:N]] [--data DIR] [--out DIR] [--budget SECONDS]
+#                [--bin PATH] [--threads N] [--pytorch PYTHON]
+#
+# --bin runs a noisescale binary built elsewhere (`cargo build --release --features wgpu`), for a
+# GPU machine without a Rust toolchain; --threads sets flex's threads beside the GPU (all cores);
+# --pytorch times PyTorch's same rows on CUDA (`bench/pytorch_ref.py --device cuda`) with PYTHON.
 #
 # 1. `noisescale bench` training-step rows on the GPU beside flex on all CPU cores.
 # 2. The paper-cifar10 preset (WRN-16-4, ghost BN 128) per schedule, with its milestones moved
@@ -12,7 +17,9 @@
 #    stopped (SIGINT, checkpoint written) when it runs out; the table shows the epochs that
 #    finished. Uses the full CIFAR-10 when DIR holds cifar-10-batches-bin, else a synthetic set
 #    of the same shapes (50,000 + 2,000 images of 3×32×32): epoch times are the same, accuracies
-#    meaningless.
+#    meaningless. Each run's first epoch includes burn's autotuning: every new shape's candidate
+#    kernels are benchmarked once per process (the first update of a short run took 45 s on an
+#    H200), so compare the later epochs.
 #
 # Writes OUT/bench.txt, OUT/bench.json, OUT/epochs.txt and the runs (default OUT = runs/gpu).
 set -euo pipefail
@@ -22,27 +29,39 @@ DEVICE=wgpu
 DATA=../shared/data
 OUT=runs/gpu
 BUDGET=420
+BIN=
+THREADS=$(nproc)
+PYTORCH=
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) DEVICE="$2"; shift ;;
         --data) DATA="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --budget) BUDGET="$2"; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --bin) BIN="$2"; shift ;;
+        --threads) THREADS="$2"; shift ;;
+        --pytorch) PYTORCH="$2"; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-cargo build --release --features wgpu
-BIN=target/release/noisescale
+if [ -z "$BIN" ]; then
+    cargo build --release --features wgpu
+    BIN=target/release/noisescale
+fi
 mkdir -p "$OUT"
-THREADS=$(nproc)
 
 echo "== training steps: $DEVICE beside flex ($THREADS threads)" | tee "$OUT/bench.txt"
 "$BIN" bench --only train-step --no-gns-cost --device "flex,$DEVICE" --threads "$THREADS" \
     --steps 10 --min-seconds 1 --max-seconds 20 --json "$OUT/bench.json" | tee -a "$OUT/bench.txt"
+if [ -n "$PYTORCH" ]; then
+    echo "== the same rows in PyTorch on CUDA" | tee -a "$OUT/bench.txt"
+    "$PYTORCH" bench/pytorch_ref.py --device cuda --threads "$THREADS" --steps 20 --min-seconds 2 \
+        --max-seconds 10 --json "$OUT/torch-cuda.json" 2>&1 | tee -a "$OUT/bench.txt"
+fi
 
 if [ -d "$DATA/cifar-10-batches-bin" ]; then
     DATA_TOML="dataset = \"cifar10\"

@@ -13,7 +13,10 @@ per phase: decay-lr, increase-batch or hybrid, exactly as noisescale runs them),
 per-epoch test accuracy and wall time as JSON, for "time to the same test accuracy".
 `--mnist-decay-lr` is the decay-lr run without a FILE (lr 0.1, B 64, x0.2 at 9/18/24).
 
-Usage: python bench/pytorch_ref.py [--json FILE|-] [--threads 2] [--steps 20] [--warmup 3]
+`--device cuda` times mode 1 on a CUDA GPU instead, for `noisescale bench --device wgpu` rows: each
+step uploads its host batch (as noisescale's step does) and ends with torch.cuda.synchronize().
+
+Usage: python bench/pytorch_ref.py [--json FILE|-] [--threads 2] [--steps 20] [--warmup 3] [--device cuda]
        python bench/pytorch_ref.py --mnist-schedule FILE [--data ../shared/data/mnist]
 """
 
@@ -158,22 +161,26 @@ ROWS = [
 ]
 
 
-def bench_row(make, shape, batch, steps, warmup, max_seconds, min_seconds):
+def bench_row(make, shape, batch, steps, warmup, max_seconds, min_seconds, device="cpu"):
     torch.manual_seed(0)
-    model = make()
+    model = make().to(device)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    x = torch.rand(batch, *shape) * 2 - 1
-    y = torch.randint(0, 10, (batch,))
+    x_host = torch.rand(batch, *shape) * 2 - 1
+    y_host = torch.randint(0, 10, (batch,))
+    cuda = device != "cpu"
     timed, elapsed = 0, 0.0
     i = 0
     while not (i >= warmup and timed >= steps and elapsed >= min_seconds):
         t = time.perf_counter()
+        x, y = (x_host.to(device), y_host.to(device)) if cuda else (x_host, y_host)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.item()  # as the Rust trainer reads the loss every step
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t
         if i >= warmup:
             timed += 1
@@ -194,10 +201,13 @@ def throughput(args):
             if args.batch_sizes and b not in [int(v) for v in args.batch_sizes.split(",")]:
                 continue
             steps, warmup = (max(args.steps // 4, 3), min(args.warmup, 1)) if slow else (args.steps, args.warmup)
-            r = bench_row(make, shape, b, steps, warmup, args.max_seconds, args.min_seconds)
-            log(f"torch {name} B={b}: {r['images_per_second']:.1f} images/s ({r['steps']} steps)")
+            r = bench_row(make, shape, b, steps, warmup, args.max_seconds, args.min_seconds, args.device)
+            log(f"torch {name} B={b} on {args.device}: {r['images_per_second']:.1f} images/s ({r['steps']} steps)")
             rows.append({"model": name, "batch": b, **r})
-    return {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    out = {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
+    if args.device != "cpu":
+        out["device"] = torch.cuda.get_device_name(torch.device(args.device))
+    return out
 
 
 # ----------------------------------------------------------------------------- MNIST end to end
@@ -312,6 +322,7 @@ def main():
     p.add_argument("--max-seconds", type=float, default=30.0)
     p.add_argument("--min-seconds", type=float, default=2.0,
                    help="keep timing a row past --steps until this many seconds are timed")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for the training-step rows")
     p.add_argument("--models", default="", help="comma-separated rows to run (default: all)")
     p.add_argument("--batch-sizes", default="", help="comma-separated batch sizes to run (default: all)")
     p.add_argument("--mnist-decay-lr", action="store_true")

@@ -53,7 +53,8 @@ fn main() -> Result<()> {
     for epoch in 0..schedule.epochs().0 {
         let hyper = schedule.hyper(Epoch(epoch), 0.0);
         for batch in loader.epoch(epoch, hyper.batch_size, 0, None) {
-            let step = forward_backward(&model, &batch, batch.len(), &plan, &device)?;
+            let n = batch.len();
+            let step = forward_backward(&model, batch, n, &plan, &device)?;
             model = optim.step(model, step.grads, hyper);
             updates += 1;
         }

@@ -100,7 +100,7 @@ pub fn is_flex(device: &Device) -> bool {
     )
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-base")]
 fn wgpu(adapter: WgpuAdapter) -> Result<Device> {
     use burn::tensor::DeviceKind;
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
@@ -122,7 +122,7 @@ fn wgpu(adapter: WgpuAdapter) -> Result<Device> {
     Ok(Device::wgpu(kind))
 }
 
-#[cfg(not(feature = "wgpu"))]
+#[cfg(not(feature = "wgpu-base"))]
 fn wgpu(_: WgpuAdapter) -> Result<Device> {
     bail!("this build has no wgpu support: rebuild with `cargo build --release --features wgpu`")
 }

@@ -66,10 +66,11 @@ pub fn assemble(
         "normaliser channels differ from data set's"
     );
     let tables: Vec<[f32; 256]> = (0..c).map(|ch| normalizer.table(ch)).collect();
-    let mut images = vec![0f32; indices.len() * len];
+    // Filled by appending, not zeroed first: a batch at B = 8,000 is 25 MB of MNIST floats.
+    let mut images = Vec::with_capacity(indices.len() * len);
     let mut labels = Vec::with_capacity(indices.len());
     let mut scratch = vec![0u8; len];
-    for (k, &i) in indices.iter().enumerate() {
+    for &i in indices {
         let src = dataset.image(i as usize);
         let px: &[u8] = match augment {
             Augment::None => src,
@@ -78,15 +79,12 @@ pub fn assemble(
                 &scratch
             }
         };
-        let out = &mut images[k * len..(k + 1) * len];
-        for (ch, t) in tables.iter().enumerate() {
-            let r = ch * plane..(ch + 1) * plane;
-            for (o, &p) in out[r.clone()].iter_mut().zip(&px[r]) {
-                *o = t[p as usize];
-            }
+        for (t, px) in tables.iter().zip(px.chunks_exact(plane)) {
+            images.extend(px.iter().map(|&p| t[p as usize]));
         }
         labels.push(dataset.labels[i as usize]);
     }
+    debug_assert_eq!(images.len(), indices.len() * len);
     Batch {
         images,
         labels,

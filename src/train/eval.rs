@@ -18,9 +18,9 @@ pub fn evaluate<M: Classifier>(
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let (mut loss_sum, mut correct, mut count) = (0.0f64, 0u64, 0u64);
     for batch in data::eval_batches(data, normalizer, batch_size) {
-        let (x, y) = to_tensors(&batch.images, &batch.labels, batch.shape, &device);
-        let logits = model.logits(x);
         let n = batch.len();
+        let (x, y) = to_tensors(batch.images, &batch.labels, batch.shape, &device);
+        let logits = model.logits(x);
         let (loss, right) = loss_and_correct(loss_fn.forward(logits.clone(), y.clone()), logits, y);
         loss_sum += loss * n as f64;
         correct += right;
@@ -29,13 +29,15 @@ pub fn evaluate<M: Classifier>(
     (loss_sum / count as f64, correct as f64 / count as f64)
 }
 
+/// A batch's input and label tensors on `device`. The images' buffer becomes the input tensor's
+/// on the CPU backend, without a copy: at B = 8,000 on MNIST a copy was 4.5% of an epoch.
 pub(super) fn to_tensors(
-    images: &[f32],
+    images: Vec<f32>,
     labels: &[u8],
     shape: [usize; 4],
     device: &Device,
 ) -> (Tensor<4>, Tensor<1, Int>) {
-    let x = Tensor::<4>::from_data(TensorData::new(images.to_vec(), shape), device);
+    let x = Tensor::<4>::from_data(TensorData::new(images, shape), device);
     let y: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(y, [labels.len()]), device);
     (x, y)

@@ -54,7 +54,7 @@ pub fn measure_noise_scale(
         );
         let step = forward_backward(
             model,
-            &batch,
+            batch,
             batch_size,
             &StepPlan {
                 update: i as u64,

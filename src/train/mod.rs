@@ -108,7 +108,7 @@ pub fn train(
         // pass, and the next one continues from the same sample with the new B.
         'pass: while run.in_epoch(&epoch) {
             for batch in run.batches(&epoch) {
-                let (m, flow) = run.update(model, &batch, &mut epoch)?;
+                let (m, flow) = run.update(model, batch, &mut epoch)?;
                 model = m;
                 if flow == Flow::NewBatchSize {
                     continue 'pass;

@@ -244,7 +244,7 @@ impl<'a> Run<'a> {
     pub(super) fn update(
         &mut self,
         model: Model,
-        batch: &Batch,
+        batch: Batch,
         epoch: &mut CurrentEpoch,
     ) -> Result<(Model, Flow)> {
         let cfg = &self.resolved.config;
@@ -275,6 +275,10 @@ impl<'a> Run<'a> {
             } else {
                 local_pieces >= 2
             };
+        let (local_len, position) = (
+            batch.len(),
+            batch.position_after(self.resolved.dataset_size.0),
+        );
         let step = match forward_backward(&model, batch, global_len, &plan, &self.device) {
             Ok(s) => s,
             Err(StepError::NonFinite { loss }) => bail!(Diverged {
@@ -339,12 +343,12 @@ impl<'a> Run<'a> {
         state.samples += Samples(global_len as u64);
         state.epoch.loss_sum += step.loss_sum;
         state.epoch.correct += step.correct;
-        state.epoch.count += batch.len() as u64;
-        state.position = batch.position_after(self.resolved.dataset_size.0);
+        state.epoch.count += local_len as u64;
+        state.position = position;
         epoch.bar.inc(1);
         epoch.bar.set_message(format!(
             "loss {:.4}",
-            step.loss_sum / batch.len().max(1) as f64
+            step.loss_sum / local_len.max(1) as f64
         ));
         // Every K updates, the adaptive schedule may change B from the next batch on (at the
         // epoch's last update, the epoch-end decision does it).

@@ -106,10 +106,11 @@ impl std::error::Error for StepError {}
 /// One update's forward and backward passes on this rank's share `batch` of a global batch of
 /// `global_len` samples: the share is cut into pieces ([`StepPlan::piece_len`]), each piece's
 /// gradient weighted by `len/global_len`, which sums (over pieces and ranks) to the gradient of
-/// the mean loss over the whole batch. The trainer and `bench` both run this.
+/// the mean loss over the whole batch. The trainer and `bench` both run this. It takes the batch:
+/// its images become the input tensor, uncopied on the CPU.
 pub fn forward_backward<M: Classifier>(
     model: &M,
-    batch: &data::Batch,
+    batch: data::Batch,
     global_len: usize,
     plan: &StepPlan,
     device: &Device,
@@ -133,7 +134,7 @@ pub fn forward_backward<M: Classifier>(
     // The share goes to the device once; pieces are slices of it there. What the host needs
     // (losses, correct counts, the pieces' squared norms) stays on the device until one read
     // after the last piece: a GPU backend waits for its queue at every read.
-    let (all_x, all_y) = to_tensors(&batch.images, &batch.labels, [local, c, h, w], device);
+    let (all_x, all_y) = to_tensors(batch.images, &batch.labels, [local, c, h, w], device);
     let mut stats: Vec<Tensor<1>> = Vec::new();
     let mut norm_parts = 0;
     let mut start = 0;

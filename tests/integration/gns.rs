@@ -99,7 +99,7 @@ fn online_estimate_matches_the_exact_noise_scale() {
         );
         let step = train::forward_backward(
             &model,
-            &batch,
+            batch,
             n,
             &train::StepPlan {
                 max_micro_batch: n,

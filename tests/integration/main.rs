@@ -19,5 +19,5 @@ mod run_dir;
 mod scale;
 mod tiny_cnn;
 mod train;
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-base")]
 mod wgpu;

@@ -406,7 +406,7 @@ max_micro_batch = 16
 /// all-reduce in one buffer: two ranks on wgpu follow one flex process, within the tolerance of
 /// GPU arithmetic (`tests/wgpu.rs`), and the ranks' weights stay identical (checked by the run
 /// every epoch).
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-base")]
 #[test]
 fn two_ranks_on_wgpu_follow_one_flex_process() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! The wgpu backend against flex (`--features wgpu`; CI runs it on Mesa's lavapipe, a software
+//! The wgpu backend against flex (`--features wgpu-base` or `wgpu`; CI runs it on Mesa's lavapipe, a software
 //! Vulkan driver): the same seed gives the same initial weights on both; every model kind's
 //! forward and backward passes (ghost batch norm, unequal micro-batches), every optimiser's
 //! steps, a short training run, evaluation, and checkpoints that cross devices in both
@@ -119,8 +119,8 @@ fn every_model_starts_equal_and_computes_flex_gradients_on_wgpu() {
         let on_wgpu = cfg.init_seeded(shape, 10, 11, &wgpu());
         // Drawn on the CPU and copied: bit for bit the same weights.
         assert_same_weights(&format!("{name} init"), &on_wgpu, &on_flex, 0.0);
-        let a = forward_backward(&on_flex, &batch, 18, &plan, &flex()).unwrap();
-        let b = forward_backward(&on_wgpu, &batch, 18, &plan, &wgpu()).unwrap();
+        let a = forward_backward(&on_flex, batch.clone(), 18, &plan, &flex()).unwrap();
+        let b = forward_backward(&on_wgpu, batch.clone(), 18, &plan, &wgpu()).unwrap();
         assert_eq!(a.pieces.len(), 2, "{name}: the step was not cut in two");
         assert_close(
             &format!("{name} loss"),
