@@ -3,8 +3,8 @@
 //! burn 0.22's default `batch_norm_train` and its backward are built from ~25 tensor operations,
 //! four of which transpose the whole activation (`swap_dims(0, 1)` + reshape: a copy each), and
 //! ghost batches add a `split` and a `cat`. Here each (ghost chunk, channel) pair is one rayon task
-//! that reads its planes twice forward (mean, then variance and output) and twice backward
-//! (the two sums, then the input gradient), the formulas of Ioffe & Szegedy (2015, §3) as
+//! that reads its planes three times forward (mean, variance, output) and twice backward (the
+//! two sums, then the input gradient), the formulas of Ioffe & Szegedy (2015, §3) as
 //! PyTorch's CPU kernel (`aten/src/ATen/native/Normalization.cpp`) computes them:
 //!
 //! * `x̂ = (x − μ_g) / √(σ²_g + ε)`, `y = γ x̂ + β`, with the biased chunk variance `σ²_g`;
@@ -22,6 +22,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
+use multiversion::multiversion;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -163,46 +164,131 @@ fn forward(
     let out = y.ptr;
     let stats: Vec<(f32, f32)> = (0..g.chunks() * g.c)
         .into_par_iter()
-        .map(|task| {
-            let (chunk, c) = (task / g.c, task % g.c);
-            let count = g.count(chunk);
-            let sum: f64 = g.planes(chunk, c).map(|o| sum_f64(&x[o..o + g.s])).sum();
-            let mean = sum / count;
-            let sq: f64 = g
-                .planes(chunk, c)
-                .map(|o| {
-                    x[o..o + g.s]
-                        .iter()
-                        .map(|&v| (v as f64 - mean).powi(2))
-                        .sum::<f64>()
-                })
-                .sum();
-            let var = sq / count;
-            let scale = gamma[c] as f64 / (var + eps).sqrt();
-            let (scale, shift) = (scale as f32, (beta[c] as f64 - mean * scale) as f32);
-            for o in g.planes(chunk, c) {
-                // SAFETY: plane `o` belongs to this task's (chunk, channel) only.
-                let dst = unsafe { Output::plane(out, o, g.s) };
-                for (d, &v) in dst.iter_mut().zip(&x[o..o + g.s]) {
-                    d.write(v * scale + shift);
-                }
-            }
-            (mean as f32, var as f32)
-        })
+        .map(|task| forward_task(g, x, gamma, beta, eps, out, task))
         .collect();
     let (mean, var) = stats.into_iter().unzip();
     // SAFETY: the (chunk, channel) tasks together wrote every plane of every sample once.
     (unsafe { y.finish(x.len()) }, mean, var)
 }
 
-fn sum_f64(v: &[f32]) -> f64 {
-    // Eight f32 lanes summed in f64 every 8 elements: vectorisable, and accurate enough for a
-    // plane of at most a few thousand values.
-    let mut acc = 0.0f64;
-    for block in v.chunks(8) {
-        acc += block.iter().sum::<f32>() as f64;
+/// One (ghost chunk, channel) task of [`forward`]: writes its planes of `y` and returns the
+/// chunk's `(mean, var)`. Compiled for several instruction sets (AVX2, AVX-512, …) and picked at
+/// run time, since the crate itself is built for baseline x86-64 (SSE2).
+#[multiversion(targets = "simd")]
+fn forward_task(
+    g: &Geometry,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    out: SharedPtr,
+    task: usize,
+) -> (f32, f32) {
+    let (chunk, c) = (task / g.c, task % g.c);
+    let count = g.count(chunk);
+    let sum: f64 = g.planes(chunk, c).map(|o| sum_f64(&x[o..o + g.s])).sum();
+    let mean = sum / count;
+    let sq: f64 = g
+        .planes(chunk, c)
+        .map(|o| sum_sq_dev_f64(&x[o..o + g.s], mean))
+        .sum();
+    let var = sq / count;
+    let scale = gamma[c] as f64 / (var + eps).sqrt();
+    let (scale, shift) = (scale as f32, (beta[c] as f64 - mean * scale) as f32);
+    for o in g.planes(chunk, c) {
+        // SAFETY: plane `o` belongs to this task's (chunk, channel) only.
+        let dst = unsafe { Output::plane(out, o, g.s) };
+        for (d, &v) in dst.iter_mut().zip(&x[o..o + g.s]) {
+            d.write(v * scale + shift);
+        }
     }
-    acc
+    (mean as f32, var as f32)
+}
+
+/// Independent f64 accumulators of the plane sums below. A sequential float sum is one chain of
+/// dependent additions (about 4 cycles each) that the compiler may not reorder; eight lanes,
+/// added together at the end, compile to vector additions. The fixed order keeps the sums the
+/// same at every thread count.
+const LANES: usize = 8;
+
+/// `Σ f(a_i, b_i)` over two equally long planes, in [`LANES`] f64 lanes.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f64; LANES];
+    let (mut ai, mut bi) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (u, v) in (&mut ai).zip(&mut bi) {
+        for l in 0..LANES {
+            acc[l] += f(u[l], v[l]);
+        }
+    }
+    let tail: f64 = ai
+        .remainder()
+        .iter()
+        .zip(bi.remainder())
+        .map(|(&u, &v)| f(u, v))
+        .sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// `Σ v`.
+#[inline(always)]
+fn sum_f64(v: &[f32]) -> f64 {
+    lane_sum(v, v, |u, _| u as f64)
+}
+
+/// `Σ (v − mean)²`.
+#[inline(always)]
+fn sum_sq_dev_f64(v: &[f32], mean: f64) -> f64 {
+    lane_sum(v, v, |u, _| {
+        let d = u as f64 - mean;
+        d * d
+    })
+}
+
+/// `Σ (x − mu)·dy`.
+#[inline(always)]
+fn sum_centered_dot_f64(x: &[f32], dy: &[f32], mu: f32) -> f64 {
+    lane_sum(x, dy, |v, d| ((v - mu) * d) as f64)
+}
+
+/// One (ghost chunk, channel) task of [`backward`]: writes its planes of `dx` and returns its
+/// `(Σ dy, Σ dy·x̂)`. Multiversioned like [`forward_task`].
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets = "simd")]
+fn backward_task(
+    g: &Geometry,
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+    dy: &[f32],
+    out: SharedPtr,
+    task: usize,
+) -> (f64, f64) {
+    let (chunk, c) = (task / g.c, task % g.c);
+    let count = g.count(chunk);
+    let mu = mean[task];
+    let inv_std = (1.0 / (var[task] as f64 + eps).sqrt()) as f32;
+    let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
+    for o in g.planes(chunk, c) {
+        let (xs, dys) = (&x[o..o + g.s], &dy[o..o + g.s]);
+        sum_dy += sum_f64(dys);
+        sum_dy_xhat += sum_centered_dot_f64(xs, dys, mu) * inv_std as f64;
+    }
+    let k = gamma[c] * inv_std;
+    let mean_dy = (sum_dy / count) as f32;
+    let mean_dy_xhat = (sum_dy_xhat / count) as f32;
+    for o in g.planes(chunk, c) {
+        // SAFETY: plane `o` belongs to this task's (chunk, channel) only.
+        let dst = unsafe { Output::plane(out, o, g.s) };
+        for ((d, &v), &gy) in dst.iter_mut().zip(&x[o..o + g.s]).zip(&dy[o..o + g.s]) {
+            let xhat = (v - mu) * inv_std;
+            d.write(k * (gy - mean_dy - xhat * mean_dy_xhat));
+        }
+    }
+    (sum_dy, sum_dy_xhat)
 }
 
 /// Backward: `(dx, dgamma, dbeta)`.
@@ -220,34 +306,7 @@ fn backward(
     let out = dx.ptr;
     let sums: Vec<(f64, f64)> = (0..g.chunks() * g.c)
         .into_par_iter()
-        .map(|task| {
-            let (chunk, c) = (task / g.c, task % g.c);
-            let count = g.count(chunk);
-            let mu = mean[task];
-            let inv_std = (1.0 / (var[task] as f64 + eps).sqrt()) as f32;
-            let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
-            for o in g.planes(chunk, c) {
-                let (xs, dys) = (&x[o..o + g.s], &dy[o..o + g.s]);
-                sum_dy += sum_f64(dys);
-                let mut acc = 0.0f32;
-                for (&v, &d) in xs.iter().zip(dys) {
-                    acc += (v - mu) * d;
-                }
-                sum_dy_xhat += acc as f64 * inv_std as f64;
-            }
-            let k = gamma[c] * inv_std;
-            let mean_dy = (sum_dy / count) as f32;
-            let mean_dy_xhat = (sum_dy_xhat / count) as f32;
-            for o in g.planes(chunk, c) {
-                // SAFETY: plane `o` belongs to this task's (chunk, channel) only.
-                let dst = unsafe { Output::plane(out, o, g.s) };
-                for ((d, &v), &gy) in dst.iter_mut().zip(&x[o..o + g.s]).zip(&dy[o..o + g.s]) {
-                    let xhat = (v - mu) * inv_std;
-                    d.write(k * (gy - mean_dy - xhat * mean_dy_xhat));
-                }
-            }
-            (sum_dy, sum_dy_xhat)
-        })
+        .map(|task| backward_task(g, x, gamma, mean, var, eps, dy, out, task))
         .collect();
     let mut dgamma = vec![0.0f64; g.c];
     let mut dbeta = vec![0.0f64; g.c];
@@ -379,5 +438,45 @@ impl<C: CheckpointStrategy> FusedBatchNorm for Autodiff<Flex, C> {
             FloatTensor::<Self>::new(mean),
             FloatTensor::<Self>::new(var),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lane sums against sequential f64 sums of the same terms, for plane lengths that are
+    /// all tail, whole lanes, and lanes plus a tail.
+    #[test]
+    fn lane_sums_match_sequential_sums() {
+        for len in [0, 1, 7, 8, 9, 20, 64, 1023] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 997) as f32 / 97.0 - 5.0)
+                .collect();
+            let dy: Vec<f32> = (0..len)
+                .map(|i| ((i * 104729) % 991) as f32 / 991.0 - 0.5)
+                .collect();
+            let (mean, mu) = (0.3f64, -0.7f32);
+            let close = |what: &str, ours: f64, reference: f64| {
+                assert!(
+                    (ours - reference).abs() <= 1e-12 * (1.0 + reference.abs()),
+                    "{what}, length {len}: {ours} vs {reference}"
+                );
+            };
+            close("sum", sum_f64(&x), x.iter().map(|&v| v as f64).sum());
+            close(
+                "squared deviations",
+                sum_sq_dev_f64(&x, mean),
+                x.iter().map(|&v| (v as f64 - mean).powi(2)).sum(),
+            );
+            close(
+                "centred dot",
+                sum_centered_dot_f64(&x, &dy, mu),
+                x.iter()
+                    .zip(&dy)
+                    .map(|(&v, &d)| ((v - mu) * d) as f64)
+                    .sum(),
+            );
+        }
     }
 }
