@@ -208,7 +208,7 @@ fn forward_task(
 /// Independent f64 accumulators of the plane sums below. A sequential float sum is one chain of
 /// dependent additions (about 4 cycles each) that the compiler may not reorder; eight lanes,
 /// added together at the end, compile to vector additions. The fixed order keeps the sums the
-/// same at every thread count.
+/// same at every thread count and on every instruction set the tasks are compiled for.
 const LANES: usize = 8;
 
 /// `Σ f(a_i, b_i)` over two equally long planes, in [`LANES`] f64 lanes.
