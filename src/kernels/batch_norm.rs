@@ -252,21 +252,31 @@ fn sum_centered_dot_f64(x: &[f32], dy: &[f32], mu: f32) -> f64 {
     lane_sum(x, dy, |v, d| ((v - mu) * d) as f64)
 }
 
+/// What the backward step reads: the forward pass's input, γ, chunk statistics `[G, C]` and ε,
+/// and the output gradient.
+struct BackwardInputs<'a> {
+    g: &'a Geometry,
+    x: &'a [f32],
+    gamma: &'a [f32],
+    mean: &'a [f32],
+    var: &'a [f32],
+    eps: f64,
+    dy: &'a [f32],
+}
+
 /// One (ghost chunk, channel) task of [`backward`]: writes its planes of `dx` and returns its
 /// `(Σ dy, Σ dy·x̂)`. Multiversioned like [`forward_task`].
-#[allow(clippy::too_many_arguments)]
 #[multiversion(targets = "simd")]
-fn backward_task(
-    g: &Geometry,
-    x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    var: &[f32],
-    eps: f64,
-    dy: &[f32],
-    out: SharedPtr,
-    task: usize,
-) -> (f64, f64) {
+fn backward_task(inputs: &BackwardInputs, out: SharedPtr, task: usize) -> (f64, f64) {
+    let BackwardInputs {
+        g,
+        x,
+        gamma,
+        mean,
+        var,
+        eps,
+        dy,
+    } = *inputs;
     let (chunk, c) = (task / g.c, task % g.c);
     let count = g.count(chunk);
     let mu = mean[task];
@@ -292,21 +302,13 @@ fn backward_task(
 }
 
 /// Backward: `(dx, dgamma, dbeta)`.
-#[allow(clippy::too_many_arguments)]
-fn backward(
-    g: &Geometry,
-    x: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    var: &[f32],
-    eps: f64,
-    dy: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn backward(inputs: &BackwardInputs) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (g, x) = (inputs.g, inputs.x);
     let dx = Output::new(x.len());
     let out = dx.ptr;
     let sums: Vec<(f64, f64)> = (0..g.chunks() * g.c)
         .into_par_iter()
-        .map(|task| backward_task(g, x, gamma, mean, var, eps, dy, out, task))
+        .map(|task| backward_task(inputs, out, task))
         .collect();
     let mut dgamma = vec![0.0f64; g.c];
     let mut dbeta = vec![0.0f64; g.c];
@@ -375,15 +377,16 @@ impl Backward<Flex, 3> for FusedBatchNormBackward {
         let gamma = contiguous(&checkpointer.retrieve_node_output::<FlexTensor>(gamma_state));
         let shape = x.layout().shape().to_vec();
         let g = Geometry::new(&shape, ghost);
-        let (dx, dgamma, dbeta) = backward(
-            &g,
-            f32_slice(&x),
-            f32_slice(&gamma),
-            f32_slice(&contiguous(&mean)),
-            f32_slice(&contiguous(&var)),
+        let (mean, var) = (contiguous(&mean), contiguous(&var));
+        let (dx, dgamma, dbeta) = backward(&BackwardInputs {
+            g: &g,
+            x: f32_slice(&x),
+            gamma: f32_slice(&gamma),
+            mean: f32_slice(&mean),
+            var: f32_slice(&var),
             eps,
-            f32_slice(&dy),
-        );
+            dy: f32_slice(&dy),
+        });
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, from_f32(dx, shape));
         }
