@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Issue 19's whole CPU check in one call, for a lent machine with many cores (the accelerator
+# machines here: 16 cores of an Intel Xeon beside one GPU, 15 minutes in all). Not used by tests
+# or CI. One after another on the 2-core AMD EPYC, with --rounds 1, it took 6 min 10 s; at once,
+# the longest job sets the time (about 4–5 minutes expected with --rounds 3, not yet run so).
+#
+#   bench/device.sh [--bin PATH] [--python PY] [--data DIR] [--out DIR] [--rounds N]
+#                   [--gpu] [--budget SECONDS]
+#
+# --bin runs a noisescale binary built elsewhere (`cargo build --release`, or `--features wgpu`
+# for --gpu), for a machine without a Rust toolchain; --python is a Python with torch (default
+# python3); --gpu also runs bench/gpu.sh on the cores left over (a wgpu build, --budget for its
+# training runs).
+#
+# With 6 cores or more, three jobs run at once, each pinned with `taskset` to 2 cores of its own,
+# both sides of every ratio on the same 2 cores (issue 19's setting: 2 threads):
+#   A (cores 0-1): training-step rows of the MLP and the CNN against PyTorch, --rounds interleaved;
+#   B (cores 2-3): the same for ResNet-8 and WRN-16-4;
+#   C (cores 4-5): the mnist preset end to end, all three schedules in both (bench/e2e.py).
+# With fewer cores they run one after another on cores 0-1. The jobs share the L3 cache and
+# memory, so a ratio is what each side got under the same load.
+#
+# Writes OUT/cpu.txt (the machine), OUT/steps-mlp-cnn.txt, OUT/steps-resnet-wrn.txt, OUT/e2e.txt
+# and, with --gpu, OUT/gpu/ (default OUT = runs/device).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=
+PY=python3
+DATA=../shared/data
+OUT=runs/device
+ROUNDS=3
+GPU=0
+BUDGET=240
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --bin) BIN="$2"; shift ;;
+        --python) PY="$2"; shift ;;
+        --data) DATA="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        --rounds) ROUNDS="$2"; shift ;;
+        --gpu) GPU=1 ;;
+        --budget) BUDGET="$2"; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ -z "$BIN" ]; then
+    cargo build --release
+    BIN=target/release/noisescale
+fi
+"$PY" -c 'import torch' || { echo "no torch in $PY (--python)" >&2; exit 1; }
+mkdir -p "$OUT"
+
+CORES=$(nproc)
+{
+    date -u
+    grep -m1 'model name' /proc/cpuinfo || true
+    grep -m1 -o 'avx512f' /proc/cpuinfo || echo "no avx512f"
+    echo "cores: $CORES"
+    "$PY" -c 'import torch; print("torch", torch.__version__)'
+    "$BIN" --version
+} | tee "$OUT/cpu.txt"
+
+# `pin CORES CMD...`: CMD on those cores only.
+pin() {
+    local cores="$1"
+    shift
+    taskset -c "$cores" "$@"
+}
+
+steps() {
+    local cores="$1" models="$2" out="$3"
+    pin "$cores" "$BIN" bench --threads 2 --only train-step --no-gns-cost --models "$models" \
+        --steps 10 --min-seconds 2 --max-seconds 8 --rounds "$ROUNDS" --pytorch --python "$PY" \
+        --json "${out%.txt}.json" >"$out" 2>&1
+}
+
+e2e() {
+    local cores="$1" out="$2" dir="$OUT/e2e"
+    mkdir -p "$dir"
+    rm -rf "$dir/runs"
+    {
+        for kind in decay-lr increase-batch hybrid; do
+            "$BIN" schedule --preset mnist --schedule "$kind" --json >"$dir/schedule-$kind.json"
+            pin "$cores" "$PY" bench/pytorch_ref.py --mnist-schedule "$dir/schedule-$kind.json" \
+                --name "$kind" --threads 2 --data "$DATA/mnist" --json "$dir/torch-$kind.json"
+            RAYON_NUM_THREADS=2 pin "$cores" "$BIN" train --preset mnist --schedule "$kind" \
+                --data "$DATA" --seed 0 --out "$dir/runs/$kind" -q
+        done
+        python3 bench/e2e.py "$dir"/torch-{decay-lr,increase-batch,hybrid}.json "$dir"/runs/*
+    } >"$out" 2>&1
+}
+
+if [ "$CORES" -ge 6 ]; then
+    steps 0-1 mlp-256,cnn "$OUT/steps-mlp-cnn.txt" &
+    steps 2-3 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn.txt" &
+    e2e 4-5 "$OUT/e2e.txt" &
+    if [ "$GPU" = 1 ] && [ "$CORES" -ge 8 ]; then
+        pin "6-$((CORES - 1))" bench/gpu.sh --bin "$BIN" --threads "$((CORES - 6))" \
+            --pytorch "$PY" --data "$DATA" --out "$OUT/gpu" --budget "$BUDGET" \
+            >"$OUT/gpu.txt" 2>&1 &
+    fi
+    wait
+else
+    steps 0-1 mlp-256,cnn "$OUT/steps-mlp-cnn.txt"
+    steps 0-1 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn.txt"
+    e2e 0-1 "$OUT/e2e.txt"
+    if [ "$GPU" = 1 ]; then
+        bench/gpu.sh --bin "$BIN" --threads "$CORES" --pytorch "$PY" --data "$DATA" \
+            --out "$OUT/gpu" --budget "$BUDGET" >"$OUT/gpu.txt" 2>&1
+    fi
+fi
+
+for f in cpu steps-mlp-cnn steps-resnet-wrn e2e gpu; do
+    if [ -f "$OUT/$f.txt" ]; then
+        echo "== $f"
+        cat "$OUT/$f.txt"
+    fi
+done
