@@ -1,0 +1,201 @@
+//! A direct convolution for the forward pass of stride-1 layers whose output rows are whole
+//! multiples of 16 pixels (ResNet's and WRN's 3×3 layers at 32×32 and 16×16): each tile of up to
+//! 6 output channels × 16 output pixels is summed in AVX2 registers over every input channel and
+//! kernel tap, reading the zero-padded input rows in place. Unlike im2col + GEMM there is no
+//! `col` to write and no operand for gemm to pack, which is what keeps narrow layers, few
+//! channels deep, from running at GEMM speed (issue 19: the small-batch conv rows).
+//!
+//! One image's forward, one thread, best of 9 interleaved rounds, against im2col + gemm 0.19 as in
+//! `im2col.rs` (AMD EPYC, throwaway harness, two runs): 3 → 16 channels at 32×32 ×1.5–1.8,
+//! 16 → 16 ×1.9–2.6, 16 → 64 ×1.2, 64 → 64 ×1.3; 32 → 32 at 16×16 ×1.6–1.7, 128 → 128 ×1.16.
+//! At 8×8 (one 8-pixel vector per row) it was ×1.07 for 64 channels and ×0.82 for 256, so rows
+//! shorter than 16 pixels keep im2col, as do CPUs without AVX2 and FMA. The ResNet-8 training
+//! step at B = 128: ×1.05 by the median of 12 back-to-back pairs (`bench/RESULTS.md`).
+//!
+//! Each output is summed in a fixed order (input channel, then kernel row, then column), so the
+//! result does not depend on the thread count.
+
+use std::mem::MaybeUninit;
+
+/// Output channels per register tile: 6 channels × 2 vectors = 12 accumulators, which with the
+/// two input vectors and a broadcast weight fit AVX2's 16 registers.
+const CHANNELS: usize = 6;
+
+/// Output pixels per register tile: two 8-float vectors.
+const PIXELS: usize = 16;
+
+/// One image's stride-1 convolution over its zero-padded input `[C, hp, wp]`, producing
+/// `[O, oh, ow]` with `oh = hp − kh + 1`, `ow = wp − kw + 1`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plan {
+    c: usize,
+    hp: usize,
+    wp: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+}
+
+impl Plan {
+    /// The plan for these shapes, or `None` where the direct kernel does not apply: output rows
+    /// not a whole number of 16-pixel tiles, or a CPU without AVX2 and FMA.
+    pub(super) fn new(
+        c: usize,
+        [hp, wp]: [usize; 2],
+        o: usize,
+        [kh, kw]: [usize; 2],
+    ) -> Option<Self> {
+        let plan = Self {
+            c,
+            hp,
+            wp,
+            o,
+            kh,
+            kw,
+        };
+        let fits = c > 0 && o > 0 && kh <= hp && kw <= wp;
+        (fits && plan.ow().is_multiple_of(PIXELS) && cpu_has_avx2_fma()).then_some(plan)
+    }
+
+    fn oh(&self) -> usize {
+        self.hp - self.kh + 1
+    }
+
+    fn ow(&self) -> usize {
+        self.wp - self.kw + 1
+    }
+
+    /// Weights per output channel: `C·kh·kw`.
+    fn taps(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// `weight [O, C, kh, kw]` regrouped as blocks of [`CHANNELS`] output channels, each
+    /// `[C, kh, kw, channels]`, so that a tile's weights for one tap are adjacent.
+    pub(super) fn pack_weight(&self, weight: &[f32]) -> Vec<f32> {
+        assert_eq!(
+            weight.len(),
+            self.o * self.taps(),
+            "direct conv: weight size"
+        );
+        let mut packed = Vec::with_capacity(weight.len());
+        for o0 in (0..self.o).step_by(CHANNELS) {
+            let block = CHANNELS.min(self.o - o0);
+            for t in 0..self.taps() {
+                for b in 0..block {
+                    packed.push(weight[(o0 + b) * self.taps() + t]);
+                }
+            }
+        }
+        packed
+    }
+
+    /// Writes all of `y [O, oh, ow]` from the padded image and [`Plan::pack_weight`]'s weights.
+    pub(super) fn forward_image(&self, padded: &[f32], packed: &[f32], y: &mut [MaybeUninit<f32>]) {
+        assert!(
+            padded.len() >= self.c * self.hp * self.wp
+                && packed.len() == self.o * self.taps()
+                && y.len() == self.o * self.oh() * self.ow(),
+            "direct conv: buffer sizes"
+        );
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `new` checked AVX2 and FMA; the assert above and `tile`'s comment bound every
+        // access.
+        unsafe {
+            avx2::forward_image(self, padded, packed, y)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("Plan::new returns None off x86-64")
+    }
+}
+
+fn cpu_has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{CHANNELS, PIXELS, Plan};
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// Every tile of the image: rows, then 16-pixel columns, then channel blocks, so that one
+    /// tile's input rows are still in L1 for the next block of channels.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward_image(
+        p: &Plan,
+        padded: &[f32],
+        packed: &[f32],
+        y: &mut [MaybeUninit<f32>],
+    ) {
+        let (oh, ow) = (p.oh(), p.ow());
+        for row in 0..oh {
+            for x0 in (0..ow).step_by(PIXELS) {
+                for o0 in (0..p.o).step_by(CHANNELS) {
+                    let w = packed[o0 * p.taps()..].as_ptr();
+                    let out = y[o0 * oh * ow + row * ow + x0..].as_mut_ptr().cast::<f32>();
+                    let at = (padded.as_ptr(), w, out, row, x0);
+                    // SAFETY: see `tile`; the block sizes match the packing's.
+                    unsafe {
+                        match CHANNELS.min(p.o - o0) {
+                            6 => tile::<6>(p, at),
+                            5 => tile::<5>(p, at),
+                            4 => tile::<4>(p, at),
+                            3 => tile::<3>(p, at),
+                            2 => tile::<2>(p, at),
+                            _ => tile::<1>(p, at),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `B` output channels × 16 pixels starting at output `(row, x0)`: `out` points at channel
+    /// 0's first pixel, `w` at the block's packed weights.
+    ///
+    /// Safety: reads input rows `row..row + kh` of each channel, columns `x0..x0 + 16 + kw − 1`,
+    /// all inside the padded plane since `x0 + 16 ≤ ow = wp − kw + 1` and
+    /// `row + kh − 1 ≤ hp − 1`; writes channels `0..B` at `out + b·oh·ow`, pixels
+    /// `0..16`, inside `y` since `x0 + 16 ≤ ow`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile<const B: usize>(
+        p: &Plan,
+        (padded, w, out, row, x0): (*const f32, *const f32, *mut f32, usize, usize),
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; B];
+        let mut w = w;
+        // SAFETY: the bounds in the doc comment above.
+        unsafe {
+            for c in 0..p.c {
+                let plane = padded.add(c * p.hp * p.wp);
+                for i in 0..p.kh {
+                    let line = plane.add((row + i) * p.wp + x0);
+                    for j in 0..p.kw {
+                        let lo = _mm256_loadu_ps(line.add(j));
+                        let hi = _mm256_loadu_ps(line.add(j + 8));
+                        for (b, acc) in acc.iter_mut().enumerate() {
+                            let wb = _mm256_broadcast_ss(&*w.add(b));
+                            acc[0] = _mm256_fmadd_ps(wb, lo, acc[0]);
+                            acc[1] = _mm256_fmadd_ps(wb, hi, acc[1]);
+                        }
+                        w = w.add(B);
+                    }
+                }
+            }
+            let plane = p.oh() * p.ow();
+            for (b, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.add(b * plane), acc[0]);
+                _mm256_storeu_ps(out.add(b * plane + 8), acc[1]);
+            }
+        }
+    }
+}
