@@ -5,6 +5,9 @@
 //! first stage: 3 chunks per image), so that `col` is written, packed by gemm and multiplied
 //! without going out to memory in between: ResNet-8 at B = 128 ran ×1.13 faster than with whole
 //! images (AMD EPYC, best of 4 interleaved runs, 572 against 491 img/s).
+//!
+//! The forward of stride-1 layers whose output rows are whole 16-pixel tiles goes to
+//! [`direct_conv`] instead, on CPUs with AVX2 and FMA; their gradients stay here.
 
 use super::direct_conv;
 use rayon::prelude::*;
