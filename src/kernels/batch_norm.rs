@@ -445,20 +445,27 @@ impl<C: CheckpointStrategy> FusedBatchNorm for Autodiff<Flex, C> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Deterministic test planes of `n` values: inputs in [−5, 5.3) and gradients in [−0.5, 0.5),
+    /// shared with `model::norm`'s tests.
+    pub(crate) fn sample_inputs(n: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = (0..n)
+            .map(|i| ((i * 7919) % 997) as f32 / 97.0 - 5.0)
+            .collect();
+        let dy = (0..n)
+            .map(|i| ((i * 104729) % 991) as f32 / 991.0 - 0.5)
+            .collect();
+        (x, dy)
+    }
 
     /// The lane sums against sequential f64 sums of the same terms, for plane lengths that are
     /// all tail, whole lanes, and lanes plus a tail.
     #[test]
     fn lane_sums_match_sequential_sums() {
         for len in [0, 1, 7, 8, 9, 20, 64, 1023] {
-            let x: Vec<f32> = (0..len)
-                .map(|i| ((i * 7919) % 997) as f32 / 97.0 - 5.0)
-                .collect();
-            let dy: Vec<f32> = (0..len)
-                .map(|i| ((i * 104729) % 991) as f32 / 991.0 - 0.5)
-                .collect();
+            let (x, dy) = sample_inputs(len);
             let (mean, mu) = (0.3f64, -0.7f32);
             let close = |what: &str, ours: f64, reference: f64| {
                 assert!(

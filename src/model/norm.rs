@@ -256,12 +256,7 @@ mod tests {
         let device = Device::flex().autodiff();
         let (shape, ghost) = ([12, 3, 5, 5], 4);
         let n: usize = shape.iter().product();
-        let x: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 997) as f32 / 97.0 - 5.0)
-            .collect();
-        let mix: Vec<f32> = (0..n)
-            .map(|i| ((i * 104729) % 991) as f32 / 991.0 - 0.5)
-            .collect();
+        let (x, mix) = crate::kernels::batch_norm::tests::sample_inputs(n);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
