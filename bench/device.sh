@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 19's whole CPU check in one call, for a lent machine with many cores (the accelerator
 # machines here: 16 cores of an Intel Xeon beside one GPU, 15 minutes in all). Not used by tests
-# or CI. One after another on the 2-core AMD EPYC, with --rounds 1, it took 6 min 10 s; at once,
-# the longest job sets the time (about 4–5 minutes expected with --rounds 3, not yet run so).
+# or CI. On the 2-core AMD EPYC, one after another with --rounds 1: the step rows about 2.5 min,
+# the MNIST part (bench/mnist-e2e.sh) 4 min 55 s. At once, the longest job sets the time (about
+# 5 minutes expected with --rounds 3; not yet run on a many-core machine).
 #
 #   bench/device.sh [--bin PATH] [--python PY] [--data DIR] [--out DIR] [--rounds N]
 #                   [--gpu] [--budget SECONDS]
@@ -16,7 +17,7 @@
 # both sides of every ratio on the same 2 cores (issue 19's setting: 2 threads):
 #   A (cores 0-1): training-step rows of the MLP and the CNN against PyTorch, --rounds interleaved;
 #   B (cores 2-3): the same for ResNet-8 and WRN-16-4;
-#   C (cores 4-5): the mnist preset end to end, all three schedules in both (bench/e2e.py).
+#   C (cores 4-5): the mnist preset end to end, its schedules in both (bench/mnist-e2e.sh).
 # With fewer cores they run one after another on cores 0-1. The jobs share the L3 cache and
 # memory, so a ratio is what each side got under the same load.
 #
@@ -79,19 +80,9 @@ steps() {
 }
 
 e2e() {
-    local cores="$1" out="$2" dir="$OUT/e2e"
-    mkdir -p "$dir"
-    rm -rf "$dir/runs"
-    {
-        for kind in decay-lr increase-batch hybrid; do
-            "$BIN" schedule --preset mnist --schedule "$kind" --json >"$dir/schedule-$kind.json"
-            pin "$cores" "$PY" bench/pytorch_ref.py --mnist-schedule "$dir/schedule-$kind.json" \
-                --name "$kind" --threads 2 --data "$DATA/mnist" --json "$dir/torch-$kind.json"
-            RAYON_NUM_THREADS=2 pin "$cores" "$BIN" train --preset mnist --schedule "$kind" \
-                --data "$DATA" --seed 0 --out "$dir/runs/$kind" -q
-        done
-        python3 bench/e2e.py "$dir"/torch-{decay-lr,increase-batch,hybrid}.json "$dir"/runs/*
-    } >"$out" 2>&1
+    local cores="$1" out="$2"
+    pin "$cores" bench/mnist-e2e.sh --bin "$BIN" --python "$PY" --data "$DATA" --threads 2 \
+        --out "$OUT/e2e" >"$out" 2>&1
 }
 
 if [ "$CORES" -ge 6 ]; then

@@ -60,18 +60,8 @@ cargo run --release -- bench --threads "$THREADS" --steps "$STEPS" --rounds "$RO
     --pytorch --python "$PY" --json bench/out/bench.json
 
 if [ "$MNIST" = 1 ]; then
-    # End to end, "time to the same test accuracy": the mnist preset's three schedules in both,
-    # PyTorch driven by the phase tables noisescale itself runs.
-    for kind in decay-lr increase-batch hybrid; do
-        cargo run --release -q -- schedule --preset mnist --schedule "$kind" --json \
-            > "bench/out/schedule-$kind.json"
-        "$PY" bench/pytorch_ref.py --mnist-schedule "bench/out/schedule-$kind.json" --name "$kind" \
-            --threads "$THREADS" --data "$DATA/mnist" --json "bench/out/torch-mnist-$kind.json"
-    done
-    # A fresh directory: `reproduce` would otherwise reuse finished runs instead of timing them.
-    rm -rf bench/out/reproduce-mnist
-    RAYON_NUM_THREADS="$THREADS" cargo run --release -- reproduce --preset mnist --data "$DATA" \
-        --seeds 1 --out bench/out/reproduce-mnist
-    python3 bench/e2e.py bench/out/torch-mnist-decay-lr.json bench/out/torch-mnist-increase-batch.json \
-        bench/out/torch-mnist-hybrid.json bench/out/reproduce-mnist/runs/*
+    # End to end, "time to the same test accuracy": the mnist preset's schedules in both.
+    cargo build --release
+    bench/mnist-e2e.sh --bin target/release/noisescale --python "$PY" --data "$DATA" \
+        --threads "$THREADS" --out bench/out
 fi
