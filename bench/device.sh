@@ -13,16 +13,19 @@
 # python3); --gpu also runs bench/gpu.sh on the cores left over (a wgpu build, --budget for its
 # training runs).
 #
-# With 6 cores or more, three jobs run at once, each pinned with `taskset` to 2 cores of its own,
+# With 8 cores or more, four jobs run at once, each pinned with `taskset` to 2 cores of its own,
 # both sides of every ratio on the same 2 cores (issue 19's setting: 2 threads):
 #   A (cores 0-1): training-step rows of the MLP and the CNN against PyTorch, --rounds interleaved;
 #   B (cores 2-3): the same for ResNet-8 and WRN-16-4;
-#   C (cores 4-5): the mnist preset end to end, its schedules in both (bench/mnist-e2e.sh).
+#   C (cores 4-5): the mnist preset end to end, its schedules in both (bench/mnist-e2e.sh);
+#   D (cores 6-7): B again with NOISESCALE_DIRECT_CONV=off (im2col + GEMM for every
+#                  convolution), to see whether the AVX2 direct kernel beats gemm's AVX-512 one.
 # With fewer cores they run one after another on cores 0-1. The jobs share the L3 cache and
 # memory, so a ratio is what each side got under the same load.
 #
-# Writes OUT/cpu.txt (the machine), OUT/steps-mlp-cnn.txt, OUT/steps-resnet-wrn.txt, OUT/e2e.txt
-# and, with --gpu, OUT/gpu/ (default OUT = runs/device).
+# Writes OUT/cpu.txt (the machine), OUT/steps-mlp-cnn.txt, OUT/steps-resnet-wrn.txt,
+# OUT/steps-resnet-wrn-im2col.txt, OUT/e2e.txt and, with --gpu, OUT/gpu/ (default
+# OUT = runs/device).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +45,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift ;;
         --gpu) GPU=1 ;;
         --budget) BUDGET="$2"; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -72,9 +75,12 @@ pin() {
     taskset -c "$cores" "$@"
 }
 
+# `steps CORES MODELS OUT [VAR=VALUE...]`: those training-step rows against PyTorch, with the
+# given environment.
 steps() {
     local cores="$1" models="$2" out="$3"
-    pin "$cores" "$BIN" bench --threads 2 --only train-step --no-gns-cost --models "$models" \
+    shift 3
+    env "$@" taskset -c "$cores" "$BIN" bench --threads 2 --only train-step --no-gns-cost --models "$models" \
         --steps 10 --min-seconds 2 --max-seconds 8 --rounds "$ROUNDS" --pytorch --python "$PY" \
         --json "${out%.txt}.json" >"$out" 2>&1
 }
@@ -85,12 +91,14 @@ e2e() {
         --out "$OUT/e2e" >"$out" 2>&1
 }
 
-if [ "$CORES" -ge 6 ]; then
+IM2COL=NOISESCALE_DIRECT_CONV=off
+if [ "$CORES" -ge 8 ]; then
     steps 0-1 mlp-256,cnn "$OUT/steps-mlp-cnn.txt" &
     steps 2-3 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn.txt" &
     e2e 4-5 "$OUT/e2e.txt" &
-    if [ "$GPU" = 1 ] && [ "$CORES" -ge 8 ]; then
-        pin "6-$((CORES - 1))" bench/gpu.sh --bin "$BIN" --threads "$((CORES - 6))" \
+    steps 6-7 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn-im2col.txt" "$IM2COL" &
+    if [ "$GPU" = 1 ] && [ "$CORES" -ge 10 ]; then
+        pin "8-$((CORES - 1))" bench/gpu.sh --bin "$BIN" --threads "$((CORES - 8))" \
             --pytorch "$PY" --data "$DATA" --out "$OUT/gpu" --budget "$BUDGET" \
             >"$OUT/gpu.txt" 2>&1 &
     fi
@@ -98,6 +106,7 @@ if [ "$CORES" -ge 6 ]; then
 else
     steps 0-1 mlp-256,cnn "$OUT/steps-mlp-cnn.txt"
     steps 0-1 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn.txt"
+    steps 0-1 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn-im2col.txt" "$IM2COL"
     e2e 0-1 "$OUT/e2e.txt"
     if [ "$GPU" = 1 ]; then
         bench/gpu.sh --bin "$BIN" --threads "$CORES" --pytorch "$PY" --data "$DATA" \
@@ -105,7 +114,7 @@ else
     fi
 fi
 
-for f in cpu steps-mlp-cnn steps-resnet-wrn e2e gpu; do
+for f in cpu steps-mlp-cnn steps-resnet-wrn steps-resnet-wrn-im2col e2e gpu; do
     if [ -f "$OUT/$f.txt" ]; then
         echo "== $f"
         cat "$OUT/$f.txt"

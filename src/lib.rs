@@ -5,6 +5,7 @@
 //! [`report`].
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;

@@ -5,11 +5,14 @@ use std::sync::atomic::Ordering;
 
 /// mimalloc instead of glibc malloc: training allocates and frees large activation and gradient
 /// buffers every step; glibc returns them to the kernel and page-faults them back in (a quarter
-/// of the step time was system time in `bench/RESULTS.md`), mimalloc keeps them.
+/// of the step time was system time in `bench/RESULTS.md`), mimalloc keeps them (told to, in
+/// `noisescale::allocator`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Before any thread starts: mimalloc's options are not thread-safe.
+    noisescale::allocator::keep_freed_memory();
     let cli = Cli::parse();
     // Denormals flushed on this thread and every compute thread (see `cpu`).
     noisescale::cpu::setup();

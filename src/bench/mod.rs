@@ -112,9 +112,16 @@ fn selected_rows(models: &[String], batch_sizes: &[usize]) -> Result<Vec<TrainRo
             known.join(", ")
         );
     }
-    Ok(rows
+    let models_rows: Vec<TrainRowSpec> = rows
         .into_iter()
         .filter(|r| models.is_empty() || models.contains(&r.0.name()))
+        .collect();
+    let offered: Vec<String> = models_rows
+        .iter()
+        .map(|(cfg, _, batches, _)| format!("{} at {batches:?}", cfg.name()))
+        .collect();
+    let selected: Vec<TrainRowSpec> = models_rows
+        .into_iter()
         .map(|(cfg, input, batches, slow)| {
             let batches = batches
                 .into_iter()
@@ -123,7 +130,14 @@ fn selected_rows(models: &[String], batch_sizes: &[usize]) -> Result<Vec<TrainRo
             (cfg, input, batches, slow)
         })
         .filter(|r| !r.2.is_empty())
-        .collect())
+        .collect();
+    if selected.is_empty() {
+        bail!(
+            "--batch-sizes {batch_sizes:?}: no selected bench row runs these; the rows are {}",
+            offered.join(", ")
+        );
+    }
+    Ok(selected)
 }
 
 /// Every training row.
@@ -312,6 +326,8 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
         denormals_flushed: rayon::broadcast(|_| crate::cpu::denormals_flushed())
             .into_iter()
             .all(|f| f),
+        direct_conv: crate::kernels::direct_conv::enabled(),
+        purge_delay_ms: crate::allocator::purge_delay_ms(),
         train,
         gns,
         data: data_rows,
@@ -483,11 +499,14 @@ mod tests {
             names(&rows),
             [("cnn".into(), vec![128]), ("resnet-8".into(), vec![128])]
         );
-        // A batch size no selected model has leaves no row (the MLP runs 64 and 1,024).
+        // A batch size no selected model runs is an error naming the ones they do, not an
+        // empty table (the MLP runs 64 and 1,024).
+        let err = selected_rows(&["mlp-256".into()], &[128])
+            .unwrap_err()
+            .to_string();
         assert!(
-            selected_rows(&["mlp-256".into()], &[128])
-                .unwrap()
-                .is_empty()
+            err.contains("[128]") && err.contains("mlp-256 at [64, 1024]"),
+            "{err}"
         );
         let err = selected_rows(&["lenet".into()], &[])
             .unwrap_err()

@@ -128,6 +128,14 @@ pub struct BenchReport {
     /// Whether the compute threads flush denormals to zero (see [`crate::cpu`]).
     #[serde(default)]
     pub denormals_flushed: bool,
+    /// Whether stride-1 convolutions with 16-pixel rows ran on the direct AVX2 kernel
+    /// ([`crate::kernels::direct_conv`]) rather than im2col + GEMM.
+    #[serde(default)]
+    pub direct_conv: bool,
+    /// mimalloc's purge delay in milliseconds: how long freed memory stays mapped before it is
+    /// returned to the kernel; `None` for never ([`crate::allocator`]).
+    #[serde(default)]
+    pub purge_delay_ms: Option<i64>,
     /// Training rows, per device, model and batch size.
     pub train: Vec<TrainRow>,
     /// The cost of measuring the gradient noise scale.
@@ -151,7 +159,7 @@ pub fn format_report(r: &BenchReport) -> String {
         .collect();
     let _ = writeln!(
         s,
-        "\nCPU: {} · AVX-512: {} · denormals flushed to zero: {}",
+        "\nCPU: {} · AVX-512: {} · denormals flushed to zero: {} · direct convolution: {}",
         if r.cpu.is_empty() { "unknown" } else { &r.cpu },
         if r.avx512 {
             "yes (gemm's AVX-512 kernels)"
@@ -159,6 +167,19 @@ pub fn format_report(r: &BenchReport) -> String {
             "no (gemm's AVX2/FMA kernels)"
         },
         if r.denormals_flushed { "yes" } else { "no" },
+        if r.direct_conv {
+            "yes (AVX2)"
+        } else {
+            "no (im2col + GEMM)"
+        },
+    );
+    let _ = writeln!(
+        s,
+        "Freed memory: {}",
+        match r.purge_delay_ms {
+            None => "kept for reuse".to_string(),
+            Some(ms) => format!("returned to the kernel after {ms} ms unused"),
+        }
     );
     let _ = writeln!(
         s,
@@ -325,6 +346,8 @@ pub(crate) mod tests {
             cpu: "test CPU".into(),
             avx512: false,
             denormals_flushed: true,
+            direct_conv: false,
+            purge_delay_ms: Some(250),
             train: vec![
                 row("flex", "cnn", 128, 1000.0),
                 row("flex", "resnet-8", 128, 500.0),
@@ -335,6 +358,14 @@ pub(crate) mod tests {
             pytorch: None,
         };
         let text = format_report(&report);
+        assert!(
+            text.contains("flushed to zero: yes · direct convolution: no (im2col + GEMM)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Freed memory: returned to the kernel after 250 ms unused"),
+            "{text}"
+        );
         assert!(
             text.contains("| noisescale img/s (flex) | img/s (wgpu) | wgpu/flex |"),
             "{text}"

@@ -12,10 +12,30 @@
 //! shorter than 16 pixels keep im2col, as do CPUs without AVX2 and FMA. The ResNet-8 training
 //! step at B = 128: ×1.05 by the median of 12 back-to-back pairs (`bench/RESULTS.md`).
 //!
+//! It also computes the input gradient of those layers, as the forward of the transposed
+//! convolution (`im2col.rs`, `Geometry::transposed`).
+//!
 //! Each output is summed in a fixed order (input channel, then kernel row, then column), so the
 //! result does not depend on the thread count.
+//!
+//! `NOISESCALE_DIRECT_CONV=off` sends every convolution through im2col + GEMM instead, to compare
+//! the two on a CPU where it has not been measured: the kernel is AVX2 (8 floats a vector), while
+//! gemm runs 16-float AVX-512 kernels on CPUs that have them.
 
 use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
+/// The environment variable that turns the direct kernel off (`off`).
+pub const DIRECT_CONV_ENV: &str = "NOISESCALE_DIRECT_CONV";
+
+/// Whether convolutions use the direct kernel where their shapes allow: the CPU has AVX2 and FMA
+/// and [`DIRECT_CONV_ENV`] is not `off` (read once per process).
+pub fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        cpu_has_avx2_fma() && std::env::var(DIRECT_CONV_ENV).map_or(true, |v| v != "off")
+    })
+}
 
 /// Output channels per register tile: 6 channels × 2 vectors = 12 accumulators, which with the
 /// two input vectors and a broadcast weight fit AVX2's 16 registers.
@@ -38,7 +58,7 @@ pub(super) struct Plan {
 
 impl Plan {
     /// The plan for these shapes, or `None` where the direct kernel does not apply: output rows
-    /// not a whole number of 16-pixel tiles, or a CPU without AVX2 and FMA.
+    /// not a whole number of 16-pixel tiles, or not [`enabled`].
     pub(super) fn new(
         c: usize,
         [hp, wp]: [usize; 2],
@@ -54,7 +74,7 @@ impl Plan {
             kw,
         };
         let fits = c > 0 && o > 0 && kh <= hp && kw <= wp;
-        (fits && plan.ow().is_multiple_of(PIXELS) && cpu_has_avx2_fma()).then_some(plan)
+        (fits && plan.ow().is_multiple_of(PIXELS) && enabled()).then_some(plan)
     }
 
     fn oh(&self) -> usize {
@@ -99,8 +119,8 @@ impl Plan {
             "direct conv: buffer sizes"
         );
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `new` checked AVX2 and FMA; the assert above and `tile`'s comment bound every
-        // access.
+        // SAFETY: `new` checked AVX2 and FMA (`enabled`); the assert above and `tile`'s comment
+        // bound every access.
         unsafe {
             avx2::forward_image(self, padded, packed, y)
         }

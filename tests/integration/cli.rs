@@ -13,6 +13,74 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `noisescale bench` names the process's settings above its table: whether the direct
+/// convolution ran, which `NOISESCALE_DIRECT_CONV=off` turns off, and whether freed memory is
+/// kept (the default) or returned after `MIMALLOC_PURGE_DELAY` ms, which also checks that
+/// `noisescale::allocator` sets the option that variable names. A batch size no row runs is an
+/// error, not an empty table.
+#[test]
+fn bench_reports_the_direct_convolution_and_refuses_unknown_batch_sizes() {
+    let bench = |env: Option<(&str, &str)>, batch: &str| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "bench",
+            "--threads",
+            "2",
+            "--only",
+            "train-step",
+            "--no-gns-cost",
+        ])
+        .args(["--models", "cnn", "--batch-sizes", batch, "--steps", "1"])
+        .args(["--min-seconds", "0", "--max-seconds", "0.1"])
+        .env_remove("NOISESCALE_DIRECT_CONV")
+        .env_remove("MIMALLOC_PURGE_DELAY");
+        if let Some((var, value)) = env {
+            c.env(var, value);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    #[cfg(target_arch = "x86_64")]
+    let avx2_fma =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2_fma = false;
+    let (ok, out, err) = bench(None, "128");
+    assert!(ok, "{err}");
+    let expected = if avx2_fma {
+        "yes (AVX2)"
+    } else {
+        "no (im2col + GEMM)"
+    };
+    assert!(
+        out.contains(&format!("direct convolution: {expected}")),
+        "{out}"
+    );
+    assert!(out.contains("Freed memory: kept for reuse"), "{out}");
+    assert!(out.contains("| cnn | 1×28×28 | 128 | 1 |"), "{out}");
+    let (ok, out, err) = bench(Some(("NOISESCALE_DIRECT_CONV", "off")), "128");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("direct convolution: no (im2col + GEMM)"),
+        "{out}"
+    );
+    let (ok, out, err) = bench(Some(("MIMALLOC_PURGE_DELAY", "250")), "128");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Freed memory: returned to the kernel after 250 ms unused"),
+        "{out}"
+    );
+    let (ok, _, err) = bench(None, "4");
+    assert!(
+        !ok && err.contains("--batch-sizes [4]") && err.contains("cnn at [128, 1024]"),
+        "{err}"
+    );
+}
+
 /// The paper's counts hold for the full CIFAR-10 (N = 50,000), not the subset in ../shared/data.
 fn total_updates(args: &[&str]) -> u64 {
     let mut all = vec![
