@@ -249,12 +249,14 @@ mod tests {
             // More images than tasks: each task accumulates several images' weight gradients.
             (19, 3, 6, 6, 4, [3, 3], [1, 1], (1, 1), true),
             (17, 4, 5, 5, 3, [1, 1], [1, 1], (0, 0), false),
-            // Stride 1 with 16-pixel output rows: the direct kernel (on AVX2 + FMA), 13
-            // channels in blocks of 6, 6 and 1.
+            // Stride 1 with 16-pixel output rows: the direct kernel for every pass (on AVX2 +
+            // FMA), 13 channels in blocks of 6, 6 and 1 (4, 4, 4 and 1 for dW).
             (2, 3, 16, 16, 13, [3, 3], [1, 1], (1, 1), true),
-            // Images whose `col` is cut into row chunks (3 and 2 of them), stride 1 and 2. The
-            // first takes the direct kernel forward (on AVX2 + FMA) and im2col backward.
+            // 32-pixel rows: every pass direct too.
             (2, 16, 32, 32, 8, [3, 3], [1, 1], (1, 1), true),
+            // Images whose `col` is cut into row chunks (2 and 2 of them), stride 1 (30-pixel
+            // rows: no direct kernel) and 2.
+            (2, 16, 30, 30, 8, [3, 3], [1, 1], (1, 1), true),
             (3, 32, 40, 40, 4, [3, 3], [2, 2], (1, 1), false),
         ];
         for (n, c, h, w, o, kernel, stride, (ph, pw), bias) in cases {

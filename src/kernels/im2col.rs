@@ -9,8 +9,9 @@
 //! The forward of stride-1 layers whose output rows are whole 16-pixel tiles goes to
 //! [`direct_conv`] instead, on CPUs with AVX2 and FMA, and so does their input gradient (as the
 //! forward of the transposed convolution, [`Geometry::transposed`]: ×1.07–1.77 per layer at
-//! B = 128 on 2 threads against GEMM + col2im, 16 to 128 channels, AMD EPYC); their weight
-//! gradient stays here.
+//! B = 128 on 2 threads against GEMM + col2im, 16 to 128 channels, AMD EPYC); so does the
+//! weight gradient of those with 3-wide kernels where that was faster
+//! ([`direct_conv::WeightGradPlan`]: ×1.09–1.70 per layer). The rest stays here.
 
 use super::direct_conv;
 use rayon::prelude::*;
@@ -579,12 +580,30 @@ pub(super) fn backward(
     want_dx: bool,
     want_dw: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    let direct_dx = if want_dx {
-        direct_input_gradient(g)
-    } else {
-        None
+    let direct = DirectGradients {
+        dx: want_dx.then(|| direct_input_gradient(g)).flatten(),
+        dw: want_dw.then(|| direct_weight_gradient(g)).flatten(),
     };
-    backward_with(g, x, weight, dy, want_dx, want_dw, direct_dx)
+    backward_with(g, x, weight, dy, want_dx, want_dw, direct)
+}
+
+/// The gradients [`backward_with`] computes through [`direct_conv`] rather than `col`.
+#[derive(Clone, Copy)]
+struct DirectGradients {
+    /// The input gradient, as the forward of the transposed convolution.
+    dx: Option<(Geometry, direct_conv::Plan)>,
+    /// The weight gradient.
+    dw: Option<direct_conv::WeightGradPlan>,
+}
+
+/// The weight gradient through [`direct_conv::WeightGradPlan`], for stride-1 convolutions
+/// where that applies. It replaces im2col and the GEMM over `col`.
+fn direct_weight_gradient(g: &Geometry) -> Option<direct_conv::WeightGradPlan> {
+    let stride_1 = g.sh == 1 && g.sw == 1 && !g.is_pointwise();
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    stride_1
+        .then(|| direct_conv::WeightGradPlan::new(g.c, [hp, wp], g.o, [g.kh, g.kw]))
+        .flatten()
 }
 
 /// The input gradient through [`direct_conv`], as the forward of [`Geometry::transposed`], where
@@ -594,8 +613,8 @@ fn direct_input_gradient(g: &Geometry) -> Option<(Geometry, direct_conv::Plan)> 
     Some((t, direct_plan(&t)?))
 }
 
-/// [`backward`], with the input gradient through `direct_dx` for every image when given, else
-/// GEMM + col2im.
+/// [`backward`], with the gradients `direct` names through [`direct_conv`] for every image, the
+/// others through `col` (GEMM + col2im for the input gradient, im2col + GEMM for the weight's).
 fn backward_with(
     g: &Geometry,
     x: &[f32],
@@ -603,12 +622,18 @@ fn backward_with(
     dy: &[f32],
     want_dx: bool,
     want_dw: bool,
-    direct_dx: Option<(Geometry, direct_conv::Plan)>,
+    direct: DirectGradients,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let DirectGradients {
+        dx: direct_dx,
+        dw: direct_dw,
+    } = direct;
     let (k, p) = (g.k(), g.p());
     let flipped = direct_dx.map(|(_, plan)| plan.pack_weight(&flipped_weight(g, weight)));
     // The input gradient through `col`, when not direct.
     let col_dx = want_dx && direct_dx.is_none();
+    // The weight gradient through `col`, when not direct.
+    let col_dw = want_dw && direct_dw.is_none();
     let (per_task, par) = split(g.n);
     let tasks = g.n.div_ceil(per_task);
     let dx_len = if want_dx { g.n * g.image() } else { 0 };
@@ -663,16 +688,22 @@ fn backward_with(
                         pad_image(&t, dy_b, padded_dy);
                         plan.forward_image(padded_dy, flipped, dx_b);
                     });
-                    if !want_dw {
-                        continue;
-                    }
+                }
+                if let Some(plan) = direct_dw {
+                    with_scratch(&PADDED, padded_len(g), |padded| {
+                        pad_image(g, x_b, padded);
+                        plan.accumulate_image(padded, dy_b, dw_task);
+                    });
+                }
+                if !col_dw && !col_dx {
+                    continue;
                 }
                 // The image's padded input (for the weight gradient) and padded input gradient
                 // (for the input gradient through `col`), then one row chunk of `col` at a time.
-                let padded_x = if want_dw { padded_len(g) } else { 0 };
+                let padded_x = if col_dw { padded_len(g) } else { 0 };
                 let padded_dx = if col_dx { padded_len(g) } else { 0 };
                 with_scratch(&PADDED, padded_x, |padded| {
-                    if want_dw {
+                    if col_dw {
                         pad_image(g, x_b, padded);
                     }
                     with_scratch(&ACC, padded_dx, |acc| {
@@ -682,7 +713,7 @@ fn backward_with(
                             let dy_rows =
                                 Operand::plain(&dy_b[rows.start * g.ow..], g.o, len).with_stride(p);
                             with_scratch(&SCRATCH, k * len, |col| {
-                                if want_dw {
+                                if col_dw {
                                     im2col_rows(g, padded, rows.clone(), col);
                                     // dWᵀ[K, O] += col · dYᵀ: with `col` as the left operand
                                     // gemm packs the O×len block of dY, not the K×len `col`.
@@ -889,9 +920,12 @@ mod tests {
             let x = fill(g.n * g.image(), 7919);
             let weight = fill(g.o * g.k(), 104729);
             let dy = fill(g.n * g.o * g.p(), 31337);
-            let (ours, ours_dw) = backward_with(&g, &x, &weight, &dy, true, true, Some(plan));
-            let (col, col_dw) = backward_with(&g, &x, &weight, &dy, true, true, None);
-            let (alone, none) = backward_with(&g, &x, &weight, &dy, true, false, Some(plan));
+            let direct = |dx| DirectGradients { dx, dw: None };
+            let run =
+                |want_dw, plan| backward_with(&g, &x, &weight, &dy, true, want_dw, direct(plan));
+            let (ours, ours_dw) = run(true, Some(plan));
+            let (col, col_dw) = run(true, None);
+            let (alone, none) = run(false, Some(plan));
             let (ours, col) = (ours.expect("dx"), col.expect("dx"));
             assert!(ours_dw.is_some() && ours_dw == col_dw, "{case}: dW changed");
             assert!(
@@ -904,6 +938,62 @@ mod tests {
                 assert!(
                     (a - b).abs() <= 1e-5 * scale,
                     "{case}: dx[{i}] {a} against {b}"
+                );
+            }
+        }
+    }
+
+    /// The weight gradient through the direct kernel gives im2col + GEMM's (to rounding), with
+    /// or without the input gradient, which stays bit for bit the same. Cases: every tail of the
+    /// 4-channel blocks (O = 13, 6, 7, 16, 3 leave 1, 2, 3, 4, 3), kernels 1, 3 and 5 tall,
+    /// padding and none, rows of 16 to 48 pixels, 17 images (tasks of 3, each summing its
+    /// images' gradients). It is refused for 16-pixel rows with over 32 output channels, 8-pixel
+    /// rows, rows not whole 8-pixel vectors, kernels not 3 wide, stride 2 and 1×1.
+    #[test]
+    fn direct_weight_gradient_matches_im2col() {
+        let avx2_fma = cfg!(target_arch = "x86_64") && direct_conv_cpu();
+        // (N, C, H, W, O, [kh, kw], stride, [ph, pw], direct)
+        let cases = [
+            (17, 3, 32, 32, 13, [3, 3], 1, [1, 1], true),
+            (3, 5, 20, 40, 6, [5, 3], 1, [2, 1], true),
+            (2, 4, 16, 34, 7, [3, 3], 1, [0, 0], true),
+            (1, 16, 32, 32, 16, [3, 3], 1, [1, 1], true),
+            (2, 2, 8, 48, 3, [1, 3], 1, [0, 1], true),
+            (2, 4, 16, 16, 32, [3, 3], 1, [1, 1], true),
+            (2, 4, 16, 16, 33, [3, 3], 1, [1, 1], false),
+            (2, 4, 8, 8, 4, [3, 3], 1, [1, 1], false),
+            (2, 4, 32, 36, 4, [3, 3], 1, [1, 1], false),
+            (2, 4, 32, 32, 4, [3, 5], 1, [1, 2], false),
+            (2, 4, 64, 64, 4, [3, 3], 2, [1, 1], false),
+            (2, 4, 32, 32, 4, [1, 1], 1, [0, 0], false),
+        ];
+        for (n, c, h, w, o, [kh, kw], s, pad, direct) in cases {
+            let g = Geometry::new(&[n, c, h, w], &[o, c, kh, kw], [s, s], pad);
+            let case = format!("{n}×{c}×{h}×{w} → {o}, {kh}×{kw}, stride {s}, pad {pad:?}");
+            let plan = direct_weight_gradient(&g);
+            assert_eq!(plan.is_some(), direct && avx2_fma, "{case}");
+            let Some(plan) = plan else { continue };
+            let x = fill(g.n * g.image(), 7919);
+            let weight = fill(g.o * g.k(), 104729);
+            let dy = fill(g.n * g.o * g.p(), 31337);
+            let direct = |dw| DirectGradients { dx: None, dw };
+            let run =
+                |want_dx, plan| backward_with(&g, &x, &weight, &dy, want_dx, true, direct(plan));
+            let (ours_dx, ours) = run(true, Some(plan));
+            let (col_dx, col) = run(true, None);
+            let (none, alone) = run(false, Some(plan));
+            let (ours, col) = (ours.expect("dW"), col.expect("dW"));
+            assert!(ours_dx.is_some() && ours_dx == col_dx, "{case}: dx changed");
+            assert!(
+                none.is_none() && alone == Some(ours.clone()),
+                "{case}: dW alone"
+            );
+            let scale = col.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(ours.len(), col.len());
+            for (i, (a, b)) in ours.iter().zip(&col).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * scale,
+                    "{case}: dW[{i}] {a} against {b}"
                 );
             }
         }
