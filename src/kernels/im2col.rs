@@ -8,7 +8,7 @@
 //!
 //! The forward of stride-1 layers whose output rows are whole 16-pixel tiles goes to
 //! [`direct_conv`] instead, on CPUs with AVX2 and FMA, and so does their input gradient (as the
-//! forward of the transposed convolution, [`Geometry::transposed`]: ×1.07–1.77 per layer at
+//! forward of the transposed convolution, [`Geometry::transposed`]: ×1.07–2.04 per layer at
 //! B = 128 on 2 threads against GEMM + col2im, 16 to 128 channels, AMD EPYC); so does the
 //! weight gradient of those with 3-wide kernels where that was faster
 //! ([`direct_conv::WeightGradPlan`]: ×1.09–1.70 per layer). The rest stays here.
