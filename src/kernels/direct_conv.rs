@@ -47,10 +47,11 @@ const CHANNELS: usize = 6;
 /// Output pixels per register tile: two 8-float vectors.
 const PIXELS: usize = 16;
 
-/// One image's stride-1 convolution over its zero-padded input `[C, hp, wp]`, producing
-/// `[O, oh, ow]` with `oh = hp − kh + 1`, `ow = wp − kw + 1`.
+/// The shapes of one image's stride-1 convolution over its zero-padded input `[C, hp, wp]`,
+/// producing `[O, oh, ow]` with `oh = hp − kh + 1`, `ow = wp − kw + 1`: what both kernels
+/// ([`Plan`], [`WeightGradPlan`]) walk.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Plan {
+struct Shape {
     c: usize,
     hp: usize,
     wp: usize,
@@ -59,25 +60,18 @@ pub(super) struct Plan {
     kw: usize,
 }
 
-impl Plan {
-    /// The plan for these shapes, or `None` where the direct kernel does not apply: output rows
-    /// not a whole number of 16-pixel tiles, or not [`enabled`].
-    pub(super) fn new(
-        c: usize,
-        [hp, wp]: [usize; 2],
-        o: usize,
-        [kh, kw]: [usize; 2],
-    ) -> Option<Self> {
-        let plan = Self {
+impl Shape {
+    /// These shapes, or `None` for empty ones or a kernel larger than the padded input.
+    fn new(c: usize, [hp, wp]: [usize; 2], o: usize, [kh, kw]: [usize; 2]) -> Option<Self> {
+        let fits = c > 0 && o > 0 && kh <= hp && kw <= wp;
+        fits.then_some(Self {
             c,
             hp,
             wp,
             o,
             kh,
             kw,
-        };
-        let fits = c > 0 && o > 0 && kh <= hp && kw <= wp;
-        (fits && plan.ow().is_multiple_of(PIXELS) && enabled()).then_some(plan)
+        })
     }
 
     fn oh(&self) -> usize {
@@ -92,21 +86,31 @@ impl Plan {
     fn taps(&self) -> usize {
         self.c * self.kh * self.kw
     }
+}
+
+/// The forward of one image's stride-1 convolution (see [`Shape`]) through the direct kernel.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Plan(Shape);
+
+impl Plan {
+    /// The plan for these shapes, or `None` where the direct kernel does not apply: output rows
+    /// not a whole number of 16-pixel tiles, or not [`enabled`].
+    pub(super) fn new(c: usize, padded: [usize; 2], o: usize, kernel: [usize; 2]) -> Option<Self> {
+        let shape = Shape::new(c, padded, o, kernel)?;
+        (shape.ow().is_multiple_of(PIXELS) && enabled()).then_some(Self(shape))
+    }
 
     /// `weight [O, C, kh, kw]` regrouped as blocks of [`CHANNELS`] output channels, each
     /// `[C, kh, kw, channels]`, so that a tile's weights for one tap are adjacent.
     pub(super) fn pack_weight(&self, weight: &[f32]) -> Vec<f32> {
-        assert_eq!(
-            weight.len(),
-            self.o * self.taps(),
-            "direct conv: weight size"
-        );
+        let (o, taps) = (self.0.o, self.0.taps());
+        assert_eq!(weight.len(), o * taps, "direct conv: weight size");
         let mut packed = Vec::with_capacity(weight.len());
-        for o0 in (0..self.o).step_by(CHANNELS) {
-            let block = CHANNELS.min(self.o - o0);
-            for t in 0..self.taps() {
+        for o0 in (0..o).step_by(CHANNELS) {
+            let block = CHANNELS.min(o - o0);
+            for t in 0..taps {
                 for b in 0..block {
-                    packed.push(weight[(o0 + b) * self.taps() + t]);
+                    packed.push(weight[(o0 + b) * taps + t]);
                 }
             }
         }
@@ -115,17 +119,18 @@ impl Plan {
 
     /// Writes all of `y [O, oh, ow]` from the padded image and [`Plan::pack_weight`]'s weights.
     pub(super) fn forward_image(&self, padded: &[f32], packed: &[f32], y: &mut [MaybeUninit<f32>]) {
+        let p = &self.0;
         assert!(
-            padded.len() >= self.c * self.hp * self.wp
-                && packed.len() == self.o * self.taps()
-                && y.len() == self.o * self.oh() * self.ow(),
+            padded.len() >= p.c * p.hp * p.wp
+                && packed.len() == p.o * p.taps()
+                && y.len() == p.o * p.oh() * p.ow(),
             "direct conv: buffer sizes"
         );
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `new` checked AVX2 and FMA (`enabled`); the assert above and `tile`'s comment
         // bound every access.
         unsafe {
-            avx2::forward_image(self, padded, packed, y)
+            avx2::forward_image(p, padded, packed, y)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("Plan::new returns None off x86-64")
@@ -152,53 +157,34 @@ const MAX_GRAD_CHANNELS_AT_16: usize = 32;
 /// Σ_{y, x} dy[o, y, x] · padded[c, y + i, x + j]`, summed in 8 pixel lanes, each tap's lanes
 /// then added in a fixed order. Unlike im2col + GEMM, nothing is unfolded or packed.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct WeightGradPlan {
-    c: usize,
-    hp: usize,
-    wp: usize,
-    o: usize,
-    kh: usize,
-}
+pub(super) struct WeightGradPlan(Shape);
 
 impl WeightGradPlan {
     /// The plan for these shapes, or `None` where the kernel does not apply: kernels not 3 wide,
     /// output rows not a whole number of 8-pixel vectors, shorter than [`MIN_GRAD_ROW`] and not
     /// 16 pixels with at most [`MAX_GRAD_CHANNELS_AT_16`] output channels, or not [`enabled`].
-    pub(super) fn new(
-        c: usize,
-        [hp, wp]: [usize; 2],
-        o: usize,
-        [kh, kw]: [usize; 2],
-    ) -> Option<Self> {
-        let plan = Self { c, hp, wp, o, kh };
-        let fits = c > 0 && o > 0 && kw == 3 && kh <= hp && kw <= wp;
-        let ow = plan.ow();
+    pub(super) fn new(c: usize, padded: [usize; 2], o: usize, kernel: [usize; 2]) -> Option<Self> {
+        let shape = Shape::new(c, padded, o, kernel)?;
+        let ow = shape.ow();
         let long = ow >= MIN_GRAD_ROW || (ow == 16 && o <= MAX_GRAD_CHANNELS_AT_16);
         let rows = long && ow.is_multiple_of(8);
-        (fits && rows && enabled()).then_some(plan)
-    }
-
-    fn oh(&self) -> usize {
-        self.hp - self.kh + 1
-    }
-
-    fn ow(&self) -> usize {
-        self.wp - 2
+        (shape.kw == 3 && rows && enabled()).then_some(Self(shape))
     }
 
     /// Adds one image's weight gradient onto `dw_t [C·kh·3, O]` (the layout im2col + GEMM sums).
     pub(super) fn accumulate_image(&self, padded: &[f32], dy: &[f32], dw_t: &mut [f32]) {
+        let p = &self.0;
         assert!(
-            padded.len() >= self.c * self.hp * self.wp
-                && dy.len() == self.o * self.oh() * self.ow()
-                && dw_t.len() == self.c * self.kh * 3 * self.o,
+            padded.len() >= p.c * p.hp * p.wp
+                && dy.len() == p.o * p.oh() * p.ow()
+                && dw_t.len() == p.o * p.taps(),
             "direct conv weight gradient: buffer sizes"
         );
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `new` checked AVX2 and FMA (`enabled`); the assert above and `grad_tile`'s
         // comment bound every access.
         unsafe {
-            avx2::accumulate_weight_grad(self, padded, dy, dw_t)
+            avx2::accumulate_weight_grad(p, padded, dy, dw_t)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("WeightGradPlan::new returns None off x86-64")
@@ -218,7 +204,7 @@ fn cpu_has_avx2_fma() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{CHANNELS, GRAD_CHANNELS, PIXELS, Plan, WeightGradPlan};
+    use super::{CHANNELS, GRAD_CHANNELS, PIXELS, Shape};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -226,7 +212,7 @@ mod avx2 {
     /// tile's input rows are still in L1 for the next block of channels.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn forward_image(
-        p: &Plan,
+        p: &Shape,
         padded: &[f32],
         packed: &[f32],
         y: &mut [MaybeUninit<f32>],
@@ -264,7 +250,7 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn tile<const B: usize>(
-        p: &Plan,
+        p: &Shape,
         (padded, w, out, row, x0): (*const f32, *const f32, *mut f32, usize, usize),
     ) {
         let mut acc = [[_mm256_setzero_ps(); 2]; B];
@@ -299,7 +285,7 @@ mod avx2 {
     /// gradient.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn accumulate_weight_grad(
-        p: &WeightGradPlan,
+        p: &Shape,
         padded: &[f32],
         dy: &[f32],
         dw_t: &mut [f32],
@@ -328,11 +314,11 @@ mod avx2 {
     ///
     /// Safety: reads input rows `i..i + oh` of channel `c`, columns `x..x + 10` for
     /// `x + 8 ≤ ow = wp − 2`, so up to column `wp − 1`; reads `dy` channels `o0..o0 + B`, all of
-    /// their `oh·ow` pixels; `Plan`'s buffers were checked by `accumulate_image`.
+    /// their `oh·ow` pixels; `accumulate_image` checked the buffers' sizes.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn grad_tile<const B: usize>(
-        p: &WeightGradPlan,
+        p: &Shape,
         (padded, dy, c, i, o0): (*const f32, *const f32, usize, usize, usize),
         out: &mut [f32],
     ) {

@@ -86,6 +86,17 @@ impl Geometry {
         self.c * self.h * self.w
     }
 
+    /// `[H + 2ph, W + 2pw]`: one padded input plane.
+    fn padded(&self) -> [usize; 2] {
+        [self.h + 2 * self.ph, self.w + 2 * self.pw]
+    }
+
+    /// A stride-1 convolution other than [`Geometry::is_pointwise`]: what the [`direct_conv`]
+    /// kernels take, shapes allowing.
+    fn is_direct_candidate(&self) -> bool {
+        self.sh == 1 && self.sw == 1 && !self.is_pointwise()
+    }
+
     /// A 1×1, stride-1, unpadded convolution, whose `col` is the image itself.
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.ph == 0 && self.pw == 0
@@ -129,7 +140,7 @@ fn flipped_weight(g: &Geometry, weight: &[f32]) -> Vec<f32> {
 /// Writes image `x [C, H, W]` into `padded [C, H + 2ph, W + 2pw]` with zero borders, so that
 /// every row [`im2col_rows`] copies is one branch-free run.
 fn pad_image(g: &Geometry, x: &[f32], padded: &mut [f32]) {
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let [hp, wp] = g.padded();
     let padded = &mut padded[..g.c * hp * wp];
     if g.ph == 0 && g.pw == 0 {
         padded.copy_from_slice(&x[..g.image()]);
@@ -151,7 +162,7 @@ fn pad_image(g: &Geometry, x: &[f32], padded: &mut [f32]) {
 /// (see [`pad_image`]): row `(c, i, j)` holds the input pixels that kernel tap `(i, j)` of
 /// channel `c` meets at each of those output pixels.
 fn im2col_rows(g: &Geometry, padded: &[f32], rows: Range<usize>, col: &mut [f32]) {
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let [hp, wp] = g.padded();
     let len = rows.len() * g.ow;
     for c in 0..g.c {
         let src = &padded[c * hp * wp..][..hp * wp];
@@ -179,7 +190,7 @@ fn im2col_rows(g: &Geometry, padded: &[f32], rows: Range<usize>, col: &mut [f32]
 /// Writes `col[K, P]` for one whole image `x [C, H, W]` (tests; the passes go by row chunks).
 #[cfg(test)]
 fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let [hp, wp] = g.padded();
     let mut padded = vec![0.0; g.c * hp * wp];
     pad_image(g, x, &mut padded);
     im2col_rows(g, &padded, 0..g.oh, col);
@@ -248,7 +259,7 @@ fn as_uninit(floats: &[f32]) -> &[MaybeUninit<f32>] {
 /// The adjoint of [`im2col_rows`]: adds every entry of `col[K, rows·Wo]` onto the pixel of the
 /// padded image gradient `acc [C, H + 2ph, W + 2pw]` it was read from.
 fn col2im_rows(g: &Geometry, col: &[f32], rows: Range<usize>, acc: &mut [f32]) {
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let [hp, wp] = g.padded();
     let len = rows.len() * g.ow;
     for c in 0..g.c {
         let dst = &mut acc[c * hp * wp..][..hp * wp];
@@ -278,7 +289,7 @@ fn col2im_rows(g: &Geometry, col: &[f32], rows: Range<usize>, acc: &mut [f32]) {
 /// Copies the interior of the padded gradient `acc` out into `dx [C, H, W]`, writing all of it.
 fn unpad_image(g: &Geometry, acc: &[f32], dx: &mut [MaybeUninit<f32>]) {
     let acc = as_uninit(acc);
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let [hp, wp] = g.padded();
     for (src, dst) in acc
         .chunks_exact(hp * wp)
         .zip(dx.chunks_exact_mut(g.h * g.w))
@@ -293,7 +304,7 @@ fn unpad_image(g: &Geometry, acc: &[f32], dx: &mut [MaybeUninit<f32>]) {
 /// The adjoint of [`im2col`] on one whole image (tests).
 #[cfg(test)]
 fn col2im(g: &Geometry, col: &[f32]) -> Vec<f32> {
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let [hp, wp] = g.padded();
     let mut acc = vec![0.0; g.c * hp * wp];
     col2im_rows(g, col, 0..g.oh, &mut acc);
     let mut dx = Vec::with_capacity(g.image());
@@ -507,7 +518,8 @@ pub(super) fn row_chunks(g: &Geometry) -> impl Iterator<Item = Range<usize>> {
 
 /// Floats of one padded image.
 fn padded_len(g: &Geometry) -> usize {
-    g.c * (g.h + 2 * g.ph) * (g.w + 2 * g.pw)
+    let [hp, wp] = g.padded();
+    g.c * hp * wp
 }
 
 /// `y [N, O, Ho, Wo]` for `x [N, C, H, W]`, `weight [O, C, kh, kw]`.
@@ -517,10 +529,8 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
 
 /// The [`direct_conv`] plan for a stride-1 convolution where it applies (see there).
 fn direct_plan(g: &Geometry) -> Option<direct_conv::Plan> {
-    let stride_1 = g.sh == 1 && g.sw == 1 && !g.is_pointwise();
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
-    stride_1
-        .then(|| direct_conv::Plan::new(g.c, [hp, wp], g.o, [g.kh, g.kw]))
+    g.is_direct_candidate()
+        .then(|| direct_conv::Plan::new(g.c, g.padded(), g.o, [g.kh, g.kw]))
         .flatten()
 }
 
@@ -599,10 +609,8 @@ struct DirectGradients {
 /// The weight gradient through [`direct_conv::WeightGradPlan`], for stride-1 convolutions
 /// where that applies. It replaces im2col and the GEMM over `col`.
 fn direct_weight_gradient(g: &Geometry) -> Option<direct_conv::WeightGradPlan> {
-    let stride_1 = g.sh == 1 && g.sw == 1 && !g.is_pointwise();
-    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
-    stride_1
-        .then(|| direct_conv::WeightGradPlan::new(g.c, [hp, wp], g.o, [g.kh, g.kw]))
+    g.is_direct_candidate()
+        .then(|| direct_conv::WeightGradPlan::new(g.c, g.padded(), g.o, [g.kh, g.kw]))
         .flatten()
 }
 
@@ -856,9 +864,7 @@ mod tests {
     /// tiles, stride 2 and 1×1, and everywhere on a CPU without AVX2 and FMA.
     #[test]
     fn direct_forward_matches_im2col() {
-        let avx2_fma = cfg!(target_arch = "x86_64") && direct_conv_cpu();
-        // (N, C, H, W, O, [kh, kw], stride, [ph, pw], direct)
-        let cases = [
+        let cases: [DirectCase; _] = [
             (2, 3, 16, 16, 13, [3, 3], 1, [1, 1], true),
             (3, 4, 18, 20, 5, [3, 5], 1, [0, 0], true),
             (2, 2, 32, 30, 8, [3, 3], 1, [1, 2], true),
@@ -868,25 +874,13 @@ mod tests {
             (2, 4, 32, 32, 4, [3, 3], 2, [1, 1], false),
             (2, 4, 16, 16, 4, [1, 1], 1, [0, 0], false),
         ];
-        for (n, c, h, w, o, [kh, kw], s, pad, direct) in cases {
-            let g = Geometry::new(&[n, c, h, w], &[o, c, kh, kw], [s, s], pad);
-            let case = format!("{n}×{c}×{h}×{w} → {o}, {kh}×{kw}, stride {s}, pad {pad:?}");
-            let plan = direct_plan(&g);
-            assert_eq!(plan.is_some(), direct && avx2_fma, "{case}");
-            let Some(plan) = plan else { continue };
+        each_direct_case(&cases, direct_plan, |g, case, plan| {
             let x = fill(g.n * g.image(), 7919);
             let weight = fill(g.o * g.k(), 104729);
-            let ours = forward_with(&g, &x, &weight, Some(plan));
-            let im2col = forward_with(&g, &x, &weight, None);
-            let scale = im2col.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert_eq!(ours.len(), im2col.len());
-            for (i, (a, b)) in ours.iter().zip(&im2col).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * scale,
-                    "{case}: y[{i}] {a} against {b}"
-                );
-            }
-        }
+            let ours = forward_with(g, &x, &weight, Some(plan));
+            let im2col = forward_with(g, &x, &weight, None);
+            assert_close_to(case, "y", &ours, &im2col);
+        });
     }
 
     /// The input gradient through the direct kernel (the forward of the transposed, flipped
@@ -898,9 +892,7 @@ mod tests {
     /// and 1×1.
     #[test]
     fn direct_input_gradient_matches_col2im() {
-        let avx2_fma = cfg!(target_arch = "x86_64") && direct_conv_cpu();
-        // (N, C, H, W, O, [kh, kw], stride, [ph, pw], direct)
-        let cases = [
+        let cases: [DirectCase; _] = [
             (2, 3, 16, 16, 13, [3, 3], 1, [1, 1], true),
             (2, 13, 16, 32, 4, [3, 3], 1, [1, 1], true),
             (3, 5, 20, 16, 7, [3, 5], 1, [0, 2], true),
@@ -911,18 +903,13 @@ mod tests {
             (2, 4, 14, 14, 4, [3, 3], 1, [1, 1], false),
             (2, 4, 16, 16, 4, [1, 1], 1, [0, 0], false),
         ];
-        for (n, c, h, w, o, [kh, kw], s, pad, direct) in cases {
-            let g = Geometry::new(&[n, c, h, w], &[o, c, kh, kw], [s, s], pad);
-            let case = format!("{n}×{c}×{h}×{w} → {o}, {kh}×{kw}, stride {s}, pad {pad:?}");
-            let plan = direct_input_gradient(&g);
-            assert_eq!(plan.is_some(), direct && avx2_fma, "{case}");
-            let Some(plan) = plan else { continue };
+        each_direct_case(&cases, direct_input_gradient, |g, case, plan| {
             let x = fill(g.n * g.image(), 7919);
             let weight = fill(g.o * g.k(), 104729);
             let dy = fill(g.n * g.o * g.p(), 31337);
             let direct = |dx| DirectGradients { dx, dw: None };
             let run =
-                |want_dw, plan| backward_with(&g, &x, &weight, &dy, true, want_dw, direct(plan));
+                |want_dw, plan| backward_with(g, &x, &weight, &dy, true, want_dw, direct(plan));
             let (ours, ours_dw) = run(true, Some(plan));
             let (col, col_dw) = run(true, None);
             let (alone, none) = run(false, Some(plan));
@@ -932,15 +919,8 @@ mod tests {
                 none.is_none() && alone == Some(ours.clone()),
                 "{case}: dx alone"
             );
-            let scale = col.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert_eq!(ours.len(), col.len());
-            for (i, (a, b)) in ours.iter().zip(&col).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * scale,
-                    "{case}: dx[{i}] {a} against {b}"
-                );
-            }
-        }
+            assert_close_to(case, "dx", &ours, &col);
+        });
     }
 
     /// The weight gradient through the direct kernel gives im2col + GEMM's (to rounding), with
@@ -951,9 +931,7 @@ mod tests {
     /// rows, rows not whole 8-pixel vectors, kernels not 3 wide, stride 2 and 1×1.
     #[test]
     fn direct_weight_gradient_matches_im2col() {
-        let avx2_fma = cfg!(target_arch = "x86_64") && direct_conv_cpu();
-        // (N, C, H, W, O, [kh, kw], stride, [ph, pw], direct)
-        let cases = [
+        let cases: [DirectCase; _] = [
             (17, 3, 32, 32, 13, [3, 3], 1, [1, 1], true),
             (3, 5, 20, 40, 6, [5, 3], 1, [2, 1], true),
             (2, 4, 16, 34, 7, [3, 3], 1, [0, 0], true),
@@ -967,18 +945,13 @@ mod tests {
             (2, 4, 64, 64, 4, [3, 3], 2, [1, 1], false),
             (2, 4, 32, 32, 4, [1, 1], 1, [0, 0], false),
         ];
-        for (n, c, h, w, o, [kh, kw], s, pad, direct) in cases {
-            let g = Geometry::new(&[n, c, h, w], &[o, c, kh, kw], [s, s], pad);
-            let case = format!("{n}×{c}×{h}×{w} → {o}, {kh}×{kw}, stride {s}, pad {pad:?}");
-            let plan = direct_weight_gradient(&g);
-            assert_eq!(plan.is_some(), direct && avx2_fma, "{case}");
-            let Some(plan) = plan else { continue };
+        each_direct_case(&cases, direct_weight_gradient, |g, case, plan| {
             let x = fill(g.n * g.image(), 7919);
             let weight = fill(g.o * g.k(), 104729);
             let dy = fill(g.n * g.o * g.p(), 31337);
             let direct = |dw| DirectGradients { dx: None, dw };
             let run =
-                |want_dx, plan| backward_with(&g, &x, &weight, &dy, want_dx, true, direct(plan));
+                |want_dx, plan| backward_with(g, &x, &weight, &dy, want_dx, true, direct(plan));
             let (ours_dx, ours) = run(true, Some(plan));
             let (col_dx, col) = run(true, None);
             let (none, alone) = run(false, Some(plan));
@@ -988,14 +961,52 @@ mod tests {
                 none.is_none() && alone == Some(ours.clone()),
                 "{case}: dW alone"
             );
-            let scale = col.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert_eq!(ours.len(), col.len());
-            for (i, (a, b)) in ours.iter().zip(&col).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * scale,
-                    "{case}: dW[{i}] {a} against {b}"
-                );
+            assert_close_to(case, "dW", &ours, &col);
+        });
+    }
+
+    /// (N, C, H, W, O, [kh, kw], stride, [ph, pw], whether the direct kernel takes it).
+    type DirectCase = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [usize; 2],
+        usize,
+        [usize; 2],
+        bool,
+    );
+
+    /// Runs `check` (geometry, the case's name, plan) on every case `plan` takes, after
+    /// asserting that it takes exactly the cases marked so, on a CPU with AVX2 and FMA (none
+    /// elsewhere).
+    fn each_direct_case<P>(
+        cases: &[DirectCase],
+        plan: impl Fn(&Geometry) -> Option<P>,
+        mut check: impl FnMut(&Geometry, &str, P),
+    ) {
+        let avx2_fma = cfg!(target_arch = "x86_64") && direct_conv_cpu();
+        for &(n, c, h, w, o, [kh, kw], s, pad, direct) in cases {
+            let g = Geometry::new(&[n, c, h, w], &[o, c, kh, kw], [s, s], pad);
+            let case = format!("{n}×{c}×{h}×{w} → {o}, {kh}×{kw}, stride {s}, pad {pad:?}");
+            let taken = plan(&g);
+            assert_eq!(taken.is_some(), direct && avx2_fma, "{case}");
+            if let Some(taken) = taken {
+                check(&g, &case, taken);
             }
+        }
+    }
+
+    /// `ours` equals `reference` to within 1e-5 of the reference's largest magnitude.
+    fn assert_close_to(case: &str, what: &str, ours: &[f32], reference: &[f32]) {
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(ours.len(), reference.len(), "{case}: {what} length");
+        for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * scale,
+                "{case}: {what}[{i}] {a} against {b}"
+            );
         }
     }
 
