@@ -19,7 +19,8 @@
 #   B (cores 2-3): the same for ResNet-8 and WRN-16-4;
 #   C (cores 4-5): the mnist preset end to end, its schedules in both (bench/mnist-e2e.sh);
 #   D (cores 6-7): B again with NOISESCALE_DIRECT_CONV=off (im2col + GEMM for every
-#                  convolution), to see whether the AVX2 direct kernel beats gemm's AVX-512 one.
+#                  convolution), to see whether the direct kernels (AVX-512 where the CPU has
+#                  it) beat gemm's on that CPU too.
 # With fewer cores they run one after another on cores 0-1. The jobs share the L3 cache and
 # memory, so a ratio is what each side got under the same load.
 #

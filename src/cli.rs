@@ -164,6 +164,8 @@ pub enum DataCommand {
 
 /// Runs the command line; the binary's `main` maps the error to an exit code.
 pub fn run(cli: Cli) -> Result<()> {
+    // A misspelt kernel choice is an error here, not silently the default deep in a layer.
+    crate::kernels::direct_conv::check_env()?;
     match cli.command {
         Command::Train(a) => cmd_train(a),
         Command::Eval(a) => cmd_eval(a),

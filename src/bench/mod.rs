@@ -326,7 +326,7 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
         denormals_flushed: rayon::broadcast(|_| crate::cpu::denormals_flushed())
             .into_iter()
             .all(|f| f),
-        direct_conv: crate::kernels::direct_conv::enabled(),
+        direct_conv: crate::kernels::direct_conv::kernels().map(|isa| isa.name().to_string()),
         purge_delay_ms: crate::allocator::purge_delay_ms(),
         train,
         gns,

@@ -128,10 +128,11 @@ pub struct BenchReport {
     /// Whether the compute threads flush denormals to zero (see [`crate::cpu`]).
     #[serde(default)]
     pub denormals_flushed: bool,
-    /// Whether stride-1 convolutions with 16-pixel rows ran on the direct AVX2 kernel
-    /// ([`crate::kernels::direct_conv`]) rather than im2col + GEMM.
+    /// The vector instructions of the direct kernels that stride-1 convolutions with 16-pixel
+    /// rows ran on ([`crate::kernels::direct_conv`], `AVX2` or `AVX-512`), `None` where they
+    /// ran through im2col + GEMM.
     #[serde(default)]
-    pub direct_conv: bool,
+    pub direct_conv: Option<String>,
     /// mimalloc's purge delay in milliseconds: how long freed memory stays mapped before it is
     /// returned to the kernel; `None` for never ([`crate::allocator`]).
     #[serde(default)]
@@ -167,10 +168,9 @@ pub fn format_report(r: &BenchReport) -> String {
             "no (gemm's AVX2/FMA kernels)"
         },
         if r.denormals_flushed { "yes" } else { "no" },
-        if r.direct_conv {
-            "yes (AVX2)"
-        } else {
-            "no (im2col + GEMM)"
+        match &r.direct_conv {
+            Some(isa) => format!("yes ({isa})"),
+            None => "no (im2col + GEMM)".to_string(),
         },
     );
     let _ = writeln!(
@@ -346,7 +346,7 @@ pub(crate) mod tests {
             cpu: "test CPU".into(),
             avx512: false,
             denormals_flushed: true,
-            direct_conv: false,
+            direct_conv: None,
             purge_delay_ms: Some(250),
             train: vec![
                 row("flex", "cnn", 128, 1000.0),

@@ -250,13 +250,14 @@ mod tests {
             (19, 3, 6, 6, 4, [3, 3], [1, 1], (1, 1), true),
             (17, 4, 5, 5, 3, [1, 1], [1, 1], (0, 0), false),
             // Stride 1 with 16-pixel output rows: the direct kernel for every pass (on AVX2 +
-            // FMA), 13 channels in blocks of 6, 6 and 1 (4, 4, 4 and 1 for dW).
+            // FMA), 13 channels in blocks of 6, 6 and 1 (4, 4, 4 and 1 for dW; on AVX-512 8 and
+            // 5, dW through im2col).
             (2, 3, 16, 16, 13, [3, 3], [1, 1], (1, 1), true),
             // 32-pixel rows: every pass direct too.
             (2, 16, 32, 32, 8, [3, 3], [1, 1], (1, 1), true),
-            // Images whose `col` is cut into row chunks (2 and 2 of them), stride 1 (30-pixel
-            // rows: no direct kernel) and 2.
-            (2, 16, 30, 30, 8, [3, 3], [1, 1], (1, 1), true),
+            // Images whose `col` is cut into row chunks, stride 1 (36-pixel rows: no direct
+            // kernel, neither whole vectors nor a tail AVX-512 masks) and 2.
+            (2, 16, 36, 36, 8, [3, 3], [1, 1], (1, 1), true),
             (3, 32, 40, 40, 4, [3, 3], [2, 2], (1, 1), false),
         ];
         for (n, c, h, w, o, kernel, stride, (ph, pw), bias) in cases {

@@ -1,51 +1,160 @@
 //! A direct convolution for the forward pass of stride-1 layers whose output rows are whole
-//! multiples of 16 pixels (ResNet's and WRN's 3×3 layers at 32×32 and 16×16): each tile of up to
-//! 6 output channels × 16 output pixels is summed in AVX2 registers over every input channel and
-//! kernel tap, reading the zero-padded input rows in place. Unlike im2col + GEMM there is no
-//! `col` to write and no operand for gemm to pack, which is what keeps narrow layers, few
-//! channels deep, from running at GEMM speed (issue 19: the small-batch conv rows).
+//! multiples of 16 pixels (ResNet's and WRN's 3×3 layers at 32×32 and 16×16): each tile of
+//! output channels × pixels (AVX2: 6 × 16, two 8-float vectors; AVX-512: 8 × 32, two 16-float
+//! vectors) is summed in registers over every input channel and kernel tap, reading the
+//! zero-padded input rows in place. Unlike im2col + GEMM there is no `col` to write and no
+//! operand for gemm to pack, which is what keeps narrow layers, few channels deep, from running
+//! at GEMM speed (issue 19: the small-batch conv rows).
 //!
-//! One image's forward, one thread, best of 9 interleaved rounds, against im2col + gemm 0.19 as in
-//! `im2col.rs` (AMD EPYC, throwaway harness, two runs): 3 → 16 channels at 32×32 ×1.5–1.8,
-//! 16 → 16 ×1.9–2.6, 16 → 64 ×1.2, 64 → 64 ×1.3; 32 → 32 at 16×16 ×1.6–1.7, 128 → 128 ×1.16.
-//! At 8×8 (one 8-pixel vector per row) it was ×1.07 for 64 channels and ×0.82 for 256, so rows
-//! shorter than 16 pixels keep im2col, as do CPUs without AVX2 and FMA. The ResNet-8 training
-//! step at B = 128: ×1.05 by the median of 12 back-to-back pairs (`bench/RESULTS.md`).
+//! AVX2, one image's forward, one thread, best of 9 interleaved rounds, against im2col + gemm
+//! 0.19's AVX2 kernels (AMD EPYC without AVX-512, throwaway harness, two runs): 3 → 16 channels
+//! at 32×32 ×1.5–1.8, 16 → 16 ×1.9–2.6, 16 → 64 ×1.2, 64 → 64 ×1.3; 32 → 32 at 16×16 ×1.6–1.7,
+//! 128 → 128 ×1.16. At 8×8 (one 8-pixel vector per row) it was ×1.07 for 64 channels and ×0.82
+//! for 256, so rows shorter than 16 pixels keep im2col, as do CPUs without AVX2 and FMA.
+//!
+//! On a CPU with AVX-512, gemm runs 16-float kernels, and the AVX2 tiles lost to them (B = 128, 2
+//! threads, AMD EPYC Zen 5: ×0.62–0.96 forward on every layer above 3 channels), so there the
+//! AVX-512 tiles run: ×1.08–1.74 forward, ×1.16–1.80 input gradient, ×1.17–2.45 weight gradient
+//! against gemm's AVX-512 kernels on the same layers; the ResNet-8 step at B = 128 ×1.24–1.27,
+//! WRN-16-4's ×1.10–1.20 (`bench/RESULTS.md`).
 //!
 //! It also computes the input gradient of those layers, as the forward of the transposed
 //! convolution (`im2col.rs`, `Geometry::transposed`), and [`WeightGradPlan`] the weight gradient
-//! of stride-1 layers with 3-wide kernels and rows of 32 pixels or more, or of 16 with at most 32
-//! output channels (ResNet-8's first two stages, WRN-16-4's first), summed in 8 pixel lanes per
-//! (channel, tap) over each image.
+//! of stride-1 layers with 3-wide kernels and rows of 32 pixels or more, or on AVX2 of 16 with
+//! at most 32 output channels (ResNet-8's first two stages, WRN-16-4's first), summed in vector
+//! lanes per (channel, tap) over each image.
 //!
 //! Each output is summed in a fixed order (input channel, then kernel row, then column), so the
-//! result does not depend on the thread count.
+//! result does not depend on the thread count; the forward's order is the same on AVX2 and
+//! AVX-512, so both give the same bits.
 //!
-//! `NOISESCALE_DIRECT_CONV=off` sends every convolution through im2col + GEMM instead, to compare
-//! the two on a CPU where it has not been measured: the kernel is AVX2 (8 floats a vector), while
-//! gemm runs 16-float AVX-512 kernels on CPUs that have them.
+//! [`DIRECT_CONV_ENV`] chooses: `off` sends every convolution through im2col + GEMM, `avx2` the
+//! AVX2 kernels on a CPU with AVX-512, to compare them on a CPU where they have not been
+//! measured.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-/// The environment variable that turns the direct kernel off (`off`).
+/// The environment variable that chooses the direct kernels: `off` (im2col + GEMM for every
+/// convolution), `avx2` (the AVX2 kernels even where AVX-512 is present), or unset / `auto` (the
+/// widest the CPU has).
 pub const DIRECT_CONV_ENV: &str = "NOISESCALE_DIRECT_CONV";
 
-/// Whether convolutions use the direct kernel where their shapes allow: the CPU has AVX2 and FMA
-/// and [`DIRECT_CONV_ENV`] is not `off` (read once per process).
-pub fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| {
-        cpu_has_avx2_fma() && std::env::var(DIRECT_CONV_ENV).map_or(true, |v| v != "off")
+/// The vector instructions a direct kernel runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX2 and FMA: 8 floats a vector, 16 vector registers.
+    Avx2,
+    /// AVX-512F: 16 floats a vector, 32 vector registers.
+    Avx512,
+}
+
+impl Isa {
+    /// The name printed by `noisescale bench`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx2 => "AVX2",
+            Isa::Avx512 => "AVX-512",
+        }
+    }
+
+    /// Output channels per register tile of the forward kernel, the packing's block size.
+    fn channels(self) -> usize {
+        match self {
+            Isa::Avx2 => CHANNELS,
+            Isa::Avx512 => CHANNELS_512,
+        }
+    }
+
+    /// Floats per vector: the weight gradient's rows must be whole vectors.
+    fn lanes(self) -> usize {
+        match self {
+            Isa::Avx2 => 8,
+            Isa::Avx512 => 16,
+        }
+    }
+}
+
+/// What [`DIRECT_CONV_ENV`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setting {
+    Off,
+    Auto,
+    Avx2,
+}
+
+/// [`DIRECT_CONV_ENV`]'s value read, or an error naming the values it takes.
+fn setting(value: Option<&str>) -> Result<Setting, String> {
+    match value {
+        None | Some("" | "auto" | "on") => Ok(Setting::Auto),
+        Some("off") => Ok(Setting::Off),
+        Some("avx2") => Ok(Setting::Avx2),
+        Some(other) => Err(format!(
+            "{DIRECT_CONV_ENV}={other:?} is not one of off, avx2, auto"
+        )),
+    }
+}
+
+/// The kernels a setting gives on a CPU with (AVX2 and FMA, AVX-512F).
+fn choose(setting: Setting, [avx2, avx512]: [bool; 2]) -> Option<Isa> {
+    match setting {
+        Setting::Off => None,
+        Setting::Avx2 => avx2.then_some(Isa::Avx2),
+        Setting::Auto if avx512 && avx2 => Some(Isa::Avx512),
+        Setting::Auto => avx2.then_some(Isa::Avx2),
+    }
+}
+
+/// Checks [`DIRECT_CONV_ENV`] (the CLI calls it first, so that a misspelt value is an error
+/// rather than silently the default).
+pub fn check_env() -> anyhow::Result<()> {
+    setting(std::env::var(DIRECT_CONV_ENV).ok().as_deref()).map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// The direct kernels convolutions use where their shapes allow, `None` for im2col + GEMM
+/// everywhere: the widest of AVX-512 and AVX2 the CPU has, as [`DIRECT_CONV_ENV`] allows (read
+/// once per process; a value [`check_env`] refuses counts as `auto`).
+pub fn kernels() -> Option<Isa> {
+    static KERNELS: OnceLock<Option<Isa>> = OnceLock::new();
+    *KERNELS.get_or_init(|| {
+        let s = setting(std::env::var(DIRECT_CONV_ENV).ok().as_deref()).unwrap_or(Setting::Auto);
+        choose(s, cpu_features())
     })
+}
+
+/// The direct kernels this CPU can run, widest first (tests run every one).
+#[cfg(test)]
+pub(super) fn available() -> Vec<Isa> {
+    let [avx2, avx512] = cpu_features();
+    [(avx512 && avx2, Isa::Avx512), (avx2, Isa::Avx2)]
+        .into_iter()
+        .filter_map(|(has, isa)| has.then_some(isa))
+        .collect()
 }
 
 /// Output channels per register tile: 6 channels × 2 vectors = 12 accumulators, which with the
 /// two input vectors and a broadcast weight fit AVX2's 16 registers.
 const CHANNELS: usize = 6;
 
-/// Output pixels per register tile: two 8-float vectors.
+/// Output pixels per register tile: two 8-float vectors (AVX2), or the unit of one or two
+/// 16-float vectors (AVX-512). Output rows must be whole multiples of it.
 const PIXELS: usize = 16;
+
+/// AVX-512 masks the last vector of a row that is not whole 16-pixel vectors: where it keeps
+/// at least this many of its 16 lanes. B = 128, 2 threads (AMD EPYC, Zen 5), direct against
+/// im2col + gemm's AVX-512 kernels: 14 of 16 (the CNN's 32 → 64 at 14×14, 5×5) ×1.47 forward,
+/// ×1.41 input gradient; 12 (its 1 → 32 at 28×28) ×1.05 forward; 8 (8×8 planes) ×0.59–0.81.
+const MIN_TAIL_LANES: usize = 12;
+
+/// Output channels a plan needs: a tile of one channel loads as much as it computes (the input
+/// gradient of a 1-channel first layer, ×0.41 on the Zen 5 above).
+const MIN_CHANNELS: usize = 3;
+
+/// Output channels per AVX-512 register tile: 8 channels × 2 vectors = 16 accumulators, with
+/// the broadcast weight an operand of the FMA. Blocks of 8 divide the models' 16, 64, 128 and
+/// 256 channels.
+const CHANNELS_512: usize = 8;
 
 /// The shapes of one image's stride-1 convolution over its zero-padded input `[C, hp, wp]`,
 /// producing `[O, oh, ow]` with `oh = hp − kh + 1`, `ow = wp − kw + 1`: what both kernels
@@ -90,24 +199,38 @@ impl Shape {
 
 /// The forward of one image's stride-1 convolution (see [`Shape`]) through the direct kernel.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Plan(Shape);
+pub(super) struct Plan(Shape, Isa);
 
 impl Plan {
-    /// The plan for these shapes, or `None` where the direct kernel does not apply: output rows
-    /// not a whole number of 16-pixel tiles, or not [`enabled`].
-    pub(super) fn new(c: usize, padded: [usize; 2], o: usize, kernel: [usize; 2]) -> Option<Self> {
+    /// The plan for these shapes on the kernels of `isa` (one the CPU has: [`kernels`]), or
+    /// `None` where the direct kernel does not apply: fewer than [`MIN_CHANNELS`] output
+    /// channels, or output rows not a whole number of 16-pixel vectors (AVX2) or ending in a
+    /// vector of fewer than [`MIN_TAIL_LANES`] (AVX-512).
+    pub(super) fn new(
+        isa: Isa,
+        c: usize,
+        padded: [usize; 2],
+        o: usize,
+        kernel: [usize; 2],
+    ) -> Option<Self> {
         let shape = Shape::new(c, padded, o, kernel)?;
-        (shape.ow().is_multiple_of(PIXELS) && enabled()).then_some(Self(shape))
+        let tail = shape.ow() % PIXELS;
+        let takes = match isa {
+            Isa::Avx2 => tail == 0,
+            Isa::Avx512 => tail == 0 || tail >= MIN_TAIL_LANES,
+        };
+        (takes && o >= MIN_CHANNELS).then_some(Self(shape, isa))
     }
 
-    /// `weight [O, C, kh, kw]` regrouped as blocks of [`CHANNELS`] output channels, each
-    /// `[C, kh, kw, channels]`, so that a tile's weights for one tap are adjacent.
+    /// `weight [O, C, kh, kw]` regrouped as blocks of a tile's output channels ([`CHANNELS`]
+    /// or [`CHANNELS_512`]), each `[C, kh, kw, channels]`, so that a tile's weights for one tap
+    /// are adjacent.
     pub(super) fn pack_weight(&self, weight: &[f32]) -> Vec<f32> {
-        let (o, taps) = (self.0.o, self.0.taps());
+        let (o, taps, channels) = (self.0.o, self.0.taps(), self.1.channels());
         assert_eq!(weight.len(), o * taps, "direct conv: weight size");
         let mut packed = Vec::with_capacity(weight.len());
-        for o0 in (0..o).step_by(CHANNELS) {
-            let block = CHANNELS.min(o - o0);
+        for o0 in (0..o).step_by(channels) {
+            let block = channels.min(o - o0);
             for t in 0..taps {
                 for b in 0..block {
                     packed.push(weight[(o0 + b) * taps + t]);
@@ -127,10 +250,13 @@ impl Plan {
             "direct conv: buffer sizes"
         );
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `new` checked AVX2 and FMA (`enabled`); the assert above and `tile`'s comment
-        // bound every access.
+        // SAFETY: the plan's kernels are ones the CPU has (`new`'s contract);
+        // the assert above and the tiles' comments bound every access.
         unsafe {
-            avx2::forward_image(p, padded, packed, y)
+            match self.1 {
+                Isa::Avx2 => avx2::forward_image(p, padded, packed, y),
+                Isa::Avx512 => avx512::forward_image(p, padded, packed, y),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("Plan::new returns None off x86-64")
@@ -145,30 +271,47 @@ const GRAD_CHANNELS: usize = 4;
 /// Where [`WeightGradPlan`] applies: rows of at least this many pixels, …
 const MIN_GRAD_ROW: usize = 32;
 
-/// … or of 16 pixels with at most this many output channels. Elsewhere the lanes' final sums
-/// weigh more against the FMAs, or gemm is more efficient, and im2col + GEMM was as fast or
-/// faster. At B = 128 on 2 threads (AMD EPYC, interleaved, best of 7), direct against im2col:
-/// ×1.70 for 16 → 16, ×1.16 for 16 → 64 and ×1.09 for 64 → 64 at 32×32; ×1.11 for 32 → 32 but
-/// ×0.90 for 128 → 128 at 16×16; ×0.71 for 64 → 64 at 8×8 (an earlier, noisier run).
+/// … or, on AVX2, of 16 pixels with at most this many output channels. Elsewhere the lanes'
+/// final sums weigh more against the FMAs, or gemm is more efficient, and im2col + GEMM was as
+/// fast or faster. At B = 128 on 2 threads, interleaved, best of 5–7, direct against im2col:
+/// - AVX2 against gemm's AVX2 kernels (AMD EPYC without AVX-512): ×1.70 for 16 → 16, ×1.16 for
+///   16 → 64 and ×1.09 for 64 → 64 at 32×32; ×1.11 for 32 → 32 but ×0.90 for 128 → 128 at
+///   16×16; ×0.71 for 64 → 64 at 8×8 (an earlier, noisier run);
+/// - AVX-512 against gemm's AVX-512 kernels (AMD EPYC, Zen 5): ×2.05 for 16 → 16, ×1.78 for
+///   16 → 64, ×1.17 for 64 → 64 at 32×32, but ×0.88 for 32 → 32 at 16×16: 16-pixel rows stay
+///   with GEMM there.
 const MAX_GRAD_CHANNELS_AT_16: usize = 32;
+
+/// Output channels per AVX-512 register tile of the weight gradient: 8 channels × 3 kernel
+/// columns = 24 accumulators, with the three shifted input vectors and one `dy` vector 28 of
+/// the 32 registers.
+const GRAD_CHANNELS_512: usize = 8;
 
 /// The weight gradient of one image's stride-1 convolution with 3-wide kernels, over its
 /// zero-padded input `[C, hp, wp]` and output gradient `[O, oh, ow]`: `dwᵀ[(c, i, j), o] +=
 /// Σ_{y, x} dy[o, y, x] · padded[c, y + i, x + j]`, summed in 8 pixel lanes, each tap's lanes
 /// then added in a fixed order. Unlike im2col + GEMM, nothing is unfolded or packed.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct WeightGradPlan(Shape);
+pub(super) struct WeightGradPlan(Shape, Isa);
 
 impl WeightGradPlan {
-    /// The plan for these shapes, or `None` where the kernel does not apply: kernels not 3 wide,
-    /// output rows not a whole number of 8-pixel vectors, shorter than [`MIN_GRAD_ROW`] and not
-    /// 16 pixels with at most [`MAX_GRAD_CHANNELS_AT_16`] output channels, or not [`enabled`].
-    pub(super) fn new(c: usize, padded: [usize; 2], o: usize, kernel: [usize; 2]) -> Option<Self> {
+    /// The plan for these shapes on the kernels of `isa` (one the CPU has: [`kernels`]), or
+    /// `None` where the kernel does not apply: kernels not 3 wide, output rows not a whole
+    /// number of vectors, shorter than [`MIN_GRAD_ROW`] and not 16 pixels with at most
+    /// [`MAX_GRAD_CHANNELS_AT_16`] output channels on AVX2.
+    pub(super) fn new(
+        isa: Isa,
+        c: usize,
+        padded: [usize; 2],
+        o: usize,
+        kernel: [usize; 2],
+    ) -> Option<Self> {
         let shape = Shape::new(c, padded, o, kernel)?;
         let ow = shape.ow();
-        let long = ow >= MIN_GRAD_ROW || (ow == 16 && o <= MAX_GRAD_CHANNELS_AT_16);
-        let rows = long && ow.is_multiple_of(8);
-        (shape.kw == 3 && rows && enabled()).then_some(Self(shape))
+        let short_ok = isa == Isa::Avx2 && ow == 16 && o <= MAX_GRAD_CHANNELS_AT_16;
+        let long = ow >= MIN_GRAD_ROW || short_ok;
+        let rows = long && ow.is_multiple_of(isa.lanes());
+        (shape.kw == 3 && rows).then_some(Self(shape, isa))
     }
 
     /// Adds one image's weight gradient onto `dw_t [C·kh·3, O]` (the layout im2col + GEMM sums).
@@ -181,24 +324,29 @@ impl WeightGradPlan {
             "direct conv weight gradient: buffer sizes"
         );
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `new` checked AVX2 and FMA (`enabled`); the assert above and `grad_tile`'s
-        // comment bound every access.
+        // SAFETY: the plan's kernels are ones the CPU has (`new`'s contract);
+        // the assert above and the `grad_tile`s' comments bound every access.
         unsafe {
-            avx2::accumulate_weight_grad(p, padded, dy, dw_t)
+            match self.1 {
+                Isa::Avx2 => avx2::accumulate_weight_grad(p, padded, dy, dw_t),
+                Isa::Avx512 => avx512::accumulate_weight_grad(p, padded, dy, dw_t),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("WeightGradPlan::new returns None off x86-64")
     }
 }
 
-fn cpu_has_avx2_fma() -> bool {
+/// Whether the CPU has (AVX2 and FMA, AVX-512F).
+fn cpu_features() -> [bool; 2] {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        use std::arch::is_x86_feature_detected as has;
+        [has!("avx2") && has!("fma"), has!("avx512f")]
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        [false, false]
     }
 }
 
@@ -290,9 +438,9 @@ mod avx2 {
         dy: &[f32],
         dw_t: &mut [f32],
     ) {
-        for c in 0..p.c {
-            for i in 0..p.kh {
-                for o0 in (0..p.o).step_by(GRAD_CHANNELS) {
+        for o0 in (0..p.o).step_by(GRAD_CHANNELS) {
+            for c in 0..p.c {
+                for i in 0..p.kh {
                     let at = (padded.as_ptr(), dy.as_ptr(), c, i, o0);
                     let out = &mut dw_t[(c * p.kh + i) * 3 * p.o..][..3 * p.o];
                     // SAFETY: see `grad_tile`.
@@ -355,6 +503,225 @@ mod avx2 {
     #[inline]
     fn lane_sum(v: __m256) -> f32 {
         let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
+    }
+}
+
+/// The same kernels on AVX-512F. The forward sums every output in the same order as
+/// [`avx2`]'s, one FMA per tap, so both give the same bits; the weight gradient's lanes are 16
+/// wide, so its sums are rounded differently from AVX2's (still in a fixed order).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{CHANNELS_512, GRAD_CHANNELS_512, PIXELS, Shape};
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// Every tile of the image. Each output row is cut into 16-pixel vectors, the last one
+    /// masked where the row is not a whole number of them; the plane's vectors, row after row,
+    /// are taken two at a time (which may lie on two rows), then one where the plane leaves
+    /// one, each for every block of channels, so that a run's input rows are still in L1 for
+    /// the next block.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn forward_image(
+        p: &Shape,
+        padded: &[f32],
+        packed: &[f32],
+        y: &mut [MaybeUninit<f32>],
+    ) {
+        let ow = p.ow();
+        let per_row = ow.div_ceil(PIXELS);
+        let vectors = p.oh() * per_row;
+        // Vector `s`: (its first pixel in the padded plane, in the output plane; its lanes).
+        let vector = |s: usize| {
+            let (row, x0) = (s / per_row, s % per_row * PIXELS);
+            let lanes = (ow - x0).min(PIXELS);
+            let mask: __mmask16 = if lanes == PIXELS {
+                !0
+            } else {
+                (1 << lanes) - 1
+            };
+            (row * p.wp + x0, row * ow + x0, mask)
+        };
+        for s in (0..vectors).step_by(2) {
+            let run = (vectors - s).min(2);
+            for o0 in (0..p.o).step_by(CHANNELS_512) {
+                let w = packed[o0 * p.taps()..].as_ptr();
+                let out = y[o0 * p.oh() * ow..].as_mut_ptr().cast::<f32>();
+                let at = (padded.as_ptr(), w, out);
+                let block = CHANNELS_512.min(p.o - o0);
+                // SAFETY: see `tile`; the block sizes match the packing's.
+                unsafe {
+                    if run == 2 {
+                        tiles::<2>(block, p, at, [vector(s), vector(s + 1)])
+                    } else {
+                        tiles::<1>(block, p, at, [vector(s)])
+                    }
+                }
+            }
+        }
+    }
+
+    /// A vector of output pixels: its first pixel's offset in the padded input plane and in the
+    /// output plane, and its lanes (the first `k` of 16).
+    type Vector = (usize, usize, __mmask16);
+
+    /// [`tile`] for a block of `block` (1..=8) channels.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn tiles<const V: usize>(
+        block: usize,
+        p: &Shape,
+        at: (*const f32, *const f32, *mut f32),
+        vectors: [Vector; V],
+    ) {
+        // SAFETY: the caller's.
+        unsafe {
+            match block {
+                8 => tile::<8, V>(p, at, vectors),
+                7 => tile::<7, V>(p, at, vectors),
+                6 => tile::<6, V>(p, at, vectors),
+                5 => tile::<5, V>(p, at, vectors),
+                4 => tile::<4, V>(p, at, vectors),
+                3 => tile::<3, V>(p, at, vectors),
+                2 => tile::<2, V>(p, at, vectors),
+                _ => tile::<1, V>(p, at, vectors),
+            }
+        }
+    }
+
+    /// `B` output channels × `V` vectors of output pixels: `out` points at channel 0's output
+    /// plane, `w` at the block's packed weights.
+    ///
+    /// Safety: a vector at output `(row, x0)` with `k` lanes covers `x0..x0 + k ≤ ow` of that
+    /// row; it reads input rows `row..row + kh` of each channel, columns `x0..x0 + k + kw − 1`,
+    /// inside the padded plane since `x0 + k ≤ ow = wp − kw + 1` and `row + kh − 1 ≤ hp − 1`
+    /// (the masked lanes are neither read nor written); writes channels `0..B` at
+    /// `out + b·oh·ow`, those `k` pixels.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn tile<const B: usize, const V: usize>(
+        p: &Shape,
+        (padded, w, out): (*const f32, *const f32, *mut f32),
+        vectors: [Vector; V],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; B];
+        let mut w = w;
+        // SAFETY: the bounds in the doc comment above.
+        unsafe {
+            for c in 0..p.c {
+                let plane = padded.add(c * p.hp * p.wp);
+                for i in 0..p.kh {
+                    for j in 0..p.kw {
+                        let at = i * p.wp + j;
+                        let x: [__m512; V] = std::array::from_fn(|v| {
+                            let (start, _, mask) = vectors[v];
+                            _mm512_maskz_loadu_ps(mask, plane.add(start + at))
+                        });
+                        for (b, acc) in acc.iter_mut().enumerate() {
+                            let wb = _mm512_set1_ps(*w.add(b));
+                            for (acc, x) in acc.iter_mut().zip(&x) {
+                                *acc = _mm512_fmadd_ps(wb, *x, *acc);
+                            }
+                        }
+                        w = w.add(B);
+                    }
+                }
+            }
+            let plane = p.oh() * p.ow();
+            for (b, acc) in acc.iter().enumerate() {
+                for (&(_, at, mask), acc) in vectors.iter().zip(acc) {
+                    _mm512_mask_storeu_ps(out.add(b * plane + at), mask, *acc);
+                }
+            }
+        }
+    }
+
+    /// Every (input channel, kernel row, block of output channels) of one image's weight
+    /// gradient.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn accumulate_weight_grad(
+        p: &Shape,
+        padded: &[f32],
+        dy: &[f32],
+        dw_t: &mut [f32],
+    ) {
+        for o0 in (0..p.o).step_by(GRAD_CHANNELS_512) {
+            for c in 0..p.c {
+                for i in 0..p.kh {
+                    let at = (padded.as_ptr(), dy.as_ptr(), c, i, o0);
+                    let out = &mut dw_t[(c * p.kh + i) * 3 * p.o..][..3 * p.o];
+                    // SAFETY: see `grad_tile`.
+                    unsafe {
+                        match GRAD_CHANNELS_512.min(p.o - o0) {
+                            8 => grad_tile::<8>(p, at, out),
+                            7 => grad_tile::<7>(p, at, out),
+                            6 => grad_tile::<6>(p, at, out),
+                            5 => grad_tile::<5>(p, at, out),
+                            4 => grad_tile::<4>(p, at, out),
+                            3 => grad_tile::<3>(p, at, out),
+                            2 => grad_tile::<2>(p, at, out),
+                            _ => grad_tile::<1>(p, at, out),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds `Σ_{y, x} dy[o0 + b, y, x] · padded[c, y + i, x + j]` onto `out[j·O + o0 + b]` for
+    /// `b < B`, `j < 3` (`out`: the rows of `dwᵀ` for input channel `c`, kernel row `i`).
+    ///
+    /// Safety: reads input rows `i..i + oh` of channel `c`, columns `x..x + 18` for
+    /// `x + 16 ≤ ow = wp − 2`, so up to column `wp − 1`; reads `dy` channels `o0..o0 + B`, all
+    /// of their `oh·ow` pixels; `accumulate_image` checked the buffers' sizes.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    unsafe fn grad_tile<const B: usize>(
+        p: &Shape,
+        (padded, dy, c, i, o0): (*const f32, *const f32, usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        let (oh, ow) = (p.oh(), p.ow());
+        let mut acc = [[_mm512_setzero_ps(); 3]; B];
+        // SAFETY: the bounds in the doc comment above.
+        unsafe {
+            let plane = padded.add(c * p.hp * p.wp);
+            for y in 0..oh {
+                let line = plane.add((y + i) * p.wp);
+                let grad = dy.add(o0 * oh * ow + y * ow);
+                for x in (0..ow).step_by(16) {
+                    let x0 = _mm512_loadu_ps(line.add(x));
+                    let x1 = _mm512_loadu_ps(line.add(x + 1));
+                    let x2 = _mm512_loadu_ps(line.add(x + 2));
+                    for (b, acc) in acc.iter_mut().enumerate() {
+                        let d = _mm512_loadu_ps(grad.add(b * oh * ow + x));
+                        acc[0] = _mm512_fmadd_ps(d, x0, acc[0]);
+                        acc[1] = _mm512_fmadd_ps(d, x1, acc[1]);
+                        acc[2] = _mm512_fmadd_ps(d, x2, acc[2]);
+                    }
+                }
+            }
+        }
+        for (b, taps) in acc.iter().enumerate() {
+            for (j, &v) in taps.iter().enumerate() {
+                out[j * p.o + o0 + b] += lane_sum(v);
+            }
+        }
+    }
+
+    /// The 16 lanes of `v` added in a fixed order: the upper eight onto the lower, then as
+    /// [`super::avx2`]'s sum of eight.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    fn lane_sum(v: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        let eight = _mm256_add_ps(lo, hi);
+        let halves = _mm_add_ps(
+            _mm256_castps256_ps128(eight),
+            _mm256_extractf128_ps(eight, 1),
+        );
         let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
         _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)))
     }

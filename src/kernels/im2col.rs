@@ -13,7 +13,7 @@
 //! weight gradient of those with 3-wide kernels where that was faster
 //! ([`direct_conv::WeightGradPlan`]: ×1.09–1.70 per layer). The rest stays here.
 
-use super::direct_conv;
+use super::direct_conv::{self, Isa};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -524,13 +524,14 @@ fn padded_len(g: &Geometry) -> usize {
 
 /// `y [N, O, Ho, Wo]` for `x [N, C, H, W]`, `weight [O, C, kh, kw]`.
 pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
-    forward_with(g, x, weight, direct_plan(g))
+    let direct = direct_conv::kernels().and_then(|isa| direct_plan(g, isa));
+    forward_with(g, x, weight, direct)
 }
 
-/// The [`direct_conv`] plan for a stride-1 convolution where it applies (see there).
-fn direct_plan(g: &Geometry) -> Option<direct_conv::Plan> {
+/// The [`direct_conv`] plan on `isa` for a stride-1 convolution where it applies (see there).
+fn direct_plan(g: &Geometry, isa: Isa) -> Option<direct_conv::Plan> {
     g.is_direct_candidate()
-        .then(|| direct_conv::Plan::new(g.c, g.padded(), g.o, [g.kh, g.kw]))
+        .then(|| direct_conv::Plan::new(isa, g.c, g.padded(), g.o, [g.kh, g.kw]))
         .flatten()
 }
 
@@ -590,9 +591,14 @@ pub(super) fn backward(
     want_dx: bool,
     want_dw: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let isa = direct_conv::kernels();
     let direct = DirectGradients {
-        dx: want_dx.then(|| direct_input_gradient(g)).flatten(),
-        dw: want_dw.then(|| direct_weight_gradient(g)).flatten(),
+        dx: isa
+            .filter(|_| want_dx)
+            .and_then(|isa| direct_input_gradient(g, isa)),
+        dw: isa
+            .filter(|_| want_dw)
+            .and_then(|isa| direct_weight_gradient(g, isa)),
     };
     backward_with(g, x, weight, dy, want_dx, want_dw, direct)
 }
@@ -608,17 +614,17 @@ struct DirectGradients {
 
 /// The weight gradient through [`direct_conv::WeightGradPlan`], for stride-1 convolutions
 /// where that applies. It replaces im2col and the GEMM over `col`.
-fn direct_weight_gradient(g: &Geometry) -> Option<direct_conv::WeightGradPlan> {
+fn direct_weight_gradient(g: &Geometry, isa: Isa) -> Option<direct_conv::WeightGradPlan> {
     g.is_direct_candidate()
-        .then(|| direct_conv::WeightGradPlan::new(g.c, g.padded(), g.o, [g.kh, g.kw]))
+        .then(|| direct_conv::WeightGradPlan::new(isa, g.c, g.padded(), g.o, [g.kh, g.kw]))
         .flatten()
 }
 
 /// The input gradient through [`direct_conv`], as the forward of [`Geometry::transposed`], where
 /// that applies. It replaces the GEMM into `col` and [`col2im_rows`]' scattered adds.
-fn direct_input_gradient(g: &Geometry) -> Option<(Geometry, direct_conv::Plan)> {
+fn direct_input_gradient(g: &Geometry, isa: Isa) -> Option<(Geometry, direct_conv::Plan)> {
     let t = g.transposed()?;
-    Some((t, direct_plan(&t)?))
+    Some((t, direct_plan(&t, isa)?))
 }
 
 /// [`backward`], with the gradients `direct` names through [`direct_conv`] for every image, the
@@ -858,51 +864,67 @@ mod tests {
         }
     }
 
-    /// The direct kernel gives im2col + GEMM's outputs (to rounding) on the shapes it takes: every
-    /// channel-block tail (O = 13, 5, 8, 16, 9 leave 1, 5, 2, 4, 3), non-square kernels, padding
-    /// and none, rows of 16 to 48 pixels. It is refused for rows that are not whole 16-pixel
-    /// tiles, stride 2 and 1×1, and everywhere on a CPU without AVX2 and FMA.
+    /// The direct kernels give im2col + GEMM's outputs (to rounding) on the shapes they take,
+    /// and AVX-512's the same bits as AVX2's: every channel-block tail (O = 13, 5, 8, 16, 9 leave
+    /// 1, 5, 2, 4, 3 of AVX2's 6 and 5, 5, 0, 0, 1 of AVX-512's 8), non-square kernels, padding
+    /// and none, rows of 16 to 48 pixels, planes of an odd number of 16-pixel vectors (AVX-512's
+    /// last run of one: 15 rows of 16); on AVX-512, rows ending in a masked vector of 14 or 12
+    /// pixels (14×14, and the CNN's first layer, 28×28 at 5×5). It is refused for rows ending
+    /// in fewer pixels (8×8) or not whole 16-pixel tiles on AVX2, fewer than 3 output channels,
+    /// stride 2 and 1×1, and everywhere on a CPU without AVX2 and FMA.
     #[test]
     fn direct_forward_matches_im2col() {
         let cases: [DirectCase; _] = [
-            (2, 3, 16, 16, 13, [3, 3], 1, [1, 1], true),
-            (3, 4, 18, 20, 5, [3, 5], 1, [0, 0], true),
-            (2, 2, 32, 30, 8, [3, 3], 1, [1, 2], true),
-            (1, 16, 32, 32, 16, [3, 3], 1, [1, 1], true),
-            (2, 3, 16, 48, 9, [1, 3], 1, [0, 1], true),
-            (2, 4, 14, 14, 4, [3, 3], 1, [1, 1], false),
-            (2, 4, 32, 32, 4, [3, 3], 2, [1, 1], false),
-            (2, 4, 16, 16, 4, [1, 1], 1, [0, 0], false),
+            (2, 3, 16, 16, 13, [3, 3], 1, [1, 1], BOTH),
+            (3, 4, 18, 20, 5, [3, 5], 1, [0, 0], BOTH),
+            (2, 2, 32, 30, 8, [3, 3], 1, [1, 2], BOTH),
+            (1, 16, 32, 32, 16, [3, 3], 1, [1, 1], BOTH),
+            (2, 3, 16, 48, 9, [1, 3], 1, [0, 1], BOTH),
+            (2, 3, 17, 16, 5, [3, 3], 1, [0, 1], BOTH),
+            (2, 4, 14, 14, 4, [3, 3], 1, [1, 1], AVX512),
+            (3, 1, 28, 28, 10, [5, 5], 1, [2, 2], AVX512),
+            (2, 4, 8, 8, 4, [3, 3], 1, [1, 1], NONE),
+            (2, 4, 16, 16, 2, [3, 3], 1, [1, 1], NONE),
+            (2, 4, 32, 32, 4, [3, 3], 2, [1, 1], NONE),
+            (2, 4, 16, 16, 4, [1, 1], 1, [0, 0], NONE),
         ];
+        let mut outputs = std::collections::HashMap::new();
         each_direct_case(&cases, direct_plan, |g, case, plan| {
             let x = fill(g.n * g.image(), 7919);
             let weight = fill(g.o * g.k(), 104729);
             let ours = forward_with(g, &x, &weight, Some(plan));
             let im2col = forward_with(g, &x, &weight, None);
             assert_close_to(case, "y", &ours, &im2col);
+            let first = outputs.entry(format!("{g:?}")).or_insert(ours.clone());
+            assert!(*first == ours, "{case}: not the same bits on every ISA");
         });
     }
 
     /// The input gradient through the direct kernel (the forward of the transposed, flipped
-    /// convolution) gives GEMM + col2im's (to rounding), with or without the weight gradient,
-    /// which stays bit for bit the same. Cases: every channel-block tail of the gradient's C
-    /// output channels (C = 3, 13, 5, 16, 8 leave 3, 1, 5, 4, 2), non-square kernels, padding
-    /// 0 to kernel − 1 (the gradient padded by kernel − 1 to 0), rows of 16 to 48 pixels. It is
-    /// refused for stride 2, padding ≥ the kernel, input rows that are not whole 16-pixel tiles,
-    /// and 1×1.
+    /// convolution) gives GEMM + col2im's (to rounding), the same bits on AVX2 and AVX-512, with
+    /// or without the weight gradient, which stays bit for bit the same. Cases: every AVX2
+    /// channel-block tail of the gradient's C output channels (C = 3, 13, 5, 16, 8 leave 3, 1,
+    /// 5, 4, 2), non-square kernels, padding 0 to kernel − 1 (the gradient padded by kernel − 1
+    /// to 0), rows of 16 to 48 pixels, on AVX-512 14-pixel rows (the CNN's second layer). It is
+    /// refused for stride 2, padding ≥ the kernel, input rows that are not whole 16-pixel
+    /// vectors on AVX2, a 1-channel input, and 1×1.
     #[test]
     fn direct_input_gradient_matches_col2im() {
         let cases: [DirectCase; _] = [
-            (2, 3, 16, 16, 13, [3, 3], 1, [1, 1], true),
-            (2, 13, 16, 32, 4, [3, 3], 1, [1, 1], true),
-            (3, 5, 20, 16, 7, [3, 5], 1, [0, 2], true),
-            (1, 16, 32, 32, 16, [3, 3], 1, [2, 2], true),
-            (2, 8, 16, 48, 9, [1, 3], 1, [0, 1], true),
-            (2, 4, 32, 32, 4, [3, 3], 2, [1, 1], false),
-            (2, 4, 16, 16, 4, [3, 3], 1, [3, 3], false),
-            (2, 4, 14, 14, 4, [3, 3], 1, [1, 1], false),
-            (2, 4, 16, 16, 4, [1, 1], 1, [0, 0], false),
+            (2, 3, 16, 16, 13, [3, 3], 1, [1, 1], BOTH),
+            (2, 13, 16, 32, 4, [3, 3], 1, [1, 1], BOTH),
+            (3, 5, 20, 16, 7, [3, 5], 1, [0, 2], BOTH),
+            (1, 16, 32, 32, 16, [3, 3], 1, [2, 2], BOTH),
+            (2, 8, 16, 48, 9, [1, 3], 1, [0, 1], BOTH),
+            (2, 5, 15, 16, 6, [3, 3], 1, [1, 1], BOTH),
+            (2, 4, 32, 32, 4, [3, 3], 2, [1, 1], NONE),
+            (2, 4, 16, 16, 4, [3, 3], 1, [3, 3], NONE),
+            (2, 4, 14, 14, 4, [3, 3], 1, [1, 1], AVX512),
+            (2, 32, 14, 14, 6, [5, 5], 1, [2, 2], AVX512),
+            (2, 1, 16, 16, 4, [3, 3], 1, [1, 1], NONE),
+            (2, 4, 16, 16, 4, [1, 1], 1, [0, 0], NONE),
         ];
+        let mut outputs = std::collections::HashMap::new();
         each_direct_case(&cases, direct_input_gradient, |g, case, plan| {
             let x = fill(g.n * g.image(), 7919);
             let weight = fill(g.o * g.k(), 104729);
@@ -920,30 +942,34 @@ mod tests {
                 "{case}: dx alone"
             );
             assert_close_to(case, "dx", &ours, &col);
+            let first = outputs.entry(format!("{g:?}")).or_insert(ours.clone());
+            assert!(*first == ours, "{case}: not the same bits on every ISA");
         });
     }
 
     /// The weight gradient through the direct kernel gives im2col + GEMM's (to rounding), with
-    /// or without the input gradient, which stays bit for bit the same. Cases: every tail of the
-    /// 4-channel blocks (O = 13, 6, 7, 16, 3 leave 1, 2, 3, 4, 3), kernels 1, 3 and 5 tall,
-    /// padding and none, rows of 16 to 48 pixels, 17 images (tasks of 3, each summing its
-    /// images' gradients). It is refused for 16-pixel rows with over 32 output channels, 8-pixel
-    /// rows, rows not whole 8-pixel vectors, kernels not 3 wide, stride 2 and 1×1.
+    /// or without the input gradient, which stays bit for bit the same. Cases: every tail of
+    /// AVX2's 4-channel blocks (O = 13, 6, 7, 16, 3, 32 leave 1, 2, 3, 4, 3, 4) and of AVX-512's
+    /// 8 (5, 6, 7, 8, 3, 8), kernels 1, 3 and 5 tall, padding and none, rows of 16 to 48 pixels,
+    /// 17 images (tasks of 3, each summing its images' gradients). It is refused for 16-pixel
+    /// rows with over 32 output channels (on AVX-512 with any), 8-pixel rows, rows not whole
+    /// vectors (40 pixels on AVX-512), kernels not 3 wide, stride 2 and 1×1.
     #[test]
     fn direct_weight_gradient_matches_im2col() {
         let cases: [DirectCase; _] = [
-            (17, 3, 32, 32, 13, [3, 3], 1, [1, 1], true),
-            (3, 5, 20, 40, 6, [5, 3], 1, [2, 1], true),
-            (2, 4, 16, 34, 7, [3, 3], 1, [0, 0], true),
-            (1, 16, 32, 32, 16, [3, 3], 1, [1, 1], true),
-            (2, 2, 8, 48, 3, [1, 3], 1, [0, 1], true),
-            (2, 4, 16, 16, 32, [3, 3], 1, [1, 1], true),
-            (2, 4, 16, 16, 33, [3, 3], 1, [1, 1], false),
-            (2, 4, 8, 8, 4, [3, 3], 1, [1, 1], false),
-            (2, 4, 32, 36, 4, [3, 3], 1, [1, 1], false),
-            (2, 4, 32, 32, 4, [3, 5], 1, [1, 2], false),
-            (2, 4, 64, 64, 4, [3, 3], 2, [1, 1], false),
-            (2, 4, 32, 32, 4, [1, 1], 1, [0, 0], false),
+            (17, 3, 32, 32, 13, [3, 3], 1, [1, 1], BOTH),
+            (3, 5, 20, 48, 6, [5, 3], 1, [2, 1], BOTH),
+            (3, 5, 20, 40, 6, [5, 3], 1, [2, 1], AVX2),
+            (2, 4, 16, 34, 7, [3, 3], 1, [0, 0], BOTH),
+            (1, 16, 32, 32, 16, [3, 3], 1, [1, 1], BOTH),
+            (2, 2, 8, 48, 3, [1, 3], 1, [0, 1], BOTH),
+            (2, 4, 16, 16, 32, [3, 3], 1, [1, 1], AVX2),
+            (2, 4, 16, 16, 33, [3, 3], 1, [1, 1], NONE),
+            (2, 4, 8, 8, 4, [3, 3], 1, [1, 1], NONE),
+            (2, 4, 32, 36, 4, [3, 3], 1, [1, 1], NONE),
+            (2, 4, 32, 32, 4, [3, 5], 1, [1, 2], NONE),
+            (2, 4, 64, 64, 4, [3, 3], 2, [1, 1], NONE),
+            (2, 4, 32, 32, 4, [1, 1], 1, [0, 0], NONE),
         ];
         each_direct_case(&cases, direct_weight_gradient, |g, case, plan| {
             let x = fill(g.n * g.image(), 7919);
@@ -965,7 +991,7 @@ mod tests {
         });
     }
 
-    /// (N, C, H, W, O, [kh, kw], stride, [ph, pw], whether the direct kernel takes it).
+    /// (N, C, H, W, O, [kh, kw], stride, [ph, pw], the kernels that take it).
     type DirectCase = (
         usize,
         usize,
@@ -975,25 +1001,38 @@ mod tests {
         [usize; 2],
         usize,
         [usize; 2],
-        bool,
+        &'static [Isa],
     );
 
-    /// Runs `check` (geometry, the case's name, plan) on every case `plan` takes, after
-    /// asserting that it takes exactly the cases marked so, on a CPU with AVX2 and FMA (none
-    /// elsewhere).
+    /// Taken by every direct kernel.
+    const BOTH: &[Isa] = &[Isa::Avx2, Isa::Avx512];
+    /// Taken by none.
+    const NONE: &[Isa] = &[];
+    /// Taken by the AVX2 kernels only.
+    const AVX2: &[Isa] = &[Isa::Avx2];
+    /// Taken by the AVX-512 kernels only.
+    const AVX512: &[Isa] = &[Isa::Avx512];
+
+    /// Runs `check` (geometry, the case's name, plan) on every case `plan` takes, for every
+    /// direct kernel the CPU has (AVX-512's first), after asserting that each takes exactly the
+    /// cases marked so.
     fn each_direct_case<P>(
         cases: &[DirectCase],
-        plan: impl Fn(&Geometry) -> Option<P>,
+        plan: impl Fn(&Geometry, Isa) -> Option<P>,
         mut check: impl FnMut(&Geometry, &str, P),
     ) {
-        let avx2_fma = cfg!(target_arch = "x86_64") && direct_conv_cpu();
-        for &(n, c, h, w, o, [kh, kw], s, pad, direct) in cases {
-            let g = Geometry::new(&[n, c, h, w], &[o, c, kh, kw], [s, s], pad);
-            let case = format!("{n}×{c}×{h}×{w} → {o}, {kh}×{kw}, stride {s}, pad {pad:?}");
-            let taken = plan(&g);
-            assert_eq!(taken.is_some(), direct && avx2_fma, "{case}");
-            if let Some(taken) = taken {
-                check(&g, &case, taken);
+        for isa in direct_conv::available() {
+            for &(n, c, h, w, o, [kh, kw], s, pad, takes) in cases {
+                let g = Geometry::new(&[n, c, h, w], &[o, c, kh, kw], [s, s], pad);
+                let case = format!(
+                    "{}: {n}×{c}×{h}×{w} → {o}, {kh}×{kw}, stride {s}, pad {pad:?}",
+                    isa.name()
+                );
+                let taken = plan(&g, isa);
+                assert_eq!(taken.is_some(), takes.contains(&isa), "{case}");
+                if let Some(taken) = taken {
+                    check(&g, &case, taken);
+                }
             }
         }
     }
@@ -1008,11 +1047,6 @@ mod tests {
                 "{case}: {what}[{i}] {a} against {b}"
             );
         }
-    }
-
-    /// Whether this CPU runs the direct kernel (a shape it always takes otherwise).
-    fn direct_conv_cpu() -> bool {
-        direct_conv::Plan::new(1, [18, 18], 1, [3, 3]).is_some()
     }
 
     #[test]

@@ -13,8 +13,9 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// `noisescale bench` names the process's settings above its table: whether the direct
-/// convolution ran, which `NOISESCALE_DIRECT_CONV=off` turns off, and whether freed memory is
+/// `noisescale bench` names the process's settings above its table: which direct convolution
+/// kernels ran (the widest the CPU has; `NOISESCALE_DIRECT_CONV=avx2` the AVX2 ones, `off` none,
+/// and a value it does not know is an error), and whether freed memory is
 /// kept (the default) or returned after `MIMALLOC_PURGE_DELAY` ms, which also checks that
 /// `noisescale::allocator` sets the option that variable names. A batch size no row runs is an
 /// error, not an empty table.
@@ -45,28 +46,33 @@ fn bench_reports_the_direct_convolution_and_refuses_unknown_batch_sizes() {
         )
     };
     #[cfg(target_arch = "x86_64")]
-    let avx2_fma =
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let [avx2_fma, avx512] = {
+        use std::arch::is_x86_feature_detected as has;
+        [has!("avx2") && has!("fma"), has!("avx512f")]
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let avx2_fma = false;
+    let [avx2_fma, avx512] = [false, false];
+    let line = |kernels| format!("direct convolution: {kernels}");
+    let im2col = line("no (im2col + GEMM)");
+    let (avx2, widest) = match (avx2_fma, avx512) {
+        (true, true) => (line("yes (AVX2)"), line("yes (AVX-512)")),
+        (true, false) => (line("yes (AVX2)"), line("yes (AVX2)")),
+        _ => (im2col.clone(), im2col.clone()),
+    };
     let (ok, out, err) = bench(None, "128");
     assert!(ok, "{err}");
-    let expected = if avx2_fma {
-        "yes (AVX2)"
-    } else {
-        "no (im2col + GEMM)"
-    };
-    assert!(
-        out.contains(&format!("direct convolution: {expected}")),
-        "{out}"
-    );
+    assert!(out.contains(&widest), "{out}");
     assert!(out.contains("Freed memory: kept for reuse"), "{out}");
     assert!(out.contains("| cnn | 1×28×28 | 128 | 1 |"), "{out}");
-    let (ok, out, err) = bench(Some(("NOISESCALE_DIRECT_CONV", "off")), "128");
-    assert!(ok, "{err}");
+    for (setting, expected) in [("off", &im2col), ("avx2", &avx2), ("auto", &widest)] {
+        let (ok, out, err) = bench(Some(("NOISESCALE_DIRECT_CONV", setting)), "128");
+        assert!(ok, "{err}");
+        assert!(out.contains(expected.as_str()), "{setting}: {out}");
+    }
+    let (ok, _, err) = bench(Some(("NOISESCALE_DIRECT_CONV", "avx-512")), "128");
     assert!(
-        out.contains("direct convolution: no (im2col + GEMM)"),
-        "{out}"
+        !ok && err.contains("NOISESCALE_DIRECT_CONV=\"avx-512\" is not one of off, avx2, auto"),
+        "{err}"
     );
     let (ok, out, err) = bench(Some(("MIMALLOC_PURGE_DELAY", "250")), "128");
     assert!(ok, "{err}");
