@@ -13,10 +13,11 @@
 //! for 256, so rows shorter than 16 pixels keep im2col, as do CPUs without AVX2 and FMA.
 //!
 //! On a CPU with AVX-512, gemm runs 16-float kernels, and the AVX2 tiles lost to them (B = 128, 2
-//! threads, AMD EPYC Zen 5: ×0.62–0.96 forward on every layer above 3 channels), so there the
-//! AVX-512 tiles run: ×1.08–1.74 forward, ×1.16–1.80 input gradient, ×1.17–2.45 weight gradient
-//! against gemm's AVX-512 kernels on the same layers; the ResNet-8 step at B = 128 ×1.24–1.27,
-//! WRN-16-4's ×1.10–1.20 (`bench/RESULTS.md`).
+//! threads, AMD EPYC Zen 5: ×0.49–0.96 forward on every layer above 3 channels), so there the
+//! AVX-512 tiles run, rows not whole vectors ending in a masked one: ×1.05–1.74 forward,
+//! ×1.15–1.87 input gradient, ×1.17–2.50 weight gradient against gemm's AVX-512 kernels on the
+//! models' layers; the ResNet-8 step at B = 128 ×1.24–1.27, WRN-16-4's ×1.10–1.20, the CNN's
+//! ×1.19–1.23 (`bench/RESULTS.md`).
 //!
 //! It also computes the input gradient of those layers, as the forward of the transposed
 //! convolution (`im2col.rs`, `Geometry::transposed`), and [`WeightGradPlan`] the weight gradient
