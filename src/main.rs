@@ -28,7 +28,8 @@ fn main() {
             "\ninterrupt: writing a checkpoint after the current update (Ctrl-C again to abort)"
         );
     });
-    if let Err(e) = run(cli) {
+    // On a compute thread, so that parallel work is joined, not injected (`cpu::on_compute_thread`).
+    if let Err(e) = noisescale::cpu::on_compute_thread(|| run(cli)) {
         eprintln!("error: {e:#}");
         let code = if e.downcast_ref::<Interrupted>().is_some() {
             130

@@ -189,8 +189,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.rounds == 0 {
         bail!("--rounds = 0 is out of range: must be at least 1");
     }
-    // burn-flex and our kernels parallelise over the current rayon pool: this one, whose
-    // workers flush denormals like the global pool's.
+    // burn-flex and our kernels parallelise over the current rayon pool: the one the CLI runs
+    // in (`cpu::on_compute_thread`) when it has `--threads` threads, as training steps run,
+    // else one of that size, whose workers flush denormals like the global pool's.
+    if rayon::current_thread_index().is_some() && rayon::current_num_threads() == args.threads {
+        return run_in_pool(args);
+    }
     crate::cpu::pool(args.threads)?.install(|| run_in_pool(args))
 }
 
