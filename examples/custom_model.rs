@@ -28,6 +28,12 @@ impl Classifier for TwoLayer {
 }
 
 fn main() -> Result<()> {
+    // On a thread of rayon's pool, so that each step's parallel work is joined there rather
+    // than handed over from this thread, which would sleep on a lock for every operation.
+    noisescale::cpu::on_compute_thread(train)
+}
+
+fn train() -> Result<()> {
     // Your data as u8 pixels (N×C×H×W) and labels; here noisescale's synthetic set stands in.
     let split = noisescale::data::synthetic(4096, 1024, 10, 1, 16, 16, 0);
     let (train, test): (Dataset, Dataset) = (split.train, split.test);

@@ -189,7 +189,10 @@ mod tests {
                 6 * 7,
             )
         });
-        assert!(index.is_some_and(|i| i < global), "not a pool thread: {index:?}");
+        assert!(
+            index.is_some_and(|i| i < global),
+            "not a pool thread: {index:?}"
+        );
         assert_eq!(threads, global);
         assert_eq!(flushed, flush_wanted());
         assert_eq!(value, 42);
