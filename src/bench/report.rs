@@ -128,9 +128,9 @@ pub struct BenchReport {
     /// Whether the compute threads flush denormals to zero (see [`crate::cpu`]).
     #[serde(default)]
     pub denormals_flushed: bool,
-    /// The vector instructions of the direct kernels that stride-1 convolutions with 16-pixel
-    /// rows ran on ([`crate::kernels::direct_conv`], `AVX2` or `AVX-512`), `None` where they
-    /// ran through im2col + GEMM.
+    /// The vector instructions of the direct kernels that the stride-1 convolutions they take
+    /// ran on ([`crate::kernels::direct_conv`], `AVX2` or `AVX-512`), `None` where every
+    /// convolution ran through im2col + GEMM.
     #[serde(default)]
     pub direct_conv: Option<String>,
     /// mimalloc's purge delay in milliseconds: how long freed memory stays mapped before it is

@@ -1,5 +1,6 @@
 //! A direct convolution for the forward pass of stride-1 layers whose output rows are whole
-//! multiples of 16 pixels (ResNet's and WRN's 3×3 layers at 32×32 and 16×16): each tile of
+//! multiples of 16 pixels (ResNet's and WRN's 3×3 layers at 32×32 and 16×16; on AVX-512 also
+//! rows that end in a masked vector of 12 pixels or more, the CNN's 28×28 and 14×14): each tile of
 //! output channels × pixels (AVX2: 6 × 16, two 8-float vectors; AVX-512: 8 × 32, two 16-float
 //! vectors) is summed in registers over every input channel and kernel tap, reading the
 //! zero-padded input rows in place. Unlike im2col + GEMM there is no `col` to write and no
@@ -37,8 +38,8 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// The environment variable that chooses the direct kernels: `off` (im2col + GEMM for every
-/// convolution), `avx2` (the AVX2 kernels even where AVX-512 is present), or unset / `auto` (the
-/// widest the CPU has).
+/// convolution), `avx2` (the AVX2 kernels even where AVX-512 is present), or `auto` (the widest
+/// the CPU has; also when unset, empty or `on`, which meant the AVX2 kernels before AVX-512's).
 pub const DIRECT_CONV_ENV: &str = "NOISESCALE_DIRECT_CONV";
 
 /// The vector instructions a direct kernel runs with.
@@ -138,8 +139,8 @@ pub(super) fn available() -> Vec<Isa> {
 /// two input vectors and a broadcast weight fit AVX2's 16 registers.
 const CHANNELS: usize = 6;
 
-/// Output pixels per register tile: two 8-float vectors (AVX2), or the unit of one or two
-/// 16-float vectors (AVX-512). Output rows must be whole multiples of it.
+/// Output pixels per register tile: two 8-float vectors (AVX2), whose rows must be whole
+/// multiples of it; on AVX-512, the pixels of one 16-float vector, two to a tile.
 const PIXELS: usize = 16;
 
 /// AVX-512 masks the last vector of a row that is not whole 16-pixel vectors: where it keeps
@@ -290,8 +291,8 @@ const GRAD_CHANNELS_512: usize = 8;
 
 /// The weight gradient of one image's stride-1 convolution with 3-wide kernels, over its
 /// zero-padded input `[C, hp, wp]` and output gradient `[O, oh, ow]`: `dwᵀ[(c, i, j), o] +=
-/// Σ_{y, x} dy[o, y, x] · padded[c, y + i, x + j]`, summed in 8 pixel lanes, each tap's lanes
-/// then added in a fixed order. Unlike im2col + GEMM, nothing is unfolded or packed.
+/// Σ_{y, x} dy[o, y, x] · padded[c, y + i, x + j]`, summed in the pixel lanes of a vector (8
+/// or 16), each tap's lanes then added in a fixed order. Unlike im2col + GEMM, nothing is unfolded or packed.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct WeightGradPlan(Shape, Isa);
 

@@ -6,12 +6,13 @@
 //! without going out to memory in between: ResNet-8 at B = 128 ran ×1.13 faster than with whole
 //! images (AMD EPYC, best of 4 interleaved runs, 572 against 491 img/s).
 //!
-//! The forward of stride-1 layers whose output rows are whole 16-pixel tiles goes to
-//! [`direct_conv`] instead, on CPUs with AVX2 and FMA, and so does their input gradient (as the
-//! forward of the transposed convolution, [`Geometry::transposed`]: ×1.07–2.04 per layer at
-//! B = 128 on 2 threads against GEMM + col2im, 16 to 128 channels, AMD EPYC); so does the
-//! weight gradient of those with 3-wide kernels where that was faster
-//! ([`direct_conv::WeightGradPlan`]: ×1.09–1.70 per layer). The rest stays here.
+//! The forward of stride-1 layers whose output rows are whole 16-pixel tiles (on AVX-512 also
+//! rows ending in a masked vector of 12+ pixels) goes to [`direct_conv`] instead, on CPUs with
+//! AVX2 and FMA or AVX-512, and so does their input gradient (as the forward of the transposed
+//! convolution, [`Geometry::transposed`]: ×1.07–2.04 per layer at B = 128 on 2 threads against
+//! GEMM + col2im on an AVX2 AMD EPYC, ×1.15–1.87 with AVX-512 on a Zen 5); so does the weight
+//! gradient of those with 3-wide kernels where that was faster ([`direct_conv::WeightGradPlan`]:
+//! ×1.09–1.70 and ×1.17–2.50 per layer). The rest stays here.
 
 use super::direct_conv::{self, Isa};
 use rayon::prelude::*;
