@@ -896,8 +896,7 @@ mod tests {
             let ours = forward_with(g, &x, &weight, Some(plan));
             let im2col = forward_with(g, &x, &weight, None);
             assert_close_to(case, "y", &ours, &im2col);
-            let first = outputs.entry(format!("{g:?}")).or_insert(ours.clone());
-            assert!(*first == ours, "{case}: not the same bits on every ISA");
+            assert_same_bits_on_every_isa(&mut outputs, g, case, ours);
         });
     }
 
@@ -927,24 +926,12 @@ mod tests {
         ];
         let mut outputs = std::collections::HashMap::new();
         each_direct_case(&cases, direct_input_gradient, |g, case, plan| {
-            let x = fill(g.n * g.image(), 7919);
-            let weight = fill(g.o * g.k(), 104729);
-            let dy = fill(g.n * g.o * g.p(), 31337);
-            let direct = |dx| DirectGradients { dx, dw: None };
-            let run =
-                |want_dw, plan| backward_with(g, &x, &weight, &dy, true, want_dw, direct(plan));
-            let (ours, ours_dw) = run(true, Some(plan));
-            let (col, col_dw) = run(true, None);
-            let (alone, none) = run(false, Some(plan));
-            let (ours, col) = (ours.expect("dx"), col.expect("dx"));
-            assert!(ours_dw.is_some() && ours_dw == col_dw, "{case}: dW changed");
-            assert!(
-                none.is_none() && alone == Some(ours.clone()),
-                "{case}: dx alone"
-            );
-            assert_close_to(case, "dx", &ours, &col);
-            let first = outputs.entry(format!("{g:?}")).or_insert(ours.clone());
-            assert!(*first == ours, "{case}: not the same bits on every ISA");
+            let direct = DirectGradients {
+                dx: Some(plan),
+                dw: None,
+            };
+            let ours = check_direct_gradient(g, case, direct);
+            assert_same_bits_on_every_isa(&mut outputs, g, case, ours);
         });
     }
 
@@ -973,22 +960,11 @@ mod tests {
             (2, 4, 32, 32, 4, [1, 1], 1, [0, 0], NONE),
         ];
         each_direct_case(&cases, direct_weight_gradient, |g, case, plan| {
-            let x = fill(g.n * g.image(), 7919);
-            let weight = fill(g.o * g.k(), 104729);
-            let dy = fill(g.n * g.o * g.p(), 31337);
-            let direct = |dw| DirectGradients { dx: None, dw };
-            let run =
-                |want_dx, plan| backward_with(g, &x, &weight, &dy, want_dx, true, direct(plan));
-            let (ours_dx, ours) = run(true, Some(plan));
-            let (col_dx, col) = run(true, None);
-            let (none, alone) = run(false, Some(plan));
-            let (ours, col) = (ours.expect("dW"), col.expect("dW"));
-            assert!(ours_dx.is_some() && ours_dx == col_dx, "{case}: dx changed");
-            assert!(
-                none.is_none() && alone == Some(ours.clone()),
-                "{case}: dW alone"
-            );
-            assert_close_to(case, "dW", &ours, &col);
+            let direct = DirectGradients {
+                dx: None,
+                dw: Some(plan),
+            };
+            check_direct_gradient(g, case, direct);
         });
     }
 
@@ -1036,6 +1012,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Checks the one gradient `direct` computes through [`direct_conv`] on deterministic
+    /// inputs: close (to rounding) to the one through `col`; the same bits whether or not the
+    /// other gradient is computed too; and the other gradient, through `col` both ways, the same
+    /// bits with and without `direct`. Returns the direct gradient.
+    fn check_direct_gradient(g: &Geometry, case: &str, direct: DirectGradients) -> Vec<f32> {
+        let x = fill(g.n * g.image(), 7919);
+        let weight = fill(g.o * g.k(), 104729);
+        let dy = fill(g.n * g.o * g.p(), 31337);
+        let of_dx = direct.dx.is_some();
+        let (what, other) = if of_dx { ("dx", "dW") } else { ("dW", "dx") };
+        // (the checked gradient, the other), with the other computed or not.
+        let run = |with_other: bool, direct| {
+            let (want_dx, want_dw) = if of_dx {
+                (true, with_other)
+            } else {
+                (with_other, true)
+            };
+            let (dx, dw) = backward_with(g, &x, &weight, &dy, want_dx, want_dw, direct);
+            if of_dx { (dx, dw) } else { (dw, dx) }
+        };
+        let none = DirectGradients { dx: None, dw: None };
+        let (ours, ours_other) = run(true, direct);
+        let (col, col_other) = run(true, none);
+        let (alone, no_other) = run(false, direct);
+        let (ours, col) = (ours.expect(what), col.expect(what));
+        assert!(
+            ours_other.is_some() && ours_other == col_other,
+            "{case}: {other} changed"
+        );
+        assert!(
+            no_other.is_none() && alone == Some(ours.clone()),
+            "{case}: {what} alone"
+        );
+        assert_close_to(case, what, &ours, &col);
+        ours
+    }
+
+    /// `ours` is the same bits as the first output recorded for `g` (by another ISA's kernels).
+    fn assert_same_bits_on_every_isa(
+        outputs: &mut std::collections::HashMap<String, Vec<f32>>,
+        g: &Geometry,
+        case: &str,
+        ours: Vec<f32>,
+    ) {
+        let first = outputs.entry(format!("{g:?}")).or_insert(ours.clone());
+        assert!(*first == ours, "{case}: not the same bits on every ISA");
     }
 
     /// `ours` equals `reference` to within 1e-5 of the reference's largest magnitude.
