@@ -140,6 +140,22 @@ fn cuda(_: usize) -> Result<Device> {
     )
 }
 
+/// Seeds `device`'s random stream with `seed` and runs `draw`, with no other seeding through
+/// here in between.
+///
+/// burn's random stream is one per backend and process, so two threads that seed and draw at
+/// once (a model initialised while another run's step reseeds for its dropout masks, as
+/// in-process tests do) could otherwise interleave and draw from each other's seeds.
+/// `ModelConfig::init_seeded` draws the initial weights through it and the
+/// training step seeds each piece through it. A step's dropout draws during its forward pass
+/// are not under the lock: two runs with dropout in one process can still interleave there.
+pub fn seeded<R>(device: &Device, seed: u64, draw: impl FnOnce() -> R) -> R {
+    static STREAM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _stream = STREAM.lock().unwrap_or_else(|e| e.into_inner());
+    device.seed(seed);
+    draw()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

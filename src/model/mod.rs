@@ -195,18 +195,14 @@ impl ModelConfig {
         seed: u64,
         device: &Device,
     ) -> Model {
-        // burn's random stream is one per backend and process: seeding it and drawing happen
-        // under one lock, so that models initialised on other threads cannot interleave.
-        static DRAWS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _draws = DRAWS.lock().unwrap_or_else(|e| e.into_inner());
+        // Seeding and drawing under one lock: runs on other threads cannot interleave.
         if crate::device::is_flex(device) {
-            device.seed(seed);
-            return self.init(input, classes, device);
+            return crate::device::seeded(device, seed, || self.init(input, classes, device));
         }
         let cpu = Device::flex().autodiff();
-        cpu.seed(seed);
+        let model = crate::device::seeded(&cpu, seed, || self.init(input, classes, &cpu));
         // `fork` keeps each parameter's `require_grad` on the new device.
-        self.init(input, classes, &cpu).fork(device)
+        model.fork(device)
     }
 
     fn build(&self, input: [usize; 3], classes: usize, device: &Device) -> Model {

@@ -140,7 +140,8 @@ pub fn forward_backward<M: Classifier>(
     let mut start = 0;
     while start < local {
         let len = piece.min(local - start);
-        device.seed(mix(plan.seed, mix(plan.update, out.pieces.len() as u64)));
+        let piece_seed = mix(plan.seed, mix(plan.update, out.pieces.len() as u64));
+        crate::device::seeded(device, piece_seed, || ());
         let (x, y) = if len == local {
             (all_x.clone(), all_y.clone())
         } else {

@@ -248,9 +248,9 @@ max_micro_batch = {micro}
             .map(|t| (t.name, t.value.into_data().iter::<f32>().collect()))
             .collect()
     };
-    // The trainer seeds the device with the run's seed before building the model.
-    device.seed(cfg.seed);
-    let initial = cfg.model.init(shape, 10, &device);
+    // The trainer's initial weights: drawn from the run's seed under the lock that keeps other
+    // tests' runs, training on other threads, from reseeding in between.
+    let initial = cfg.model.init_seeded(shape, 10, cfg.seed, &device);
     let before = values(&initial);
     let (m, _) =
         checkpoint::load(&out.join(checkpoint::CHECKPOINT_FILE), initial, &device).unwrap();
