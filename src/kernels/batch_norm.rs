@@ -3,8 +3,8 @@
 //! burn 0.22's default `batch_norm_train` and its backward are built from ~25 tensor operations,
 //! four of which transpose the whole activation (`swap_dims(0, 1)` + reshape: a copy each), and
 //! ghost batches add a `split` and a `cat`. Here each (ghost chunk, channel) pair is one rayon task
-//! that reads its planes three times forward (mean, variance, output) and twice backward (the
-//! two sums, then the input gradient), the formulas of Ioffe & Szegedy (2015, §3) as
+//! that reads its planes three times forward (mean, variance, output) and twice backward (both
+//! sums in one pass, then the input gradient), the formulas of Ioffe & Szegedy (2015, §3) as
 //! PyTorch's CPU kernel (`aten/src/ATen/native/Normalization.cpp`) computes them:
 //!
 //! * `x̂ = (x − μ_g) / √(σ²_g + ε)`, `y = γ x̂ + β`, with the biased chunk variance `σ²_g`;
@@ -206,50 +206,73 @@ fn forward_task(
 }
 
 /// Independent f64 accumulators of the plane sums below. A sequential float sum is one chain of
-/// dependent additions (about 4 cycles each) that the compiler may not reorder; eight lanes,
-/// added together at the end, compile to vector additions. The fixed order keeps the sums the
-/// same at every thread count and on every instruction set the tasks are compiled for.
-const LANES: usize = 8;
+/// dependent additions (about 4 cycles each) that the compiler may not reorder; sixteen lanes,
+/// added together at the end, compile to two AVX-512 (four AVX2) vector chains. The fixed order
+/// keeps the sums the same at every thread count and on every instruction set the tasks are
+/// compiled for.
+const LANES: usize = 16;
 
-/// `Σ f(a_i, b_i)` over two equally long planes, in [`LANES`] f64 lanes.
+/// Terms computed per block before they are added into the lanes: the two loops (a map, then
+/// vector additions) are shapes the compiler vectorises. Computing and adding each term in one
+/// loop compiled to 2-lane vectors; with blocks (and the backward's two sums in one pass) the
+/// backward went from 13.1% to 8.2% of ResNet-8's step at B = 128 (`perf`, AMD EPYC Zen 5).
+const BLOCK: usize = 4 * LANES;
+
+/// `[Σ f(a_i, b_i)[k] for k < K]` over two equally long planes, each sum in [`LANES`] f64 lanes
+/// (lane `l` takes the elements `i ≡ l mod LANES`, then the lanes are added in order). Several
+/// sums of one pass share its loads.
 #[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+fn lane_sums<const K: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f64; K]) -> [f64; K] {
     assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f64; LANES];
-    let (mut ai, mut bi) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let mut acc = [[0.0f64; LANES]; K];
+    let mut terms = [[0.0f64; BLOCK]; K];
+    let (mut ai, mut bi) = (a.chunks_exact(BLOCK), b.chunks_exact(BLOCK));
     for (u, v) in (&mut ai).zip(&mut bi) {
-        for l in 0..LANES {
-            acc[l] += f(u[l], v[l]);
+        for (j, (&x, &y)) in u.iter().zip(v).enumerate() {
+            let t = f(x, y);
+            for k in 0..K {
+                terms[k][j] = t[k];
+            }
+        }
+        for k in 0..K {
+            for c in terms[k].chunks_exact(LANES) {
+                for l in 0..LANES {
+                    acc[k][l] += c[l];
+                }
+            }
         }
     }
-    let tail: f64 = ai
-        .remainder()
-        .iter()
-        .zip(bi.remainder())
-        .map(|(&u, &v)| f(u, v))
-        .sum();
-    acc.iter().sum::<f64>() + tail
+    let mut tail = [0.0f64; K];
+    for (&u, &v) in ai.remainder().iter().zip(bi.remainder()) {
+        for (s, t) in tail.iter_mut().zip(f(u, v)) {
+            *s += t;
+        }
+    }
+    std::array::from_fn(|k| acc[k].iter().sum::<f64>() + tail[k])
 }
 
 /// `Σ v`.
 #[inline(always)]
 fn sum_f64(v: &[f32]) -> f64 {
-    lane_sum(v, v, |u, _| u as f64)
+    let [s] = lane_sums(v, v, |u, _| [u as f64]);
+    s
 }
 
 /// `Σ (v − mean)²`.
 #[inline(always)]
 fn sum_sq_dev_f64(v: &[f32], mean: f64) -> f64 {
-    lane_sum(v, v, |u, _| {
+    let [s] = lane_sums(v, v, |u, _| {
         let d = u as f64 - mean;
-        d * d
-    })
+        [d * d]
+    });
+    s
 }
 
-/// `Σ (x − mu)·dy`.
+/// `(Σ dy, Σ (x − mu)·dy)` in one pass.
 #[inline(always)]
-fn sum_centered_dot_f64(x: &[f32], dy: &[f32], mu: f32) -> f64 {
-    lane_sum(x, dy, |v, d| ((v - mu) * d) as f64)
+fn sum_and_centered_dot_f64(x: &[f32], dy: &[f32], mu: f32) -> (f64, f64) {
+    let [s, d] = lane_sums(x, dy, |v, g| [g as f64, ((v - mu) * g) as f64]);
+    (s, d)
 }
 
 /// What the backward step reads: the forward pass's input, γ, chunk statistics `[G, C]` and ε,
@@ -284,8 +307,9 @@ fn backward_task(inputs: &BackwardInputs, out: SharedPtr, task: usize) -> (f64, 
     let (mut sum_dy, mut sum_dy_xhat) = (0.0f64, 0.0f64);
     for o in g.planes(chunk, c) {
         let (xs, dys) = (&x[o..o + g.s], &dy[o..o + g.s]);
-        sum_dy += sum_f64(dys);
-        sum_dy_xhat += sum_centered_dot_f64(xs, dys, mu) * inv_std as f64;
+        let (s, dot) = sum_and_centered_dot_f64(xs, dys, mu);
+        sum_dy += s;
+        sum_dy_xhat += dot * inv_std as f64;
     }
     let k = gamma[c] * inv_std;
     let mean_dy = (sum_dy / count) as f32;
@@ -461,10 +485,10 @@ pub(crate) mod tests {
     }
 
     /// The lane sums against sequential f64 sums of the same terms, for plane lengths that are
-    /// all tail, whole lanes, and lanes plus a tail.
+    /// all tail, whole lanes, whole blocks, and blocks plus lanes plus a tail.
     #[test]
     fn lane_sums_match_sequential_sums() {
-        for len in [0, 1, 7, 8, 9, 20, 64, 1023] {
+        for len in [0, 1, 7, 16, 17, 20, 64, 65, 80, 200, 1023] {
             let (x, dy) = sample_inputs(len);
             let (mean, mu) = (0.3f64, -0.7f32);
             let close = |what: &str, ours: f64, reference: f64| {
@@ -479,9 +503,11 @@ pub(crate) mod tests {
                 sum_sq_dev_f64(&x, mean),
                 x.iter().map(|&v| (v as f64 - mean).powi(2)).sum(),
             );
+            let (sum_dy, dot) = sum_and_centered_dot_f64(&x, &dy, mu);
+            close("gradient sum", sum_dy, dy.iter().map(|&d| d as f64).sum());
             close(
                 "centred dot",
-                sum_centered_dot_f64(&x, &dy, mu),
+                dot,
                 x.iter()
                     .zip(&dy)
                     .map(|(&v, &d)| ((v - mu) * d) as f64)
