@@ -28,8 +28,8 @@ impl Classifier for TwoLayer {
 }
 
 fn main() -> Result<()> {
-    // On a thread of rayon's pool, so that each step's parallel work is joined there rather
-    // than handed over from this thread, which would sleep on a lock for every operation.
+    // On a thread of rayon's pool, so that no work is handed over from this thread, which
+    // would sleep on a lock until it is done (twice an update: the step and the optimiser).
     noisescale::cpu::on_compute_thread(train)
 }
 

@@ -100,6 +100,20 @@ pub fn is_flex(device: &Device) -> bool {
     )
 }
 
+/// Runs `f` on a thread of rayon's pool when `device` is the flex CPU backend
+/// ([`crate::cpu::on_compute_thread`]: inline when the caller is one already), and on the
+/// calling thread otherwise. A GPU backend queues work per submitting thread (cubecl keeps a
+/// stream per thread), and its work gains nothing from the pool: an optimiser step queued from
+/// a pool thread on gradients queued from the caller's read them unfinished (the wgpu test
+/// `every_optimiser_steps_as_on_flex` failed with different numbers each run).
+pub fn on_compute_thread<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if is_flex(device) {
+        crate::cpu::on_compute_thread(f)
+    } else {
+        f()
+    }
+}
+
 #[cfg(feature = "wgpu-base")]
 fn wgpu(adapter: WgpuAdapter) -> Result<Device> {
     use burn::tensor::DeviceKind;

@@ -203,8 +203,19 @@ impl ModuleMapper for StepMapper<'_> {
 impl Optimizer {
     /// Applies one update to every parameter of `module` that has a gradient in `grads`, with
     /// the schedule's ε and m in force (`hyper.batch_size` is the data's business, not the
-    /// optimiser's).
+    /// optimiser's). On the CPU it runs on a thread of rayon's pool, as
+    /// `train::forward_backward` does.
     pub fn step<M: Module>(&mut self, module: M, grads: Grads, hyper: Hyper) -> M {
+        match grads.tensors.first().map(|(_, t)| t.device()) {
+            Some(device) => {
+                crate::device::on_compute_thread(&device, || self.step_here(module, grads, hyper))
+            }
+            None => self.step_here(module, grads, hyper),
+        }
+    }
+
+    /// [`Optimizer::step`] on the calling thread.
+    fn step_here<M: Module>(&mut self, module: M, grads: Grads, hyper: Hyper) -> M {
         self.state.step += 1;
         let rescale = match self.state.last_lr {
             Some(old) if self.config.velocity_rescale && old != hyper.lr => Some(old / hyper.lr),

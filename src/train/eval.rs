@@ -5,8 +5,22 @@ use crate::model::Classifier;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-/// Loss and accuracy of `model` on `data` (no gradients, running statistics for batch norm).
-pub fn evaluate<M: Classifier>(
+/// Loss and accuracy of `model` on `data` (no gradients, running statistics for batch norm), on
+/// the CPU on a thread of rayon's pool as [`super::forward_backward`].
+pub fn evaluate<M: Classifier + Sync>(
+    model: &M,
+    data: &Dataset,
+    normalizer: &Normalizer,
+    batch_size: usize,
+    device: &Device,
+) -> (f64, f64) {
+    crate::device::on_compute_thread(device, || {
+        evaluate_here(model, data, normalizer, batch_size, device)
+    })
+}
+
+/// [`evaluate`] on the calling thread.
+fn evaluate_here<M: Classifier>(
     model: &M,
     data: &Dataset,
     normalizer: &Normalizer,

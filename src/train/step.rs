@@ -107,8 +107,23 @@ impl std::error::Error for StepError {}
 /// `global_len` samples: the share is cut into pieces ([`StepPlan::piece_len`]), each piece's
 /// gradient weighted by `len/global_len`, which sums (over pieces and ranks) to the gradient of
 /// the mean loss over the whole batch. The trainer and `bench` both run this. It takes the batch:
-/// its images become the input tensor, uncopied on the CPU.
-pub fn forward_backward<M: Classifier>(
+/// its images become the input tensor, uncopied on the CPU. On the CPU it runs on a thread of
+/// rayon's pool ([`crate::device::on_compute_thread`]), so a caller outside the pool hands the
+/// step over once instead of once per parallel operation.
+pub fn forward_backward<M: Classifier + Sync>(
+    model: &M,
+    batch: data::Batch,
+    global_len: usize,
+    plan: &StepPlan,
+    device: &Device,
+) -> Result<StepOutput, StepError> {
+    crate::device::on_compute_thread(device, || {
+        forward_backward_here(model, batch, global_len, plan, device)
+    })
+}
+
+/// [`forward_backward`] on the calling thread.
+fn forward_backward_here<M: Classifier>(
     model: &M,
     batch: data::Batch,
     global_len: usize,

@@ -494,3 +494,56 @@ eval_batch_size = 128
         "peak memory with micro-batches {micro} vs whole batch {whole}"
     );
 }
+
+/// A linear classifier that notes which rayon pool thread computed its last logits.
+#[derive(burn::module::Module, Debug)]
+struct Probe {
+    out: burn::nn::Linear,
+}
+
+/// The pool thread of [`Probe`]'s last logits plus one; 0 when not on a pool thread.
+static PROBE_THREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl noisescale::model::Classifier for Probe {
+    fn logits(&self, images: burn::tensor::Tensor<4>) -> burn::tensor::Tensor<2> {
+        let on = rayon::current_thread_index().map_or(0, |i| i + 1);
+        PROBE_THREAD.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.out.forward(images.flatten::<2>(1, 3))
+    }
+}
+
+/// A library user's loop on its own thread: the step and the evaluation still run on a thread
+/// of rayon's pool (`cpu::on_compute_thread`), not on the caller's, which would hand every
+/// parallel operation over and sleep until it is done.
+#[test]
+fn the_step_and_evaluation_move_onto_a_pool_thread() {
+    use noisescale::data::{Normalizer, eval_batches, synthetic};
+    use noisescale::train::{StepPlan, evaluate, forward_backward};
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(rayon::current_thread_index(), None, "the test's own thread");
+    let split = synthetic(64, 32, 10, 1, 8, 8, 0);
+    let normalizer = Normalizer::from_dataset(&split.train);
+    let device = burn::tensor::Device::flex().autodiff();
+    let model = Probe {
+        out: burn::nn::LinearConfig::new(64, 10).init(&device),
+    };
+    let batch = eval_batches(&split.train, &normalizer, 16)
+        .next()
+        .expect("a batch");
+    PROBE_THREAD.store(0, SeqCst);
+    let step = forward_backward(&model, batch, 16, &StepPlan::whole_batch(), &device).unwrap();
+    assert!(step.loss_sum.is_finite());
+    assert_ne!(
+        PROBE_THREAD.load(SeqCst),
+        0,
+        "forward_backward ran on the caller's thread"
+    );
+    PROBE_THREAD.store(0, SeqCst);
+    let (loss, _) = evaluate(&model, &split.test, &normalizer, 16, &device);
+    assert!(loss.is_finite());
+    assert_ne!(
+        PROBE_THREAD.load(SeqCst),
+        0,
+        "evaluate ran on the caller's thread"
+    );
+}
