@@ -215,7 +215,22 @@ impl Normalizer {
     /// 256-entry lookup table of normalised values for channel `c`.
     pub fn table(&self, c: usize) -> [f32; 256] {
         let (m, s) = (self.mean[c], self.std[c]);
-        std::array::from_fn(|p| (p as f32 / 255.0 - m) / s)
+        std::array::from_fn(|p| normalized(p as u8, m, s))
+    }
+
+    /// Appends the normalised values of `pixels`, all of channel `c`, to `out`: the batch
+    /// assembly's inner loop, vectorised (the same bits as [`Normalizer::table`]'s entries).
+    pub fn extend_channel(&self, c: usize, pixels: &[u8], out: &mut Vec<f32>) {
+        out.reserve(pixels.len());
+        let len = out.len();
+        normalize_into(
+            pixels,
+            self.mean[c],
+            self.std[c],
+            &mut out.spare_capacity_mut()[..pixels.len()],
+        );
+        // SAFETY: `normalize_into` wrote all `pixels.len()` elements after the first `len`.
+        unsafe { out.set_len(len + pixels.len()) };
     }
 
     /// Normalises one CHW image of `channels()` channels into `out` (same length).
@@ -224,12 +239,31 @@ impl Normalizer {
         assert_eq!(pixels.len(), out.len(), "normalise: length mismatch");
         let plane = pixels.len() / self.channels();
         for c in 0..self.channels() {
-            let t = self.table(c);
+            let (m, s) = (self.mean[c], self.std[c]);
             let r = c * plane..(c + 1) * plane;
             for (o, &p) in out[r.clone()].iter_mut().zip(&pixels[r]) {
-                *o = t[p as usize];
+                *o = normalized(p, m, s);
             }
         }
+    }
+}
+
+/// A pixel's normalised value, `(p / 255 − mean) / std` in f32: the one definition behind the
+/// table and the vector loop, which therefore agree bit for bit (IEEE division and subtraction
+/// are correctly rounded in every lane).
+#[inline(always)]
+fn normalized(p: u8, mean: f32, std: f32) -> f32 {
+    (p as f32 / 255.0 - mean) / std
+}
+
+/// `out[i] = normalized(pixels[i])`, compiled for several instruction sets and picked at run
+/// time: 16 lanes of two divisions each on AVX-512 instead of a table lookup per byte, since
+/// the crate itself is built for baseline x86-64 (SSE2).
+#[multiversion::multiversion(targets = "simd")]
+fn normalize_into(pixels: &[u8], mean: f32, std: f32, out: &mut [std::mem::MaybeUninit<f32>]) {
+    assert_eq!(pixels.len(), out.len());
+    for (o, &p) in out.iter_mut().zip(pixels) {
+        o.write(normalized(p, mean, std));
     }
 }
 
@@ -309,5 +343,38 @@ mod tests {
         assert_eq!(out, b.images[9 * 3 * plane..10 * 3 * plane]);
         let id = Normalizer::identity(3);
         assert_eq!(id.table(0)[255], 1.0);
+    }
+
+    /// The vector loop gives the table's bits for every byte value, on runs that are not whole
+    /// vectors, for statistics of MNIST, CIFAR-10, the identity and the floored deviation; and
+    /// appends after what the vector holds.
+    #[test]
+    fn extend_channel_gives_the_tables_bits() {
+        let normalizers = [
+            Normalizer {
+                mean: vec![0.1307, 0.4914, 0.0],
+                std: vec![0.3081, 0.2470, Normalizer::MIN_STD],
+            },
+            Normalizer::identity(1),
+        ];
+        let pixels: Vec<u8> = (0..256 + 37).map(|i| (i * 131 % 256) as u8).collect();
+        for n in &normalizers {
+            for c in 0..n.channels() {
+                let table = n.table(c);
+                for len in [0, 5, 16, 31, pixels.len()] {
+                    let mut out = vec![-7.0f32];
+                    n.extend_channel(c, &pixels[..len], &mut out);
+                    assert_eq!(out.len(), 1 + len);
+                    assert_eq!(out[0], -7.0, "the vector's first value");
+                    for (i, (&p, v)) in pixels.iter().zip(&out[1..]).enumerate() {
+                        assert_eq!(
+                            v.to_bits(),
+                            table[p as usize].to_bits(),
+                            "channel {c}, pixel {i} = {p}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -65,7 +65,6 @@ pub fn assemble(
         c,
         "normaliser channels differ from data set's"
     );
-    let tables: Vec<[f32; 256]> = (0..c).map(|ch| normalizer.table(ch)).collect();
     // Filled by appending, not zeroed first: a batch at B = 8,000 is 25 MB of MNIST floats.
     let mut images = Vec::with_capacity(indices.len() * len);
     let mut labels = Vec::with_capacity(indices.len());
@@ -79,8 +78,8 @@ pub fn assemble(
                 &scratch
             }
         };
-        for (t, px) in tables.iter().zip(px.chunks_exact(plane)) {
-            images.extend(px.iter().map(|&p| t[p as usize]));
+        for (ch, px) in px.chunks_exact(plane).enumerate() {
+            normalizer.extend_channel(ch, px, &mut images);
         }
         labels.push(dataset.labels[i as usize]);
     }
