@@ -42,38 +42,50 @@ pub fn denormals_flushed() -> bool {
 /// Idempotent; the CLI calls it first thing, and the trainer calls it again for library
 /// users.
 pub fn setup() {
-    static POOL: Once = Once::new();
     flush_denormals_on_this_thread();
+    setup_pool();
+}
+
+/// The global-pool half of [`setup`], which leaves the calling thread's mode alone.
+fn setup_pool() {
+    static POOL: Once = Once::new();
+    let mut built_elsewhere = false;
     POOL.call_once(|| {
-        let built = rayon::ThreadPoolBuilder::new()
+        built_elsewhere = rayon::ThreadPoolBuilder::new()
             .start_handler(|_| flush_denormals_on_this_thread())
             .stack_size(STACK_BYTES)
-            .build_global();
-        if built.is_err() {
-            // The global pool already runs (a library user or a test used rayon first).
-            rayon::broadcast(|_| flush_denormals_on_this_thread());
-        }
+            .build_global()
+            .is_err();
     });
+    if built_elsewhere {
+        // A library user or a test used rayon first. Broadcast outside the `Once`: the
+        // broadcast waits for every worker, and one blocked in `call_once` would never run its
+        // share.
+        rayon::broadcast(|_| flush_denormals_on_this_thread());
+    }
 }
 
 /// Stack of each thread of rayon's global pool: 8 MiB, the main thread's usual size, since the
 /// CLI's command runs on one of them ([`on_compute_thread`]).
 const STACK_BYTES: usize = 8 << 20;
 
-/// Runs `f` on a thread of rayon's global pool (after [`setup`]) and returns what it returns.
+/// Runs `f` on a thread of rayon's global pool and returns what it returns; on the calling
+/// thread when that is a pool thread already (of any pool), without touching the pool's setup.
 ///
 /// Each parallel operation (a GEMM, a kernel's tasks, burn-flex's element-wise work) started
 /// from a thread outside the pool is injected into it while the caller sleeps on a lock until
 /// it is done; started from a pool thread it is a `join`, which the caller works on too. At
-/// small batches those wake-ups were a large share of a step: the `mnist` preset's
-/// increase-batch run took 7.8 s instead of 10.0 (epochs at B = 64: 0.34 s instead of 0.50; AMD
-/// EPYC Zen 5, 2 threads), with the same numbers. The CLI runs every command through it, and
-/// so do `train::forward_backward`, `Optimizer::step` and `train::evaluate` (inline where the
-/// caller is a pool thread already), so a library user's loop on the main thread hands work over
-/// twice an update rather than for every operation: that run took 9.1–9.5 s, against 10.2–10.4
-/// s before and 8.0–8.5 s with the whole loop inside.
+/// small batches those wake-ups are a large share of a step: the `mnist` preset's
+/// increase-batch run (AMD EPYC Zen 5, 2 threads) took 10.2–10.4 s with every operation handed
+/// over and 8.0–8.5 s inside, with the same numbers. The CLI runs every command through it, and
+/// `train::forward_backward`, `Optimizer::step` and `train::evaluate` run through it on the CPU,
+/// so a library user's loop outside the pool hands work over twice an update rather than for
+/// every operation: 9.1–9.5 s.
 pub fn on_compute_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    setup();
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    setup_pool();
     rayon::scope(|_| f())
 }
 

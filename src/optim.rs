@@ -206,11 +206,13 @@ impl Optimizer {
     /// optimiser's). On the CPU it runs on a thread of rayon's pool, as
     /// `train::forward_backward` does.
     pub fn step<M: Module>(&mut self, module: M, grads: Grads, hyper: Hyper) -> M {
-        match grads.tensors.first().map(|(_, t)| t.device()) {
-            Some(device) => {
-                crate::device::on_compute_thread(&device, || self.step_here(module, grads, hyper))
-            }
-            None => self.step_here(module, grads, hyper),
+        // The module's device decides, since that is where the updated parameters live; a
+        // module spread over several devices stays on the calling thread.
+        match module.devices().as_slice() {
+            [device] => crate::device::on_compute_thread(&device.clone(), || {
+                self.step_here(module, grads, hyper)
+            }),
+            _ => self.step_here(module, grads, hyper),
         }
     }
 

@@ -221,16 +221,7 @@ impl Normalizer {
     /// Appends the normalised values of `pixels`, all of channel `c`, to `out`: the batch
     /// assembly's inner loop, vectorised (the same bits as [`Normalizer::table`]'s entries).
     pub fn extend_channel(&self, c: usize, pixels: &[u8], out: &mut Vec<f32>) {
-        out.reserve(pixels.len());
-        let len = out.len();
-        normalize_into(
-            pixels,
-            self.mean[c],
-            self.std[c],
-            &mut out.spare_capacity_mut()[..pixels.len()],
-        );
-        // SAFETY: `normalize_into` wrote all `pixels.len()` elements after the first `len`.
-        unsafe { out.set_len(len + pixels.len()) };
+        extend_normalized(pixels, self.mean[c], self.std[c], out);
     }
 
     /// Normalises one CHW image of `channels()` channels into `out` (same length).
@@ -238,13 +229,11 @@ impl Normalizer {
     pub fn apply(&self, pixels: &[u8], out: &mut [f32]) {
         assert_eq!(pixels.len(), out.len(), "normalise: length mismatch");
         let plane = pixels.len() / self.channels();
+        let mut values = Vec::with_capacity(pixels.len());
         for c in 0..self.channels() {
-            let (m, s) = (self.mean[c], self.std[c]);
-            let r = c * plane..(c + 1) * plane;
-            for (o, &p) in out[r.clone()].iter_mut().zip(&pixels[r]) {
-                *o = normalized(p, m, s);
-            }
+            self.extend_channel(c, &pixels[c * plane..(c + 1) * plane], &mut values);
         }
+        out.copy_from_slice(&values);
     }
 }
 
@@ -256,15 +245,12 @@ fn normalized(p: u8, mean: f32, std: f32) -> f32 {
     (p as f32 / 255.0 - mean) / std
 }
 
-/// `out[i] = normalized(pixels[i])`, compiled for several instruction sets and picked at run
-/// time: 16 lanes of two divisions each on AVX-512 instead of a table lookup per byte, since
+/// Appends `normalized(p)` for each pixel, compiled for several instruction sets and picked at
+/// run time: 16 lanes of two divisions each on AVX-512 instead of a table lookup per byte, since
 /// the crate itself is built for baseline x86-64 (SSE2).
 #[multiversion::multiversion(targets = "simd")]
-fn normalize_into(pixels: &[u8], mean: f32, std: f32, out: &mut [std::mem::MaybeUninit<f32>]) {
-    assert_eq!(pixels.len(), out.len());
-    for (o, &p) in out.iter_mut().zip(pixels) {
-        o.write(normalized(p, mean, std));
-    }
+fn extend_normalized(pixels: &[u8], mean: f32, std: f32, out: &mut Vec<f32>) {
+    out.extend(pixels.iter().map(|&p| normalized(p, mean, std)));
 }
 
 /// Exact per-channel mean and standard deviation (pixel/255 scale) of a data set.

@@ -8,9 +8,9 @@
 //! **`u8` in memory, normalise per batch.** A [`Dataset`] keeps pixels as the files store
 //! them, `u8` in `N×C×H×W` (CHW within each image): CIFAR-10 costs 150 MB instead of 600 MB
 //! as `f32`. Conversion happens when a batch is assembled ([`assemble`]): the image is
-//! augmented in `u8`, then mapped through a 256-entry per-channel table built from the
-//! [`Normalizer`] (mean and std of pixel/255 per channel, computed once from the training
-//! set and reused for the test set).
+//! augmented in `u8`, then normalised per channel by the [`Normalizer`], `(p/255 − mean) / std`
+//! in vector lanes (mean and std of pixel/255 per channel, computed once from the training set
+//! and reused for the test set).
 //!
 //! **Order from `(seed, epoch)` alone.** [`Sampler::permutation`] shuffles `0..N` with a
 //! ChaCha8 RNG keyed by the seed and the epoch index (see [`derive_rng`]); nothing carries

@@ -302,8 +302,10 @@ impl Model {
 
 /// A model noisescale can train: images `[B, C, H, W]` in, logits `[B, classes]` out. The
 /// shipped [`Model`] is one; a burn module of your own becomes one by saying how it computes
-/// its logits (see `examples/custom_model.rs`).
-pub trait Classifier: Module {
+/// its logits (see `examples/custom_model.rs`). It must be `Sync`, as modules of burn's layers
+/// and tensors are, since the CPU step computes on a thread of rayon's pool with a reference
+/// to it.
+pub trait Classifier: Module + Sync {
     /// The logits of a batch of images.
     fn logits(&self, images: Tensor<4>) -> Tensor<2>;
 }

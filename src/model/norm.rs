@@ -171,7 +171,8 @@ mod tests {
             (vec![8, 4, 3, 3], 4),
             (vec![7, 2, 4, 5], 3),
             (vec![10, 5], 4),
-            // ResNet-8's planes on 12×12 images: 3×3 (one lane block and a tail) and 12×12.
+            // ResNet-8's planes on 12×12 images: 3×3 (all tail) and 12×12 (two blocks and a
+            // lane group).
             (vec![6, 16, 3, 3], 0),
             (vec![12, 16, 3, 3], 6),
             (vec![6, 4, 12, 12], 0),

@@ -6,8 +6,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Loss and accuracy of `model` on `data` (no gradients, running statistics for batch norm), on
-/// the CPU on a thread of rayon's pool as [`super::forward_backward`].
-pub fn evaluate<M: Classifier + Sync>(
+/// the CPU on a thread of rayon's pool as `forward_backward`.
+pub fn evaluate<M: Classifier>(
     model: &M,
     data: &Dataset,
     normalizer: &Normalizer,

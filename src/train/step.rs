@@ -110,7 +110,7 @@ impl std::error::Error for StepError {}
 /// its images become the input tensor, uncopied on the CPU. On the CPU it runs on a thread of
 /// rayon's pool ([`crate::device::on_compute_thread`]), so a caller outside the pool hands the
 /// step over once instead of once per parallel operation.
-pub fn forward_backward<M: Classifier + Sync>(
+pub fn forward_backward<M: Classifier>(
     model: &M,
     batch: data::Batch,
     global_len: usize,
