@@ -209,9 +209,9 @@ impl Optimizer {
         // The module's device decides, since that is where the updated parameters live; a
         // module spread over several devices stays on the calling thread.
         match module.devices().as_slice() {
-            [device] => crate::device::on_compute_thread(&device.clone(), || {
-                self.step_here(module, grads, hyper)
-            }),
+            [device] => {
+                crate::device::on_compute_thread(device, || self.step_here(module, grads, hyper))
+            }
             _ => self.step_here(module, grads, hyper),
         }
     }
