@@ -4,7 +4,9 @@
 //! burn's own optimisers fix momentum at construction and default to a dampening of 0.1, while
 //! our references are PyTorch's (`torch.optim.SGD`, `Adam`, `AdamW`, dampening 0). The update
 //! rules here are PyTorch's, written on burn tensors, with state keyed by parameter path
-//! ([`crate::params`]) so that it checkpoints by name and restores exactly.
+//! ([`crate::params`]) so that it checkpoints by name and restores exactly. On the CPU, once a
+//! parameter's state exists, each update runs as one pass over it instead
+//! ([`crate::kernels::update`]), with the same bits.
 //!
 //! # Momentum and the paper's accumulation variable
 //! The paper (Smith et al. 2018, §3) writes momentum as `ΔA = −(1−m)A + dĈ/dw`, `Δw = −εA`, that
@@ -21,6 +23,7 @@
 //! `m2 ← β2·m2 + (1−β2)·d²`, `w ← w − ε/(1−β1ᵗ) · m1 / (√m2/√(1−β2ᵗ) + eps)`. AdamW decays
 //! the weights directly, `w ← w·(1 − ε·wd)`, before the Adam step (Loshchilov & Hutter).
 
+use crate::kernels::update;
 use crate::params::Grads;
 use crate::schedule::Hyper;
 use anyhow::{Result, bail};
@@ -200,6 +203,15 @@ impl ModuleMapper for StepMapper<'_> {
     }
 }
 
+/// Whether [`Optimizer::update`] takes the one-pass kernel ([`update`]) for these tensors.
+fn fusable(tensors: &[&Tensor<1>]) -> bool {
+    #[cfg(test)]
+    if tests::TENSOR_OPS_ONLY.with(|only| only.get()) {
+        return false;
+    }
+    update::supports(tensors)
+}
+
 impl Optimizer {
     /// Applies one update to every parameter of `module` that has a gradient in `grads`, with
     /// the schedule's ε and m in force (`hyper.batch_size` is the data's business, not the
@@ -254,17 +266,42 @@ impl Optimizer {
         let buffers = &mut self.state.buffers;
         match self.config.kind {
             OptimizerKind::Sgd | OptimizerKind::Momentum | OptimizerKind::Nesterov => {
+                let plain = self.config.kind == OptimizerKind::Sgd && m == 0.0;
+                let key = format!("{name}#v");
+                let v = if plain { None } else { buffers.remove(&key) };
+                let sgd = update::Sgd {
+                    lr: lr as f32,
+                    weight_decay: (wd != 0.0).then_some(wd as f32),
+                };
+                // One pass on the CPU once the velocity exists (`kernels::update`); the
+                // operations below otherwise, which give the same bits.
+                match v {
+                    None if plain && fusable(&[&w, &g]) => {
+                        return update::sgd(w, g, sgd);
+                    }
+                    Some(v) if fusable(&[&w, &g, &v]) => {
+                        let rule = update::Momentum {
+                            sgd,
+                            momentum: m as f32,
+                            rescale: rescale.map(|r| r as f32),
+                            nesterov: self.config.kind == OptimizerKind::Nesterov,
+                        };
+                        let (w, v) = update::momentum(w, g, v, rule);
+                        buffers.insert(key, v);
+                        return w;
+                    }
+                    _ => {}
+                }
                 let d = if wd != 0.0 {
                     g + w.clone().mul_scalar(wd)
                 } else {
                     g
                 };
-                if self.config.kind == OptimizerKind::Sgd && m == 0.0 {
+                if plain {
                     return w - d.mul_scalar(lr);
                 }
-                let key = format!("{name}#v");
                 // PyTorch initialises the buffer with the first d (no dampening).
-                let v = match buffers.remove(&key) {
+                let v = match v {
                     Some(v) => {
                         let v = match rescale {
                             Some(r) => v.mul_scalar(r),
@@ -285,7 +322,30 @@ impl Optimizer {
             OptimizerKind::Adam | OptimizerKind::Adamw => {
                 let t = self.state.step as i32;
                 let (b1, b2, eps) = (m, self.config.beta2, self.config.eps);
-                let (w, d) = if self.config.kind == OptimizerKind::Adamw {
+                let adamw = self.config.kind == OptimizerKind::Adamw;
+                let bc1 = 1.0 - b1.powi(t);
+                let bc2 = 1.0 - b2.powi(t);
+                let k1 = format!("{name}#m1");
+                let k2 = format!("{name}#m2");
+                let (m1, m2) = match (buffers.remove(&k1), buffers.remove(&k2)) {
+                    (Some(m1), Some(m2)) if fusable(&[&w, &g, &m1, &m2]) => {
+                        let rule = update::Adam {
+                            weight_decay: (!adamw && wd != 0.0).then_some(wd as f32),
+                            decay: adamw.then_some((1.0 - lr * wd) as f32),
+                            beta1: (b1 as f32, (1.0 - b1) as f32),
+                            beta2: (b2 as f32, (1.0 - b2) as f32),
+                            sqrt_bc2: bc2.sqrt() as f32,
+                            eps: eps as f32,
+                            step: (lr / bc1) as f32,
+                        };
+                        let (w, m1, m2) = update::adam(w, g, m1, m2, rule);
+                        buffers.insert(k1, m1);
+                        buffers.insert(k2, m2);
+                        return w;
+                    }
+                    moments => moments,
+                };
+                let (w, d) = if adamw {
                     (w.mul_scalar(1.0 - lr * wd), g)
                 } else if wd != 0.0 {
                     let d = g + w.clone().mul_scalar(wd);
@@ -293,21 +353,17 @@ impl Optimizer {
                 } else {
                     (w, g)
                 };
-                let k1 = format!("{name}#m1");
-                let k2 = format!("{name}#m2");
-                let m1 = match buffers.remove(&k1) {
+                let m1 = match m1 {
                     Some(m1) => m1.mul_scalar(b1) + d.clone().mul_scalar(1.0 - b1),
                     None => d.clone().mul_scalar(1.0 - b1),
                 };
                 let d2 = d.clone() * d;
-                let m2 = match buffers.remove(&k2) {
+                let m2 = match m2 {
                     Some(m2) => m2.mul_scalar(b2) + d2.mul_scalar(1.0 - b2),
                     None => d2.mul_scalar(1.0 - b2),
                 };
                 buffers.insert(k1, m1.clone());
                 buffers.insert(k2, m2.clone());
-                let bc1 = 1.0 - b1.powi(t);
-                let bc2 = 1.0 - b2.powi(t);
                 let denom = m2.sqrt().div_scalar(bc2.sqrt()).add_scalar(eps);
                 w - (m1 / denom).mul_scalar(lr / bc1)
             }
@@ -342,5 +398,146 @@ impl Optimizer {
                 })
                 .collect(),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::update::CHUNK;
+    use burn::tensor::{DType, Distribution};
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Makes [`Optimizer::update`] on this thread take burn's tensor operations only.
+        pub(super) static TENSOR_OPS_ONLY: Cell<bool> = const { Cell::new(false) };
+    }
+
+    fn random(n: usize, seed: u64, device: &Device) -> Tensor<1> {
+        crate::device::seeded(device, seed, || {
+            Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), (device, DType::F32))
+        })
+    }
+
+    fn bits(t: &Tensor<1>) -> Vec<u32> {
+        t.to_data().iter::<f32>().map(f32::to_bits).collect()
+    }
+
+    /// `steps` updates of two parameters (one above [`CHUNK`] and not a multiple of it, one
+    /// below), with ε changing every step; the weights and every buffer after each, as bits.
+    fn trajectory(config: &OptimizerConfig, tensor_ops: bool, steps: u64) -> Vec<Vec<u32>> {
+        TENSOR_OPS_ONLY.with(|only| only.set(tensor_ops));
+        let device = Device::flex();
+        let mut opt = config.init();
+        let mut ws: Vec<_> = [(2 * CHUNK + 1_001, 1), (37, 2)]
+            .into_iter()
+            .map(|(n, seed)| random(n, seed, &device))
+            .collect();
+        let mut out = Vec::new();
+        for step in 0..steps {
+            let hyper = Hyper {
+                lr: [0.1, 0.03, 0.03, 0.7][step as usize % 4],
+                batch_size: 64,
+                momentum: if config.kind == OptimizerKind::Sgd {
+                    0.0
+                } else {
+                    0.9
+                },
+            };
+            opt.state.step += 1;
+            let rescale = match opt.state.last_lr {
+                Some(old) if config.velocity_rescale && old != hyper.lr => Some(old / hyper.lr),
+                _ => None,
+            };
+            opt.state.last_lr = Some(hyper.lr);
+            for (i, w) in ws.iter_mut().enumerate() {
+                let n = w.dims()[0];
+                let g = random(n, 100 * step + i as u64, &device);
+                assert!(update::supports(&[w, &g]), "the kernel must apply here");
+                *w = opt.update(&format!("p{i}"), w.clone(), g, hyper, rescale);
+                out.push(bits(w));
+            }
+            let mut keys: Vec<_> = opt.state.buffers.keys().cloned().collect();
+            keys.sort();
+            out.extend(keys.iter().map(|k| bits(&opt.state.buffers[k])));
+        }
+        TENSOR_OPS_ONLY.with(|only| only.set(false));
+        out
+    }
+
+    #[test]
+    fn the_one_pass_update_gives_the_tensor_operations_bits() {
+        let kinds = [
+            OptimizerKind::Sgd,
+            OptimizerKind::Momentum,
+            OptimizerKind::Nesterov,
+            OptimizerKind::Adam,
+            OptimizerKind::Adamw,
+        ];
+        for kind in kinds {
+            for weight_decay in [0.0, 5e-4] {
+                for velocity_rescale in [false, true] {
+                    let config = OptimizerConfig {
+                        kind,
+                        weight_decay,
+                        velocity_rescale,
+                        ..OptimizerConfig::default()
+                    };
+                    let fused = trajectory(&config, false, 5);
+                    let ops = trajectory(&config, true, 5);
+                    assert_eq!(fused.len(), ops.len(), "{config:?}");
+                    for (i, (a, b)) in fused.iter().zip(&ops).enumerate() {
+                        assert!(
+                            a == b,
+                            "{config:?}: tensor {i} differs from the tensor path"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// One [`Optimizer::update`] of `w` with gradient `g` from velocity `v` (heavy ball), fused
+    /// or through tensor operations; the new weights and velocity as bits.
+    fn momentum_step(
+        w: &Tensor<1>,
+        g: &Tensor<1>,
+        v: &Tensor<1>,
+        tensor_ops: bool,
+    ) -> Vec<Vec<u32>> {
+        let mut opt = OptimizerConfig::default().init();
+        opt.state.buffers.insert("p#v".into(), v.clone());
+        let hyper = Hyper {
+            lr: 0.1,
+            batch_size: 64,
+            momentum: 0.9,
+        };
+        TENSOR_OPS_ONLY.with(|only| only.set(tensor_ops));
+        let w = opt.update("p", w.clone(), g.clone(), hyper, None);
+        TENSOR_OPS_ONLY.with(|only| only.set(false));
+        vec![bits(&w), bits(&opt.state.buffers["p#v"])]
+    }
+
+    #[test]
+    fn the_one_pass_update_leaves_shared_and_offset_tensors_alone() {
+        let device = Device::flex();
+        let n = CHUNK + 3;
+        let g = random(n, 1, &device);
+        // Views at an offset into larger tensors, which the caller keeps.
+        let (w_whole, v_whole) = (random(n + 5, 2, &device), random(n + 9, 3, &device));
+        let (w, v) = (
+            w_whole.clone().narrow(0, 5, n),
+            v_whole.clone().narrow(0, 9, n),
+        );
+        // Whole tensors the caller keeps a handle on.
+        let (w_kept, v_kept) = (random(n, 4, &device), random(n, 5, &device));
+        let before = [&w_whole, &v_whole, &w_kept, &v_kept].map(bits);
+        for (w, v) in [(&w, &v), (&w_kept, &v_kept)] {
+            assert!(update::supports(&[w, &g, v]), "the kernel must apply here");
+            let fused = momentum_step(w, &g, v, false);
+            assert_eq!(fused, momentum_step(w, &g, v, true));
+            assert_ne!(fused[0], bits(w), "the update changed nothing");
+        }
+        assert_eq!([&w_whole, &v_whole, &w_kept, &v_kept].map(bits), before);
     }
 }

@@ -179,8 +179,12 @@ impl Grads {
         Grads { tensors }
     }
 
-    /// Multiplies every gradient by `factor`.
+    /// Multiplies every gradient by `factor`. A factor of 1 (a step's only micro-batch) leaves
+    /// them as they are without a pass over them: `x·1 = x` for every float.
     pub fn scale(self, factor: f64) -> Self {
+        if factor == 1.0 {
+            return self;
+        }
         Grads {
             tensors: self
                 .tensors
