@@ -37,7 +37,7 @@ pub fn denormals_flushed() -> bool {
 }
 
 /// Prepares the process for computing: denormals flushed on this thread and on every thread
-/// of rayon's global pool (built here with a start handler and [`STACK_BYTES`] stacks when
+/// of rayon's global pool (built here with a start handler and `STACK_BYTES` stacks when
 /// nothing has built it yet).
 /// Idempotent; the CLI calls it first thing, and the trainer calls it again for library
 /// users.

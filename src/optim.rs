@@ -4,9 +4,9 @@
 //! burn's own optimisers fix momentum at construction and default to a dampening of 0.1, while
 //! our references are PyTorch's (`torch.optim.SGD`, `Adam`, `AdamW`, dampening 0). The update
 //! rules here are PyTorch's, written on burn tensors, with state keyed by parameter path
-//! ([`crate::params`]) so that it checkpoints by name and restores exactly. On the CPU, once a
-//! parameter's state exists, each update runs as one pass over it instead
-//! ([`crate::kernels::update`]), with the same bits.
+//! ([`crate::params`]) so that it checkpoints by name and restores exactly. On the CPU, each
+//! update runs as one pass over the parameter instead ([`crate::kernels::update`]), with the
+//! same bits, once its state exists (from the first step for plain SGD, which has none).
 //!
 //! # Momentum and the paper's accumulation variable
 //! The paper (Smith et al. 2018, §3) writes momentum as `ΔA = −(1−m)A + dĈ/dw`, `Δw = −εA`, that
@@ -209,7 +209,10 @@ fn fusable(tensors: &[&Tensor<1>]) -> bool {
     if tests::TENSOR_OPS_ONLY.with(|only| only.get()) {
         return false;
     }
-    update::supports(tensors)
+    let fused = update::supports(tensors);
+    #[cfg(test)]
+    tests::FUSED_CALLS.with(|calls| calls.set(calls.get() + usize::from(fused)));
+    fused
 }
 
 impl Optimizer {
@@ -230,12 +233,7 @@ impl Optimizer {
 
     /// [`Optimizer::step`] on the calling thread.
     fn step_here<M: Module>(&mut self, module: M, grads: Grads, hyper: Hyper) -> M {
-        self.state.step += 1;
-        let rescale = match self.state.last_lr {
-            Some(old) if self.config.velocity_rescale && old != hyper.lr => Some(old / hyper.lr),
-            _ => None,
-        };
-        self.state.last_lr = Some(hyper.lr);
+        let rescale = self.begin_step(hyper.lr);
         let mut mapper = StepMapper {
             path: Vec::new(),
             grads: grads.tensors.into_iter().collect(),
@@ -246,7 +244,21 @@ impl Optimizer {
         module.map(&mut mapper)
     }
 
-    /// The update of one flattened parameter `w` with gradient `g`.
+    /// Counts a step at ε = `lr` and returns the velocity's rescaling factor ε_old/ε_new, when
+    /// [`OptimizerConfig::velocity_rescale`] is on and ε changed (see the module docs).
+    fn begin_step(&mut self, lr: f64) -> Option<f64> {
+        self.state.step += 1;
+        let rescale = match self.state.last_lr {
+            Some(old) if self.config.velocity_rescale && old != lr => Some(old / lr),
+            _ => None,
+        };
+        self.state.last_lr = Some(lr);
+        rescale
+    }
+
+    /// The update of one flattened parameter `w` with gradient `g`, on the calling thread;
+    /// [`Optimizer::step`] calls it on a compute thread, whose denormal mode the one-pass
+    /// kernel's other threads share.
     pub fn update(
         &mut self,
         name: &str,
@@ -273,8 +285,8 @@ impl Optimizer {
                     lr: lr as f32,
                     weight_decay: (wd != 0.0).then_some(wd as f32),
                 };
-                // One pass on the CPU once the velocity exists (`kernels::update`); the
-                // operations below otherwise, which give the same bits.
+                // One pass on the CPU (`kernels::update`), for momentum once the velocity
+                // exists; the operations below otherwise, which give the same bits.
                 match v {
                     None if plain && fusable(&[&w, &g]) => {
                         return update::sgd(w, g, sgd);
@@ -409,8 +421,17 @@ mod tests {
     use std::cell::Cell;
 
     thread_local! {
-        /// Makes [`Optimizer::update`] on this thread take burn's tensor operations only.
+        /// Makes [`Optimizer::update`] on this thread take burn's tensor operations only. Tests
+        /// call `update` directly: `Optimizer::step` moves to a pool thread, which would not
+        /// see it.
         pub(super) static TENSOR_OPS_ONLY: Cell<bool> = const { Cell::new(false) };
+        /// Updates on this thread that took the one-pass kernel, so that a test can show it
+        /// compared the kernel and not the tensor path with itself.
+        pub(super) static FUSED_CALLS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn fused_calls() -> usize {
+        FUSED_CALLS.with(|calls| calls.get())
     }
 
     fn random(n: usize, seed: u64, device: &Device) -> Tensor<1> {
@@ -424,7 +445,7 @@ mod tests {
     }
 
     /// `steps` updates of two parameters (one above [`CHUNK`] and not a multiple of it, one
-    /// below), with ε changing every step; the weights and every buffer after each, as bits.
+    /// below), with ε and m changing; the weights and every buffer after each, as bits.
     fn trajectory(config: &OptimizerConfig, tensor_ops: bool, steps: u64) -> Vec<Vec<u32>> {
         TENSOR_OPS_ONLY.with(|only| only.set(tensor_ops));
         let device = Device::flex();
@@ -438,22 +459,16 @@ mod tests {
             let hyper = Hyper {
                 lr: [0.1, 0.03, 0.03, 0.7][step as usize % 4],
                 batch_size: 64,
-                momentum: if config.kind == OptimizerKind::Sgd {
-                    0.0
-                } else {
-                    0.9
+                // Schedules move m too; at m = 0 momentum's kernel still runs.
+                momentum: match config.kind {
+                    OptimizerKind::Sgd => 0.0,
+                    _ => [0.9, 0.5, 0.0, 0.9][step as usize % 4],
                 },
             };
-            opt.state.step += 1;
-            let rescale = match opt.state.last_lr {
-                Some(old) if config.velocity_rescale && old != hyper.lr => Some(old / hyper.lr),
-                _ => None,
-            };
-            opt.state.last_lr = Some(hyper.lr);
+            let rescale = opt.begin_step(hyper.lr);
             for (i, w) in ws.iter_mut().enumerate() {
                 let n = w.dims()[0];
                 let g = random(n, 100 * step + i as u64, &device);
-                assert!(update::supports(&[w, &g]), "the kernel must apply here");
                 *w = opt.update(&format!("p{i}"), w.clone(), g, hyper, rescale);
                 out.push(bits(w));
             }
@@ -483,8 +498,13 @@ mod tests {
                         velocity_rescale,
                         ..OptimizerConfig::default()
                     };
+                    let before = fused_calls();
                     let fused = trajectory(&config, false, 5);
+                    // Two parameters a step; momentum and Adam fuse from their second step.
+                    let first = if kind == OptimizerKind::Sgd { 0 } else { 1 };
+                    assert_eq!(fused_calls() - before, 2 * (5 - first), "{config:?}");
                     let ops = trajectory(&config, true, 5);
+                    assert_eq!(fused_calls() - before, 2 * (5 - first), "{config:?}");
                     assert_eq!(fused.len(), ops.len(), "{config:?}");
                     for (i, (a, b)) in fused.iter().zip(&ops).enumerate() {
                         assert!(
@@ -533,8 +553,9 @@ mod tests {
         let (w_kept, v_kept) = (random(n, 4, &device), random(n, 5, &device));
         let before = [&w_whole, &v_whole, &w_kept, &v_kept].map(bits);
         for (w, v) in [(&w, &v), (&w_kept, &v_kept)] {
-            assert!(update::supports(&[w, &g, v]), "the kernel must apply here");
+            let before = fused_calls();
             let fused = momentum_step(w, &g, v, false);
+            assert_eq!(fused_calls(), before + 1, "the kernel must apply here");
             assert_eq!(fused, momentum_step(w, &g, v, true));
             assert_ne!(fused[0], bits(w), "the update changed nothing");
         }

@@ -180,7 +180,8 @@ impl Grads {
     }
 
     /// Multiplies every gradient by `factor`. A factor of 1 (a step's only micro-batch) leaves
-    /// them as they are without a pass over them: `x·1 = x` for every float.
+    /// them as they are without a pass over them: `x·1 = x`, except that with denormals flushed
+    /// (`cpu`) a denormal times 1 is 0, and every later operation reads a denormal as 0 there.
     pub fn scale(self, factor: f64) -> Self {
         if factor == 1.0 {
             return self;

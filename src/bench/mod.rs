@@ -5,8 +5,8 @@
 //! tensors, forward, cross-entropy, `loss.into_scalar()`, backward, gradients gathered, in
 //! micro-batches of [`crate::config::AUTO_MICRO_BATCH`]) plus one SGD-momentum step
 //! (`weight_decay` 5e-4, ε 0.1, m 0.9), on
-//! random inputs of the model's input shape. Data loading is [`assemble`] (one thread, the CPU cost
-//! of a batch) and the background [`Loader`] (its worker threads, consumed without training).
+//! random inputs of the model's input shape. Data loading is [`crate::data::assemble`] (one thread, the CPU cost
+//! of a batch) and the background [`crate::data::Loader`] (its worker threads, consumed without training).
 //!
 //! Threads: burn-flex and our kernels parallelise over the current rayon pool; `--threads` runs
 //! the whole benchmark in a pool of that many threads (flushing denormals, as training does) and

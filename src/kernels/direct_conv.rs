@@ -21,7 +21,7 @@
 //! ×1.19–1.23 (`bench/RESULTS.md`).
 //!
 //! It also computes the input gradient of those layers, as the forward of the transposed
-//! convolution (`im2col.rs`, `Geometry::transposed`), and [`WeightGradPlan`] the weight gradient
+//! convolution (`im2col.rs`, `Geometry::transposed`), and `WeightGradPlan` the weight gradient
 //! of stride-1 layers with 3-wide kernels and rows of 32 pixels or more, or on AVX2 of 16 with
 //! at most 32 output channels (ResNet-8's first two stages, WRN-16-4's first), summed in vector
 //! lanes per (channel, tap) over each image.

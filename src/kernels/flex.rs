@@ -1,4 +1,4 @@
-//! What our flex kernels (`conv`, `batch_norm`) share: whether a tensor runs on them, and how
+//! What our flex kernels (`conv`, `batch_norm`, `pool`, `update`) share: whether a tensor runs on them, and how
 //! they read and write flex tensors as f32 slices.
 
 use burn::backend::flex::FlexTensor;

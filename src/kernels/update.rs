@@ -1,15 +1,18 @@
 //! The optimiser's per-parameter update in one pass on the flex backend, in place where the
 //! tensors are not shared.
 //!
-//! Written on burn tensors (`optim`), momentum SGD with weight decay is six operations: six
-//! passes over the parameter, three of them allocating, each on one thread in SSE2 (burn-flex's
-//! scalar operations are neither parallel nor multiversioned). For the MNIST MLP at B = 64 that
-//! was a third of the step's time on its main thread (`perf`). Here each rule reads the
-//! parameter, its gradient and its state once, on the rayon pool, multiversioned.
+//! Written on burn tensors (`optim`), momentum SGD with weight decay is six operations over the
+//! parameter, two of them allocating a new tensor, and burn-flex runs its tensor-scalar ones on
+//! one thread in SSE2 (neither parallel nor multiversioned); `perf` of the MNIST MLP's step at
+//! B = 64 put the update at 18% of the samples (`bench/RESULTS.md`). Here each rule reads the
+//! parameter, its gradient and its state once, multiversioned, a parameter longer than
+//! `CHUNK` (16,384 floats) spread over the rayon pool.
 //!
 //! Each rule performs `optim`'s tensor operations in the same order with the same f32 scalars
-//! (burn rounds an f64 scalar to f32 before the operation; no operation is fused into an FMA),
-//! so it gives the same bits: `optim`'s tests compare the two on every rule.
+//! (burn rounds an f64 scalar to f32 before the operation; Rust never fuses a multiply and an
+//! add into an FMA on its own), so it gives the same bits: `optim`'s tests compare the two on
+//! every rule. Chunks on the pool's threads and on the caller's see the same denormal mode when
+//! the caller is a pool thread, as `Optimizer::step` makes it (`cpu`).
 
 use super::flex::{contiguous_f32, f32_slice};
 use burn::backend::flex::FlexTensor;
@@ -96,6 +99,9 @@ pub fn supports(tensors: &[&Tensor<1>]) -> bool {
         .all(|t| super::flex::is_flex_f32(*t) && Some(t.dims()[0]) == n)
 }
 
+// The wrappers strip autodiff from every input: the extension is implemented for `Flex` only,
+// and a buffer restored on an autodiff device (`Optimizer::load_record`) carries the flag.
+
 /// `w` after one [`Sgd`] step (see [`supports`]).
 pub fn sgd(w: Tensor<1>, g: Tensor<1>, rule: Sgd) -> Tensor<1> {
     Tensor::from_dispatch(<Dispatch as FusedUpdate>::sgd_update(
@@ -143,8 +149,8 @@ pub fn adam(
     )
 }
 
-/// Elements per rayon task: 64 KiB of each operand, so that the pool's two threads split a
-/// parameter of 16,384 floats or more, and a bias runs as one task.
+/// Elements per rayon task (64 KiB of each operand): a longer parameter is split over the pool's
+/// threads, a shorter one (a bias, a batch norm's γ) runs as one call on the caller's thread.
 pub(crate) const CHUNK: usize = 16 * 1024;
 
 /// `t` as an f32 tensor whose storage is exactly its elements, in order (burn-flex's
