@@ -13,6 +13,11 @@
 //! GEMM + col2im on an AVX2 AMD EPYC, ×1.15–1.87 with AVX-512 on a Zen 5); so does the weight
 //! gradient of those with 3-wide kernels where that was faster ([`direct_conv::WeightGradPlan`]:
 //! ×1.09–1.70 and ×1.17–2.50 per layer). The rest stays here.
+//!
+//! The copies ([`pad_image`], [`im2col_rows`], [`col2im_rows`], [`unpad_image`]) are compiled
+//! for several instruction sets and picked at run time (`multiversion`), since the crate itself
+//! is built for baseline x86-64 (SSE2): ResNet-8's step ×1.03–1.04 on a Zen 5 (medians of 5–9
+//! alternations, `bench/RESULTS.md`).
 
 use super::direct_conv::{self, Isa};
 use rayon::prelude::*;
@@ -140,6 +145,7 @@ fn flipped_weight(g: &Geometry, weight: &[f32]) -> Vec<f32> {
 
 /// Writes image `x [C, H, W]` into `padded [C, H + 2ph, W + 2pw]` with zero borders, so that
 /// every row [`im2col_rows`] copies is one branch-free run.
+#[multiversion::multiversion(targets = "simd")]
 fn pad_image(g: &Geometry, x: &[f32], padded: &mut [f32]) {
     let [hp, wp] = g.padded();
     let padded = &mut padded[..g.c * hp * wp];
@@ -162,6 +168,7 @@ fn pad_image(g: &Geometry, x: &[f32], padded: &mut [f32]) {
 /// Writes `col[K, rows·Wo]` for output rows `rows` of one image, read from its padded copy
 /// (see [`pad_image`]): row `(c, i, j)` holds the input pixels that kernel tap `(i, j)` of
 /// channel `c` meets at each of those output pixels.
+#[multiversion::multiversion(targets = "simd")]
 fn im2col_rows(g: &Geometry, padded: &[f32], rows: Range<usize>, col: &mut [f32]) {
     let [hp, wp] = g.padded();
     let len = rows.len() * g.ow;
@@ -259,6 +266,7 @@ fn as_uninit(floats: &[f32]) -> &[MaybeUninit<f32>] {
 
 /// The adjoint of [`im2col_rows`]: adds every entry of `col[K, rows·Wo]` onto the pixel of the
 /// padded image gradient `acc [C, H + 2ph, W + 2pw]` it was read from.
+#[multiversion::multiversion(targets = "simd")]
 fn col2im_rows(g: &Geometry, col: &[f32], rows: Range<usize>, acc: &mut [f32]) {
     let [hp, wp] = g.padded();
     let len = rows.len() * g.ow;
@@ -288,6 +296,7 @@ fn col2im_rows(g: &Geometry, col: &[f32], rows: Range<usize>, acc: &mut [f32]) {
 }
 
 /// Copies the interior of the padded gradient `acc` out into `dx [C, H, W]`, writing all of it.
+#[multiversion::multiversion(targets = "simd")]
 fn unpad_image(g: &Geometry, acc: &[f32], dx: &mut [MaybeUninit<f32>]) {
     let acc = as_uninit(acc);
     let [hp, wp] = g.padded();
