@@ -150,18 +150,14 @@ pub fn adam(
 }
 
 /// Elements per rayon task (64 KiB of each operand): a longer parameter is split over the pool's
-/// threads, a shorter one (a bias, a batch norm's γ) runs as one call on the caller's thread.
+/// threads, a shorter one (a bias, a batch norm's γ) is one task, which rayon runs on the
+/// calling pool thread.
 pub(crate) const CHUNK: usize = 16 * 1024;
 
-/// `t` as an f32 tensor whose storage is exactly its elements, in order (burn-flex's
-/// `to_contiguous` copies a view at an offset or into a larger buffer), to be overwritten in
-/// place.
-fn in_place(t: FlexTensor, op: &str) -> FlexTensor {
-    contiguous_f32(&t, op)
-}
-
-/// The `n` elements of `t` (from [`in_place`]), writable; `FlexTensor::storage_mut` first
-/// copies a storage that other tensors share, so they keep their values.
+/// The `n` elements of `t`, writable in place. `t` comes from `contiguous_f32`, so its storage
+/// is exactly its elements in order (burn-flex's `to_contiguous` copies a view at an offset or
+/// into a larger buffer); `FlexTensor::storage_mut` first copies a storage that other tensors
+/// share, so they keep their values.
 fn elements(t: &mut FlexTensor, n: usize) -> &mut [f32] {
     let elements = t.storage_mut::<f32>();
     assert_eq!(
@@ -176,15 +172,11 @@ impl FusedUpdate for Flex {
     fn sgd_update(w: FlexTensor, g: FlexTensor, rule: Sgd) -> FlexTensor {
         let g = contiguous_f32(&g, "sgd_update");
         let g = f32_slice(&g);
-        let mut w = in_place(w, "sgd_update");
+        let mut w = contiguous_f32(&w, "sgd_update");
         let w_s = elements(&mut w, g.len());
-        if g.len() <= CHUNK {
-            sgd_chunk(w_s, g, rule);
-        } else {
-            w_s.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK))
-                .for_each(|(w, g)| sgd_chunk(w, g, rule));
-        }
+        w_s.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(w, g)| sgd_chunk(w, g, rule));
         w
     }
 
@@ -197,18 +189,14 @@ impl FusedUpdate for Flex {
         let g = contiguous_f32(&g, "momentum_update");
         let g = f32_slice(&g);
         let (mut w, mut v) = (
-            in_place(w, "momentum_update"),
-            in_place(v, "momentum_update"),
+            contiguous_f32(&w, "momentum_update"),
+            contiguous_f32(&v, "momentum_update"),
         );
         let (w_s, v_s) = (elements(&mut w, g.len()), elements(&mut v, g.len()));
-        if g.len() <= CHUNK {
-            momentum_chunk(w_s, v_s, g, rule);
-        } else {
-            w_s.par_chunks_mut(CHUNK)
-                .zip(v_s.par_chunks_mut(CHUNK))
-                .zip(g.par_chunks(CHUNK))
-                .for_each(|((w, v), g)| momentum_chunk(w, v, g, rule));
-        }
+        w_s.par_chunks_mut(CHUNK)
+            .zip(v_s.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|((w, v), g)| momentum_chunk(w, v, g, rule));
         (w, v)
     }
 
@@ -221,24 +209,20 @@ impl FusedUpdate for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let g = contiguous_f32(&g, "adam_update");
         let g = f32_slice(&g);
-        let mut w = in_place(w, "adam_update");
-        let mut m1 = in_place(m1, "adam_update");
-        let mut m2 = in_place(m2, "adam_update");
+        let mut w = contiguous_f32(&w, "adam_update");
+        let mut m1 = contiguous_f32(&m1, "adam_update");
+        let mut m2 = contiguous_f32(&m2, "adam_update");
         let n = g.len();
         let (w_s, m1_s, m2_s) = (
             elements(&mut w, n),
             elements(&mut m1, n),
             elements(&mut m2, n),
         );
-        if n <= CHUNK {
-            adam_chunk(w_s, m1_s, m2_s, g, rule);
-        } else {
-            w_s.par_chunks_mut(CHUNK)
-                .zip(m1_s.par_chunks_mut(CHUNK))
-                .zip(m2_s.par_chunks_mut(CHUNK))
-                .zip(g.par_chunks(CHUNK))
-                .for_each(|(((w, m1), m2), g)| adam_chunk(w, m1, m2, g, rule));
-        }
+        w_s.par_chunks_mut(CHUNK)
+            .zip(m1_s.par_chunks_mut(CHUNK))
+            .zip(m2_s.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(((w, m1), m2), g)| adam_chunk(w, m1, m2, g, rule));
         (w, m1, m2)
     }
 }
