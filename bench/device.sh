@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 19's whole CPU check in one call, for a lent machine with many cores (the accelerator
 # machines here: 16 cores of an Intel Xeon beside one GPU, 15 minutes in all). Not used by tests
-# or CI. On the 2-core AMD EPYC, one after another with --rounds 1: the step rows about 2.5 min,
-# the MNIST part (bench/mnist-e2e.sh) 4 min 55 s. At once, the longest job sets the time (about
-# 5 minutes expected with --rounds 3; not yet run on a many-core machine).
+# or CI. On the 2-core AMD EPYC, one after another with --rounds 1: the step rows about 2.5 min
+# (the MLP's matrix products 34 s more with --rounds 3), the MNIST part (bench/mnist-e2e.sh)
+# 4 min 55 s. At once, the longest job sets the time (about 5 minutes expected with --rounds 3;
+# not yet run on a many-core machine).
 #
 #   bench/device.sh [--bin PATH] [--python PY] [--data DIR] [--out DIR] [--rounds N]
 #                   [--gpu] [--budget SECONDS]
@@ -15,8 +16,10 @@
 #
 # With 8 cores or more, four jobs run at once, each pinned with `taskset` to 2 cores of its own,
 # both sides of every ratio on the same 2 cores (issue 19's setting: 2 threads):
-#   A (cores 0-1): training-step rows of the MLP and the CNN against PyTorch, --rounds interleaved;
-#   B (cores 2-3): the same for ResNet-8 and WRN-16-4;
+#   A (cores 0-1): training-step rows of the MLP and the CNN against PyTorch, --rounds interleaved,
+#                  and the MLP's matrix products alone against torch.matmul (`--only
+#                  train-step,matmul`: how much of the MLP's ratio is gemm's kernels against MKL's);
+#   B (cores 2-3): training-step rows of ResNet-8 and WRN-16-4 against PyTorch;
 #   C (cores 4-5): the mnist preset end to end, its schedules in both (bench/mnist-e2e.sh);
 #   D (cores 6-7): B again with NOISESCALE_DIRECT_CONV=off (im2col + GEMM for every
 #                  convolution), to see whether the direct kernels (AVX-512 where the CPU has
@@ -46,7 +49,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift ;;
         --gpu) GPU=1 ;;
         --budget) BUDGET="$2"; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -76,12 +79,12 @@ pin() {
     taskset -c "$cores" "$@"
 }
 
-# `steps CORES MODELS OUT [VAR=VALUE...]`: those training-step rows against PyTorch, with the
-# given environment.
+# `steps CORES MODELS ONLY OUT [VAR=VALUE...]`: those rows (bench's --only) against PyTorch, with
+# the given environment.
 steps() {
-    local cores="$1" models="$2" out="$3"
-    shift 3
-    env "$@" taskset -c "$cores" "$BIN" bench --threads 2 --only train-step --no-gns-cost --models "$models" \
+    local cores="$1" models="$2" only="$3" out="$4"
+    shift 4
+    env "$@" taskset -c "$cores" "$BIN" bench --threads 2 --only "$only" --no-gns-cost --models "$models" \
         --steps 10 --min-seconds 2 --max-seconds 8 --rounds "$ROUNDS" --pytorch --python "$PY" \
         --json "${out%.txt}.json" >"$out" 2>&1
 }
@@ -94,10 +97,10 @@ e2e() {
 
 IM2COL=NOISESCALE_DIRECT_CONV=off
 if [ "$CORES" -ge 8 ]; then
-    steps 0-1 mlp-256,cnn "$OUT/steps-mlp-cnn.txt" &
-    steps 2-3 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn.txt" &
+    steps 0-1 mlp-256,cnn train-step,matmul "$OUT/steps-mlp-cnn.txt" &
+    steps 2-3 resnet-8,wrn-16-4 train-step "$OUT/steps-resnet-wrn.txt" &
     e2e 4-5 "$OUT/e2e.txt" &
-    steps 6-7 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn-im2col.txt" "$IM2COL" &
+    steps 6-7 resnet-8,wrn-16-4 train-step "$OUT/steps-resnet-wrn-im2col.txt" "$IM2COL" &
     if [ "$GPU" = 1 ] && [ "$CORES" -ge 10 ]; then
         pin "8-$((CORES - 1))" bench/gpu.sh --bin "$BIN" --threads "$((CORES - 8))" \
             --pytorch "$PY" --data "$DATA" --out "$OUT/gpu" --budget "$BUDGET" \
@@ -105,9 +108,9 @@ if [ "$CORES" -ge 8 ]; then
     fi
     wait
 else
-    steps 0-1 mlp-256,cnn "$OUT/steps-mlp-cnn.txt"
-    steps 0-1 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn.txt"
-    steps 0-1 resnet-8,wrn-16-4 "$OUT/steps-resnet-wrn-im2col.txt" "$IM2COL"
+    steps 0-1 mlp-256,cnn train-step,matmul "$OUT/steps-mlp-cnn.txt"
+    steps 0-1 resnet-8,wrn-16-4 train-step "$OUT/steps-resnet-wrn.txt"
+    steps 0-1 resnet-8,wrn-16-4 train-step "$OUT/steps-resnet-wrn-im2col.txt" "$IM2COL"
     e2e 0-1 "$OUT/e2e.txt"
     if [ "$GPU" = 1 ]; then
         bench/gpu.sh --bin "$BIN" --threads "$CORES" --pytorch "$PY" --data "$DATA" \

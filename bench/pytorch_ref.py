@@ -13,10 +13,17 @@ per phase: decay-lr, increase-batch or hybrid, exactly as noisescale runs them),
 per-epoch test accuracy and wall time as JSON, for "time to the same test accuracy".
 `--mnist-decay-lr` is the decay-lr run without a FILE (lr 0.1, B 64, x0.2 at 9/18/24).
 
+Mode 3 (--matmul SPECS): times torch.matmul on the products SPECS lists (JSON from `noisescale
+bench --only matmul`: product, batch, m, k, n and whether each operand is the transposed view of a
+row-major tensor, as burn's linear layers hand them over), --steps products and --min-seconds
+each after --warmup; prints JSON {"torch_version", "threads", "rows": [], "matmul": [{...SPECS
+entry, "calls", "seconds_per_call"}]}.
+
 `--device cuda` times mode 1 on a CUDA GPU instead, for `noisescale bench --device wgpu` rows: each
 step uploads its host batch (as noisescale's step does) and ends with torch.cuda.synchronize().
 
 Usage: python bench/pytorch_ref.py [--json FILE|-] [--threads 2] [--steps 20] [--warmup 3] [--device cuda]
+       python bench/pytorch_ref.py --matmul SPECS [--threads 2] [--steps 20] [--min-seconds 0.5]
        python bench/pytorch_ref.py --mnist-schedule FILE [--data ../shared/data/mnist]
 """
 
@@ -210,6 +217,33 @@ def throughput(args):
     return out
 
 
+def operand(rows, cols, transposed):
+    """A rows×cols operand with values in [-1, 1): row-major, or the transposed view of a
+    cols×rows tensor."""
+    if transposed:
+        return (torch.rand(cols, rows) * 2 - 1).t()
+    return torch.rand(rows, cols) * 2 - 1
+
+
+def matmul(args, specs):
+    torch.manual_seed(0)
+    rows = []
+    with torch.no_grad():
+        for s in specs:
+            lhs = operand(s["m"], s["k"], s["lhs_transposed"])
+            rhs = operand(s["k"], s["n"], s["rhs_transposed"])
+            for _ in range(args.warmup):
+                torch.matmul(lhs, rhs)
+            calls, start = 0, time.perf_counter()
+            while calls < args.steps or time.perf_counter() - start < args.min_seconds:
+                torch.matmul(lhs, rhs)
+                calls += 1
+            spc = (time.perf_counter() - start) / calls
+            log(f"torch {s['product']} B={s['batch']}: {2 * s['m'] * s['k'] * s['n'] / spc / 1e9:.1f} GFLOP/s")
+            rows.append({**s, "calls": calls, "seconds_per_call": spc})
+    return {"torch_version": torch.__version__, "threads": torch.get_num_threads(), "rows": [], "matmul": rows}
+
+
 # ----------------------------------------------------------------------------- MNIST end to end
 def read_idx(path):
     """IDX (optionally .gz) → (dims, bytes)."""
@@ -325,6 +359,7 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for the training-step rows")
     p.add_argument("--models", default="", help="comma-separated rows to run (default: all)")
     p.add_argument("--batch-sizes", default="", help="comma-separated batch sizes to run (default: all)")
+    p.add_argument("--matmul", metavar="SPECS", help="JSON list of products to time (mode 3)")
     p.add_argument("--mnist-decay-lr", action="store_true")
     p.add_argument("--mnist-schedule", metavar="FILE",
                    help="JSON of `noisescale schedule --preset mnist --schedule KIND --json`")
@@ -342,6 +377,8 @@ def main():
         ]
         name = args.name or os.path.splitext(os.path.basename(args.mnist_schedule))[0]
         out = mnist_schedule(args, phases, name)
+    elif args.matmul:
+        out = matmul(args, json.loads(args.matmul))
     elif args.mnist_decay_lr:
         out = mnist_schedule(args, DECAY_LR_PHASES, "decay-lr")
     else:

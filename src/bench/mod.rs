@@ -14,9 +14,11 @@
 //! AVX-512 and whether denormals are flushed.
 
 mod loading;
+mod matmul;
 mod report;
 mod step;
 
+pub use matmul::{MatmulRow, MatmulSpec};
 pub use report::{
     BenchReport, DataRow, GNS_ROUNDS, GnsCostRow, TorchReport, TorchRow, TrainRow, format_report,
 };
@@ -34,7 +36,10 @@ pub enum Only {
     TrainStep,
     /// Data loading only (plus the ResNet-8 steps it is compared with).
     Data,
-    /// Training steps, noise-scale cost and data loading.
+    /// The MLP's matrix products alone (GFLOP/s; with `--pytorch`, `torch.matmul` on the same
+    /// shapes and layouts): how much of the MLP's step, and of its gap to PyTorch, is GEMM.
+    Matmul,
+    /// Training steps, noise-scale cost, matrix products and data loading.
     All,
 }
 
@@ -44,25 +49,28 @@ pub struct BenchArgs {
     /// Compute threads: the rayon pool for burn-flex, `torch.set_num_threads` for PyTorch.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Timed steps per training row (WRN-16-4 takes a quarter of them, at least 3).
+    /// Timed steps per training row (WRN-16-4 takes a quarter of them, at least 3), and the
+    /// fewest timed calls of each matrix product.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// Untimed warm-up steps per training row.
+    /// Untimed warm-up steps per training row (calls per matrix product).
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     /// Stop timing a training row after this many seconds (once 3 steps are timed).
     #[arg(long, default_value_t = 30.0)]
     pub max_seconds: f64,
     /// Keep timing a training row past `--steps` until this many seconds are timed, so that
-    /// millisecond steps are not measured from a handful of samples.
+    /// millisecond steps are not measured from a handful of samples (a matrix product, a
+    /// quarter of this).
     #[arg(long, default_value_t = 2.0)]
     pub min_seconds: f64,
-    /// Which rows to measure (data rows need CIFAR-10 under `--data`).
-    #[arg(long, value_enum, default_value_t = Only::All)]
-    pub only: Only,
+    /// Which rows to measure, comma-separated (e.g. `train-step,matmul`; data rows need
+    /// CIFAR-10 under `--data`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub only: Vec<Only>,
     /// Devices to time the training steps on, comma-separated (`flex`, `wgpu`, `wgpu:0`, …);
-    /// the table puts each beside the first. The noise-scale cost and the data rows use the
-    /// first.
+    /// the table puts each beside the first. The noise-scale cost, the matrix products and the
+    /// data rows use the first.
     #[arg(long = "device", value_delimiter = ',', default_value = "flex")]
     pub devices: Vec<String>,
     /// Leave out the noise-scale cost rows (three interleaved rounds of three variants).
@@ -72,9 +80,10 @@ pub struct BenchArgs {
     /// all of them when absent. Passed on to the PyTorch reference.
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
-    /// Measure the training rows (and PyTorch's) this many times, interleaved (our rows, then
-    /// PyTorch's, then ours again, …), and report each row's median: on a machine whose speed
-    /// drifts, one pass of each side after the other can favour either.
+    /// Measure the training rows and the matrix products (and PyTorch's) this many times,
+    /// interleaved (our rows, then PyTorch's, then ours again, …), and report each row's
+    /// median: on a machine whose speed drifts, one pass of each side after the other can
+    /// favour either.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Only the training rows at these batch sizes, comma-separated (e.g. `128`); every row's
@@ -96,6 +105,16 @@ pub struct BenchArgs {
     /// The PyTorch reference script.
     #[arg(long, default_value = "bench/pytorch_ref.py")]
     pub pytorch_script: PathBuf,
+}
+
+/// Classes of every bench row's random labels (and its models' outputs).
+const CLASSES: usize = 10;
+
+impl BenchArgs {
+    /// Whether `--only` asks for `what` (or for everything).
+    fn runs(&self, what: Only) -> bool {
+        self.only.contains(&what) || self.only.contains(&Only::All)
+    }
 }
 
 /// A training row: model, input shape, batch sizes, and whether it is a slow row (fewer steps).
@@ -210,31 +229,70 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
     let mut train = Vec::new();
     let mut gns = Vec::new();
     let mut data_rows = Vec::new();
+    let train_steps = args.runs(Only::TrainStep);
+    let products = if args.runs(Only::Matmul) {
+        matmul_products(&args)?
+    } else {
+        Vec::new()
+    };
 
-    // The training rows and PyTorch's, `--rounds` times in turn, then each row's median.
+    // The training rows and the products, ours and PyTorch's, `--rounds` times in turn, then
+    // each row's median.
     let mut torch_rounds = Vec::new();
-    if args.only != Only::Data {
+    let mut matmul_rounds = Vec::new();
+    let mut torch_matmul_rounds = Vec::new();
+    if train_steps || !products.is_empty() {
         let mut rounds = Vec::new();
         for round in 0..args.rounds {
             if args.rounds > 1 {
                 eprintln!("round {} of {}", round + 1, args.rounds);
             }
-            let mut rows = Vec::new();
-            for &spec in &specs {
-                for (cfg, input, batches, slow) in selected_rows(&args.models, &args.batch_sizes)? {
-                    for b in batches {
-                        rows.push(step::bench_train(&args, &cfg, input, b, slow, None, spec)?);
+            if train_steps {
+                let mut rows = Vec::new();
+                for &spec in &specs {
+                    for (cfg, input, batches, slow) in
+                        selected_rows(&args.models, &args.batch_sizes)?
+                    {
+                        for b in batches {
+                            rows.push(step::bench_train(&args, &cfg, input, b, slow, None, spec)?);
+                        }
                     }
                 }
+                rounds.push(rows);
+                if args.pytorch {
+                    torch_rounds.push(run_pytorch(&args, None)?);
+                }
             }
-            rounds.push(rows);
-            if args.pytorch {
-                torch_rounds.push(run_pytorch(&args)?);
+            if !products.is_empty() {
+                let device = crate::device::plain(first)?;
+                let rows = products
+                    .iter()
+                    .map(|p| {
+                        let row = matmul::bench_product(
+                            p,
+                            &device,
+                            args.warmup,
+                            args.steps,
+                            args.min_seconds / MATMUL_SECONDS_DIVISOR,
+                        )?;
+                        eprintln!(
+                            "bench {} B={}: {:.1} GFLOP/s",
+                            p.product,
+                            p.batch,
+                            row.gflops()
+                        );
+                        Ok(row)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                matmul_rounds.push(rows);
+                if args.pytorch {
+                    torch_matmul_rounds.push(run_pytorch(&args, Some(&products))?);
+                }
             }
         }
         train = median_rows(rounds);
     }
-    if args.only != Only::Data && !args.no_gns_cost {
+    if train_steps && !args.no_gns_cost {
         // The cost of measuring the gradient noise scale (on by default in training): the same
         // steps with the per-micro-batch norms, at a batch that fits one micro-batch (split in
         // two on 1 update in 32, or on every update as under the adaptive schedule) and at one
@@ -271,7 +329,7 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
             }
         }
     }
-    if args.only == Only::Data {
+    if args.runs(Only::Data) && !train_steps {
         for b in [128, 1024] {
             train.push(step::bench_train(
                 &args,
@@ -285,7 +343,7 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
         }
     }
 
-    if args.only != Only::TrainStep {
+    if args.runs(Only::Data) {
         let resnet = |b: usize| {
             // The nearest measured ResNet-8 row at or below b (8,192 uses the 1,024 row:
             // throughput per image is flat at large batches on the CPU).
@@ -317,7 +375,12 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
         ));
     }
 
-    let pytorch = median_torch(torch_rounds);
+    let mut pytorch = median_torch(torch_rounds);
+    if let Some(first_round) = torch_matmul_rounds.first() {
+        // Where only the products ran, the report is their run's (version, threads).
+        let report = pytorch.get_or_insert_with(|| first_round.clone());
+        report.matmul = median_matmul(torch_matmul_rounds.into_iter().map(|r| r.matmul).collect());
+    }
 
     let report = BenchReport {
         noisescale_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -334,6 +397,7 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
         purge_delay_ms: crate::allocator::purge_delay_ms(),
         train,
         gns,
+        matmul: median_matmul(matmul_rounds),
         data: data_rows,
         pytorch,
     };
@@ -398,26 +462,102 @@ fn median_torch(rounds: Vec<TorchReport>) -> Option<TorchReport> {
     Some(TorchReport { rows, ..first })
 }
 
+/// Each product is timed for `--min-seconds` divided by this: a step's products are a few per
+/// row, each much shorter than a step.
+const MATMUL_SECONDS_DIVISOR: f64 = 4.0;
+
+/// The products of the selected MLP rows' steps (`--models`, `--batch-sizes`), per micro-batch
+/// piece of the step's plan (a last, shorter piece has its own products); with `--only
+/// matmul`, an error where they select none.
+fn matmul_products(args: &BenchArgs) -> Result<Vec<MatmulSpec>> {
+    // Unknown model names are an error here as for the step rows.
+    selected_rows(&args.models, &[])?;
+    let mlp_selected = args.models.is_empty() || args.models.iter().any(|m| m == matmul::MODEL);
+    let rows = if mlp_selected {
+        selected_rows(&[matmul::MODEL.to_string()], &args.batch_sizes).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let products: Vec<MatmulSpec> = rows
+        .iter()
+        .flat_map(|(cfg, [c, h, w], batches, _)| {
+            let ModelConfig::Mlp { widths } = cfg else {
+                unreachable!("the {} row is an MLP", matmul::MODEL)
+            };
+            let inputs = c * h * w;
+            batches
+                .iter()
+                .flat_map(|&b| {
+                    let piece = step::step_plan(cfg, false).piece_len(b).min(b);
+                    let (full, rest) = (b / piece, b % piece);
+                    let mut products =
+                        matmul::mlp_products(inputs, widths, CLASSES, b, piece, full);
+                    if rest > 0 {
+                        products.extend(matmul::mlp_products(inputs, widths, CLASSES, b, rest, 1));
+                    }
+                    products
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if products.is_empty() && args.only.contains(&Only::Matmul) {
+        bail!(
+            "--only matmul times the {} row's products; --models {:?} and --batch-sizes {:?} select none of its batch sizes",
+            matmul::MODEL,
+            args.models,
+            args.batch_sizes
+        );
+    }
+    Ok(products)
+}
+
+/// One row per product of the first round, at the median seconds per call over the rounds
+/// (which timed the same products in the same order); calls are summed over the rounds.
+fn median_matmul(rounds: Vec<Vec<MatmulRow>>) -> Vec<MatmulRow> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    (0..first.len())
+        .map(|i| MatmulRow {
+            calls: rounds.iter().map(|r| r[i].calls).sum(),
+            seconds_per_call: median(rounds.iter().map(|r| r[i].seconds_per_call).collect()),
+            ..first[i].clone()
+        })
+        .collect()
+}
+
 fn data_epochs(n: usize, batch: usize) -> u32 {
     // About 12,000 images, at least 2 epochs.
     (12_000 / n.max(batch)).max(2) as u32
 }
 
-/// Runs the PyTorch reference as a child process and parses its JSON.
-fn run_pytorch(args: &BenchArgs) -> Result<TorchReport> {
+/// Runs the PyTorch reference as a child process and parses its JSON: its training-step rows,
+/// or with `products`, `torch.matmul` on those.
+fn run_pytorch(args: &BenchArgs, products: Option<&[MatmulSpec]>) -> Result<TorchReport> {
     eprintln!(
         "running {} {} (PyTorch reference)",
         args.python.display(),
         args.pytorch_script.display()
     );
-    let out = std::process::Command::new(&args.python)
+    let mut command = std::process::Command::new(&args.python);
+    command
         .arg(&args.pytorch_script)
         .args(["--json", "-"])
         .args(["--threads", &args.threads.to_string()])
         .args(["--steps", &args.steps.to_string()])
         .args(["--warmup", &args.warmup.to_string()])
-        .args(["--max-seconds", &args.max_seconds.to_string()])
-        .args(["--min-seconds", &args.min_seconds.to_string()])
+        .args(["--max-seconds", &args.max_seconds.to_string()]);
+    if let Some(products) = products {
+        command
+            .args(["--matmul", &serde_json::to_string(products)?])
+            .args([
+                "--min-seconds",
+                &(args.min_seconds / MATMUL_SECONDS_DIVISOR).to_string(),
+            ]);
+    } else {
+        command.args(["--min-seconds", &args.min_seconds.to_string()]);
+    }
+    let out = command
         .args(if args.models.is_empty() {
             Vec::new()
         } else {
@@ -489,10 +629,99 @@ mod tests {
                 batch: 128,
                 images_per_second: ips,
             }],
+            matmul: Vec::new(),
         };
         let t = median_torch(vec![torch(5.0), torch(1.0), torch(3.0)]).unwrap();
         assert_eq!(t.rows[0].images_per_second, 3.0);
         assert!(median_torch(Vec::new()).is_none());
+    }
+
+    fn bench_args(args: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        <Cli as clap::Parser>::parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .bench
+    }
+
+    #[test]
+    fn the_products_follow_the_mlp_rows_that_models_and_batch_sizes_select() {
+        let batches = |args: &[&str]| -> Vec<usize> {
+            let products = matmul_products(&bench_args(args)).unwrap();
+            let mut b: Vec<usize> = products.iter().map(|p| p.batch).collect();
+            b.dedup();
+            b
+        };
+        // The mlp-256 row's batch sizes, five products each (784-256-10).
+        assert_eq!(batches(&["--only", "matmul"]), [64, 1024]);
+        let all = matmul_products(&bench_args(&["--only", "matmul"])).unwrap();
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[0].k, 784);
+        // B = 64 fits one micro-batch; B = 1,024 runs as two pieces of 512, as the step does.
+        let pieces: Vec<(usize, usize, usize)> = all
+            .iter()
+            .map(|p| (p.batch, p.m, p.pieces))
+            .step_by(5)
+            .collect();
+        assert_eq!(pieces, [(64, 64, 1), (1024, 512, 2)]);
+        assert_eq!(all[9].k, 512, "{:?}", all[9]);
+        assert_eq!(
+            batches(&["--only", "matmul", "--batch-sizes", "64,128"]),
+            [64]
+        );
+        assert_eq!(
+            batches(&["--only", "all", "--models", "mlp-256,cnn"]),
+            [64, 1024]
+        );
+        // `--only` takes several kinds; `all` (the default) is every one.
+        let both = bench_args(&["--only", "train-step,matmul"]);
+        assert!(both.runs(Only::TrainStep) && both.runs(Only::Matmul) && !both.runs(Only::Data));
+        let default = bench_args(&[]);
+        assert!([Only::TrainStep, Only::Matmul, Only::Data].map(|o| default.runs(o)) == [true; 3]);
+        assert!(!bench_args(&["--only", "data"]).runs(Only::Matmul));
+        // `all` without the MLP times no products; `--only matmul` says why it has none.
+        assert!(batches(&["--only", "all", "--models", "cnn"]).is_empty());
+        assert!(batches(&["--only", "all", "--batch-sizes", "128"]).is_empty());
+        for args in [
+            &["--only", "matmul", "--models", "cnn"][..],
+            &["--only", "matmul", "--batch-sizes", "128"],
+            &["--only", "train-step,matmul", "--models", "cnn"],
+        ] {
+            let err = matmul_products(&bench_args(args)).unwrap_err().to_string();
+            assert!(
+                err.contains("--only matmul times the mlp-256 row's products"),
+                "{err}"
+            );
+        }
+        // An unknown model is named, with or without the MLP beside it.
+        for models in ["lenet", "mlp-256,lenet"] {
+            let args = bench_args(&["--only", "matmul", "--models", models]);
+            let err = matmul_products(&args).unwrap_err().to_string();
+            assert!(err.contains("no bench row for `lenet`"), "{err}");
+        }
+    }
+
+    #[test]
+    fn products_take_the_median_time_over_rounds() {
+        let row = |micros: f64, calls: usize| matmul::MatmulRow {
+            spec: matmul::mlp_products(784, &[256], 10, 64, 64, 1)[0].clone(),
+            calls,
+            seconds_per_call: micros * 1e-6,
+        };
+        // Neither the mean, nor the first or last round, is the median here.
+        let rows = median_matmul(vec![
+            vec![row(100.0, 10), row(9.0, 1)],
+            vec![row(60.0, 20), row(1.0, 1)],
+            vec![row(50.0, 30), row(20.0, 1)],
+        ]);
+        let got: Vec<(f64, usize)> = rows
+            .iter()
+            .map(|r| ((r.seconds_per_call * 1e6).round(), r.calls))
+            .collect();
+        assert_eq!(got, [(60.0, 60), (9.0, 3)]);
+        assert!(median_matmul(Vec::new()).is_empty());
     }
 
     #[test]

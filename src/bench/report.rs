@@ -1,5 +1,6 @@
 //! What `bench` measured, and its text tables.
 
+use super::matmul::{MODEL, MatmulRow, MatmulSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -83,6 +84,9 @@ pub struct TorchReport {
     pub threads: usize,
     /// Its rows, one per model and batch size it ran.
     pub rows: Vec<TorchRow>,
+    /// `torch.matmul` on the products of [`BenchReport::matmul`], in the same layouts.
+    #[serde(default)]
+    pub matmul: Vec<MatmulRow>,
 }
 
 /// One training-step row of the PyTorch eager reference (`bench/pytorch_ref.py`).
@@ -112,7 +116,8 @@ pub struct BenchReport {
     /// `--device`: the training rows' devices, the first being the one compared against.
     #[serde(default = "flex_only")]
     pub devices: Vec<String>,
-    /// `--rounds`: each training figure is the median of this many interleaved measurements.
+    /// `--rounds`: each training and matrix-product figure is the median of this many
+    /// interleaved measurements.
     #[serde(default = "one")]
     pub rounds: usize,
     /// `--threads`.
@@ -142,7 +147,11 @@ pub struct BenchReport {
     /// The cost of measuring the gradient noise scale.
     #[serde(default)]
     pub gns: Vec<GnsCostRow>,
-    /// Data-loading rows (empty with `--only train-step`).
+    /// The matrix products of the MLP's step, timed alone on the first device (`--only
+    /// matmul` or `all`).
+    #[serde(default)]
+    pub matmul: Vec<MatmulRow>,
+    /// Data-loading rows (empty unless `--only` names `data` or `all`).
     pub data: Vec<DataRow>,
     /// The PyTorch reference, when run.
     pub pytorch: Option<TorchReport>,
@@ -181,82 +190,88 @@ pub fn format_report(r: &BenchReport) -> String {
             Some(ms) => format!("returned to the kernel after {ms} ms unused"),
         }
     );
-    let _ = writeln!(
-        s,
-        "\nTraining step (forward, cross-entropy, backward, SGD momentum step), threads = {}{}{}",
-        r.threads,
-        match &r.pytorch {
-            Some(t) => format!(", PyTorch {}", t.torch_version),
-            None => String::new(),
-        },
-        if r.rounds > 1 {
-            format!(", median of {} interleaved rounds", r.rounds)
-        } else {
+    // PyTorch's step rows (absent where it timed only the matrix products).
+    let torch_steps = r.pytorch.as_ref().is_some_and(|t| !t.rows.is_empty());
+    if !r.train.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nTraining step (forward, cross-entropy, backward, SGD momentum step), threads = {}{}{}",
+            r.threads,
+            match &r.pytorch {
+                Some(t) if torch_steps => format!(", PyTorch {}", t.torch_version),
+                _ => String::new(),
+            },
+            if r.rounds > 1 {
+                format!(", median of {} interleaved rounds", r.rounds)
+            } else {
+                String::new()
+            }
+        );
+        // One line per (model, batch): the first device's row, then the others' beside it.
+        let first = r.devices.first().map_or("flex", String::as_str);
+        let others = &r.devices[r.devices.len().min(1)..];
+        let ips = |device: &str, model: &str, batch: usize| {
+            r.train
+                .iter()
+                .find(|t| {
+                    !t.noise_scale && t.device == device && t.model == model && t.batch == batch
+                })
+                .map(|t| t.images_per_second)
+        };
+        let on_first = if others.is_empty() {
             String::new()
-        }
-    );
-    // One line per (model, batch): the first device's row, then the others' beside it.
-    let first = r.devices.first().map_or("flex", String::as_str);
-    let others = &r.devices[r.devices.len().min(1)..];
-    let ips = |device: &str, model: &str, batch: usize| {
-        r.train
-            .iter()
-            .find(|t| !t.noise_scale && t.device == device && t.model == model && t.batch == batch)
-            .map(|t| t.images_per_second)
-    };
-    let on_first = if others.is_empty() {
-        String::new()
-    } else {
-        format!(" ({first})")
-    };
-    let _ = write!(
-        s,
-        "| model | input | B | steps | s/step | noisescale img/s{on_first} |"
-    );
-    for d in others {
-        let _ = write!(s, " img/s ({d}) | {d}/{first} |");
-    }
-    if r.pytorch.is_some() {
-        let _ = write!(s, " PyTorch img/s | noisescale/PyTorch |");
-    }
-    let _ = writeln!(s);
-    let _ = write!(s, "|---|---|--:|--:|--:|--:|");
-    for _ in others {
-        let _ = write!(s, "--:|--:|");
-    }
-    if r.pytorch.is_some() {
-        let _ = write!(s, "--:|--:|");
-    }
-    let _ = writeln!(s);
-    let na = " – | – |";
-    for row in r
-        .train
-        .iter()
-        .filter(|t| !t.noise_scale && t.device == first)
-    {
-        let [c, h, w] = row.input;
+        } else {
+            format!(" ({first})")
+        };
         let _ = write!(
             s,
-            "| {} | {c}×{h}×{w} | {} | {} | {:.3} | {:.0} |",
-            row.model, row.batch, row.steps, row.seconds_per_step, row.images_per_second
+            "| model | input | B | steps | s/step | noisescale img/s{on_first} |"
         );
         for d in others {
-            match ips(d, &row.model, row.batch) {
-                Some(v) => {
-                    let _ = write!(s, " {v:.0} | {:.2} |", v / row.images_per_second);
-                }
-                None => s.push_str(na),
-            }
+            let _ = write!(s, " img/s ({d}) | {d}/{first} |");
         }
-        if r.pytorch.is_some() {
-            match torch.get(&(row.model.clone(), row.batch)) {
-                Some(t) => {
-                    let _ = write!(s, " {t:.0} | {:.2} |", row.images_per_second / t);
-                }
-                None => s.push_str(na),
-            }
+        if torch_steps {
+            let _ = write!(s, " PyTorch img/s | noisescale/PyTorch |");
         }
         let _ = writeln!(s);
+        let _ = write!(s, "|---|---|--:|--:|--:|--:|");
+        for _ in others {
+            let _ = write!(s, "--:|--:|");
+        }
+        if torch_steps {
+            let _ = write!(s, "--:|--:|");
+        }
+        let _ = writeln!(s);
+        let na = " – | – |";
+        for row in r
+            .train
+            .iter()
+            .filter(|t| !t.noise_scale && t.device == first)
+        {
+            let [c, h, w] = row.input;
+            let _ = write!(
+                s,
+                "| {} | {c}×{h}×{w} | {} | {} | {:.3} | {:.0} |",
+                row.model, row.batch, row.steps, row.seconds_per_step, row.images_per_second
+            );
+            for d in others {
+                match ips(d, &row.model, row.batch) {
+                    Some(v) => {
+                        let _ = write!(s, " {v:.0} | {:.2} |", v / row.images_per_second);
+                    }
+                    None => s.push_str(na),
+                }
+            }
+            if torch_steps {
+                match torch.get(&(row.model.clone(), row.batch)) {
+                    Some(t) => {
+                        let _ = write!(s, " {t:.0} | {:.2} |", row.images_per_second / t);
+                    }
+                    None => s.push_str(na),
+                }
+            }
+            let _ = writeln!(s);
+        }
     }
     if !r.gns.is_empty() {
         let _ = writeln!(
@@ -283,6 +298,9 @@ pub fn format_report(r: &BenchReport) -> String {
                 cost(g.with_every_update)
             );
         }
+    }
+    if !r.matmul.is_empty() {
+        format_matmul(&mut s, r);
     }
     if !r.data.is_empty() {
         let _ = writeln!(
@@ -318,6 +336,152 @@ pub fn format_report(r: &BenchReport) -> String {
     s
 }
 
+/// The matrix-product table: each product, then each batch size's products together, as
+/// many times as the step runs them, and, where that batch size's MLP step was timed too, their
+/// share of it.
+fn format_matmul(s: &mut String, r: &BenchReport) {
+    use std::fmt::Write;
+    let torch: HashMap<&MatmulSpec, &MatmulRow> = r
+        .pytorch
+        .iter()
+        .flat_map(|t| &t.matmul)
+        .map(|row| (&row.spec, row))
+        .collect();
+    let with_torch = !torch.is_empty();
+    let first = r.devices.first().map_or("flex", String::as_str);
+    let _ = writeln!(
+        s,
+        "\nMatrix products of the {MODEL} step alone (burn's operand layouts, ᵀ a transposed view; per step: once per micro-batch piece), on {first}, threads = {}{}",
+        r.threads,
+        if r.rounds > 1 {
+            format!(", median of {} interleaved rounds", r.rounds)
+        } else {
+            String::new()
+        }
+    );
+    let _ = write!(s, "| B | product | m×k×n | per step | µs | GFLOP/s |");
+    if with_torch {
+        let _ = write!(s, " PyTorch µs | PyTorch GFLOP/s | noisescale/PyTorch |");
+    }
+    let _ = write!(s, "\n|--:|---|---|--:|--:|--:|");
+    if with_torch {
+        let _ = write!(s, "--:|--:|--:|");
+    }
+    let _ = writeln!(s);
+    let mut batches: Vec<usize> = r.matmul.iter().map(|m| m.spec.batch).collect();
+    batches.dedup();
+    let mut shares = String::new();
+    for b in batches {
+        let rows: Vec<&MatmulRow> = r.matmul.iter().filter(|m| m.spec.batch == b).collect();
+        for m in &rows {
+            let spec = &m.spec;
+            let _ = write!(
+                s,
+                "| {b} | {} | {}×{}×{} | {} | {:.1} | {:.1} |",
+                spec.product,
+                spec.m,
+                spec.k,
+                spec.n,
+                spec.pieces,
+                m.seconds_per_call * 1e6,
+                m.gflops()
+            );
+            if with_torch {
+                match torch.get(spec) {
+                    Some(t) => {
+                        let _ = write!(
+                            s,
+                            " {:.1} | {:.1} | {:.2} |",
+                            t.seconds_per_call * 1e6,
+                            t.gflops(),
+                            t.seconds_per_call / m.seconds_per_call
+                        );
+                    }
+                    None => s.push_str(" – | – | – |"),
+                }
+            }
+            let _ = writeln!(s);
+        }
+        // Per step: each product as many times as the step runs it.
+        let per_step = |m: &MatmulRow| m.spec.pieces as f64 * m.seconds_per_call;
+        let flops: f64 = rows
+            .iter()
+            .map(|m| m.spec.pieces as f64 * m.spec.flops())
+            .sum();
+        let ours: f64 = rows.iter().map(|m| per_step(m)).sum();
+        let theirs: Option<f64> = rows
+            .iter()
+            .map(|m| torch.get(&m.spec).map(|t| per_step(t)))
+            .sum();
+        let _ = write!(
+            s,
+            "| {b} | all {} | – | – | {:.1} | {:.1} |",
+            rows.len(),
+            ours * 1e6,
+            flops / ours / 1e9
+        );
+        if with_torch {
+            match theirs {
+                Some(t) => {
+                    let _ = write!(
+                        s,
+                        " {:.1} | {:.1} | {:.2} |",
+                        t * 1e6,
+                        flops / t / 1e9,
+                        t / ours
+                    );
+                }
+                None => s.push_str(" – | – | – |"),
+            }
+        }
+        let _ = writeln!(s);
+        // The share of the step: what the rest of it (elementwise work, reductions, the
+        // update, threading) costs beside the GEMM.
+        let ours_step = r
+            .train
+            .iter()
+            .find(|t| !t.noise_scale && t.device == first && t.model == MODEL && t.batch == b)
+            .map(|t| b as f64 / t.images_per_second);
+        let Some(step) = ours_step else {
+            continue;
+        };
+        let _ = write!(
+            shares,
+            "B = {b}: the products take {:.0}% of noisescale's step ({:.1} of {:.1} µs)",
+            100.0 * ours / step,
+            ours * 1e6,
+            step * 1e6
+        );
+        let torch_step = r
+            .pytorch
+            .iter()
+            .flat_map(|t| &t.rows)
+            .find(|t| t.model == MODEL && t.batch == b)
+            .map(|t| b as f64 / t.images_per_second);
+        // PyTorch's step runs the whole batch at once: its share is only these products' where
+        // ours does too.
+        let unsplit = rows.iter().all(|m| m.spec.pieces == 1);
+        match (theirs, torch_step) {
+            (Some(t), Some(tstep)) if unsplit => {
+                let _ = write!(
+                    shares,
+                    ", {:.0}% of PyTorch's ({:.1} of {:.1} µs)",
+                    100.0 * t / tstep,
+                    t * 1e6,
+                    tstep * 1e6
+                );
+            }
+            (Some(_), Some(_)) => {
+                shares
+                    .push_str("; PyTorch's step runs B in one piece, so no share is given for it");
+            }
+            _ => {}
+        }
+        shares.push('\n');
+    }
+    s.push_str(&shares);
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -335,27 +499,164 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn a_second_device_sits_beside_the_first_with_its_ratio() {
-        let report = BenchReport {
+    /// A report of these rows on a test CPU, the rest of its fields at plain values.
+    fn report(
+        train: Vec<TrainRow>,
+        matmul: Vec<MatmulRow>,
+        pytorch: Option<TorchReport>,
+    ) -> BenchReport {
+        BenchReport {
             noisescale_version: "0".into(),
             rounds: 1,
-            devices: vec!["flex".into(), "wgpu".into()],
+            devices: vec!["flex".into()],
             threads: 2,
             rayon_num_threads: None,
             cpu: "test CPU".into(),
-            avx512: false,
+            avx512: true,
             denormals_flushed: true,
             direct_conv: None,
-            purge_delay_ms: Some(250),
-            train: vec![
-                row("flex", "cnn", 128, 1000.0),
-                row("flex", "resnet-8", 128, 500.0),
-                row("wgpu", "cnn", 128, 4000.0),
-            ],
+            purge_delay_ms: None,
+            train,
             gns: Vec::new(),
+            matmul,
             data: Vec::new(),
-            pytorch: None,
+            pytorch,
+        }
+    }
+
+    fn product(
+        name: &str,
+        batch: usize,
+        pieces: usize,
+        [m, k, n]: [usize; 3],
+        micros: f64,
+    ) -> MatmulRow {
+        MatmulRow {
+            spec: MatmulSpec {
+                product: name.into(),
+                batch,
+                pieces,
+                m,
+                k,
+                n,
+                lhs_transposed: false,
+                rhs_transposed: false,
+            },
+            calls: 10,
+            seconds_per_call: micros * 1e-6,
+        }
+    }
+
+    #[test]
+    fn the_products_table_gives_gflops_ratios_totals_and_the_step_share() {
+        // B = 64 in one piece; B = 1,024 in two pieces of 512; B = 256, whose step was not
+        // timed, with a product PyTorch lacks.
+        let ours = vec![
+            product("x·W1", 64, 1, [64, 1000, 100], 40.0),
+            product("xᵀ·dY1", 64, 1, [1000, 64, 100], 60.0),
+            product("x·W1", 1024, 2, [512, 1000, 100], 200.0),
+            product("xᵀ·dY1", 1024, 2, [1000, 512, 100], 300.0),
+            product("x·W1", 256, 1, [256, 1000, 100], 100.0),
+            product("xᵀ·dY1", 256, 1, [1000, 256, 100], 150.0),
+        ];
+        let theirs = vec![
+            product("x·W1", 64, 1, [64, 1000, 100], 80.0),
+            product("xᵀ·dY1", 64, 1, [1000, 64, 100], 30.0),
+            product("x·W1", 1024, 2, [512, 1000, 100], 250.0),
+            product("xᵀ·dY1", 1024, 2, [1000, 512, 100], 500.0),
+            product("x·W1", 256, 1, [256, 1000, 100], 200.0),
+        ];
+        let mlp = |b: usize, micros: f64| row("flex", "mlp-256", b, b as f64 / (micros * 1e-6));
+        let torch_row = |b: usize, micros: f64| TorchRow {
+            model: "mlp-256".into(),
+            batch: b,
+            images_per_second: b as f64 / (micros * 1e-6),
+        };
+        // A second device's step is not the one the products ran beside.
+        let train = vec![mlp(1024, 10.0), mlp(64, 200.0), mlp(1024, 1250.0)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| TrainRow {
+                device: if i == 0 { "wgpu".into() } else { r.device },
+                ..r
+            })
+            .collect();
+        let pytorch = TorchReport {
+            torch_version: "2".into(),
+            threads: 2,
+            rows: vec![torch_row(64, 440.0), torch_row(1024, 5000.0)],
+            matmul: theirs,
+        };
+        let report = BenchReport {
+            rounds: 3,
+            devices: vec!["flex".into(), "wgpu".into()],
+            ..report(train, ours, Some(pytorch))
+        };
+        let text = format_report(&report);
+        let has = |line: &str| assert!(text.contains(line), "missing {line:?} in\n{text}");
+        // 2·64·1000·100 flops in 40 µs: 320 GFLOP/s; PyTorch's 80 µs: 160, ratio 2.
+        has("| 64 | x·W1 | 64×1000×100 | 1 | 40.0 | 320.0 | 80.0 | 160.0 | 2.00 |");
+        has("| 64 | xᵀ·dY1 | 1000×64×100 | 1 | 60.0 | 213.3 | 30.0 | 426.7 | 0.50 |");
+        // Together: 25.6 Mflop in 100 µs against 110 µs.
+        has("| 64 | all 2 | – | – | 100.0 | 256.0 | 110.0 | 232.7 | 1.10 |");
+        has(
+            "B = 64: the products take 50% of noisescale's step (100.0 of 200.0 µs), 25% of PyTorch's (110.0 of 440.0 µs)",
+        );
+        // Two pieces: each product twice per step, 409.6 Mflop in 1,000 µs against 1,500.
+        has("| 1024 | x·W1 | 512×1000×100 | 2 | 200.0 | 512.0 | 250.0 | 409.6 | 1.25 |");
+        has("| 1024 | all 2 | – | – | 1000.0 | 409.6 | 1500.0 | 273.1 | 1.50 |");
+        // PyTorch's step does not split B, so these products are not its step's.
+        has(
+            "B = 1024: the products take 80% of noisescale's step (1000.0 of 1250.0 µs); PyTorch's step runs B in one piece, so no share is given for it",
+        );
+        // A product PyTorch did not time is marked, and so is the total it would be part of;
+        // no MLP step at B = 256, so no share line.
+        has("| 256 | x·W1 | 256×1000×100 | 1 | 100.0 | 512.0 | 200.0 | 256.0 | 2.00 |");
+        has("| 256 | xᵀ·dY1 | 1000×256×100 | 1 | 150.0 | 341.3 | – | – | – |");
+        has("| 256 | all 2 | – | – | 250.0 | 409.6 | – | – | – |");
+        assert!(!text.contains("B = 256: the products"), "{text}");
+        // The share lines follow the table, not break it.
+        assert!(
+            text.trim_end().ends_with("no share is given for it"),
+            "{text}"
+        );
+        has("on flex, threads = 2, median of 3 interleaved rounds");
+    }
+
+    #[test]
+    fn products_alone_leave_the_step_table_without_pytorch_columns() {
+        // `--only data,matmul --pytorch`: PyTorch timed products, no steps.
+        let report = report(
+            vec![row("flex", "resnet-8", 128, 500.0)],
+            vec![product("x·W1", 64, 1, [64, 1000, 100], 40.0)],
+            Some(TorchReport {
+                torch_version: "2".into(),
+                threads: 2,
+                rows: Vec::new(),
+                matmul: vec![product("x·W1", 64, 1, [64, 1000, 100], 80.0)],
+            }),
+        );
+        let text = format_report(&report);
+        assert!(
+            text.contains("| resnet-8 | 3×32×32 | 128 | 10 | 0.256 | 500 |\n"),
+            "{text}"
+        );
+        assert!(!text.contains("PyTorch img/s"), "{text}");
+        assert!(text.contains("| 80.0 | 160.0 | 2.00 |"), "{text}");
+    }
+
+    #[test]
+    fn a_second_device_sits_beside_the_first_with_its_ratio() {
+        let train = vec![
+            row("flex", "cnn", 128, 1000.0),
+            row("flex", "resnet-8", 128, 500.0),
+            row("wgpu", "cnn", 128, 4000.0),
+        ];
+        let report = BenchReport {
+            devices: vec!["flex".into(), "wgpu".into()],
+            avx512: false,
+            purge_delay_ms: Some(250),
+            ..report(train, Vec::new(), None)
         };
         let text = format_report(&report);
         assert!(

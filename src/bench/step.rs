@@ -11,6 +11,20 @@ use anyhow::Result;
 use rand::Rng;
 use std::time::Instant;
 
+/// The plan of the bench's step for `cfg` (before a measured update cuts a small batch in
+/// two): micro-batches of [`crate::config::AUTO_MICRO_BATCH`], as the trainer's default.
+pub(super) fn step_plan(cfg: &ModelConfig, measure: bool) -> crate::train::StepPlan {
+    crate::train::StepPlan {
+        max_micro_batch: crate::config::AUTO_MICRO_BATCH,
+        min_pieces: 1,
+        quantum: cfg.ghost_batch_size().max(1),
+        measure,
+        seed: 0,
+        update: 0,
+        inject_nan: false,
+    }
+}
+
 /// Times training steps of one model at one batch size.
 pub(super) fn bench_train(
     args: &BenchArgs,
@@ -28,7 +42,7 @@ pub(super) fn bench_train(
     } else {
         (args.steps, args.warmup)
     };
-    let classes = 10;
+    let classes = super::CLASSES;
     let mut model = cfg.init(input, classes, device);
     let mut optim = OptimizerConfig {
         kind: OptimizerKind::Momentum,
@@ -58,15 +72,7 @@ pub(super) fn bench_train(
     // The trainer's step on one process: micro-batches of `AUTO_MICRO_BATCH`, and with the
     // noise scale measured, a batch that fits one micro-batch in two pieces.
     let split = measure && !(cfg.ghost_batch_size() == 0 && cfg.has_batch_norm());
-    let plan = crate::train::StepPlan {
-        max_micro_batch: crate::config::AUTO_MICRO_BATCH,
-        min_pieces: 1,
-        quantum: cfg.ghost_batch_size().max(1),
-        measure,
-        seed: 0,
-        update: 0,
-        inject_nan: false,
-    };
+    let plan = step_plan(cfg, measure);
     let label = format!(
         "{} B={batch}{} on {spec}",
         cfg.name(),
