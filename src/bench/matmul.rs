@@ -23,8 +23,10 @@ pub struct MatmulSpec {
     pub product: String,
     /// The step's batch size B.
     pub batch: usize,
-    /// How many times the step runs this product: once per micro-batch piece of the length
-    /// that is its `m` (forward, input gradients) or `k` (weight gradients).
+    /// The micro-batch piece's length: the product's `m` (forward, input gradients) or `k`
+    /// (weight gradients); B where the step runs the batch whole.
+    pub piece: usize,
+    /// How many times the step runs this product: once per piece of that length.
     pub pieces: usize,
     /// Rows of the result.
     pub m: usize,
@@ -84,6 +86,7 @@ pub(super) fn mlp_products(
     let spec = |product: String, m, k, n, lhs_transposed, rhs_transposed| MatmulSpec {
         product,
         batch,
+        piece,
         pieces,
         m,
         k,
@@ -203,7 +206,11 @@ mod tests {
                 ("xᵀ·dY1", 784, 64, 256, true, false),
             ]
         );
-        assert!(specs.iter().all(|s| s.batch == 64 && s.pieces == 1));
+        assert!(
+            specs
+                .iter()
+                .all(|s| (s.batch, s.piece, s.pieces) == (64, 64, 1))
+        );
         // A step's products sum to 2·B·(forward weights) for the forward pass, as much again
         // for the weight gradients, and 2·B·(weights past the first layer) for the input
         // gradients.
@@ -213,7 +220,10 @@ mod tests {
         // Two hidden layers: three layers' forward products, two input gradients; a step of
         // B = 15 in three pieces of 5 runs each piece's products.
         let deep = mlp_products(8, &[6, 4], 3, 15, 5, 3);
-        assert!(deep.iter().all(|s| s.batch == 15 && s.pieces == 3));
+        assert!(
+            deep.iter()
+                .all(|s| (s.batch, s.piece, s.pieces) == (15, 5, 3))
+        );
         assert_eq!(
             shapes(&deep),
             [

@@ -480,23 +480,10 @@ fn matmul_products(args: &BenchArgs) -> Result<Vec<MatmulSpec>> {
     };
     let products: Vec<MatmulSpec> = rows
         .iter()
-        .flat_map(|(cfg, [c, h, w], batches, _)| {
-            let ModelConfig::Mlp { widths } = cfg else {
-                unreachable!("the {} row is an MLP", matmul::MODEL)
-            };
-            let inputs = c * h * w;
+        .flat_map(|(cfg, input, batches, _)| {
             batches
                 .iter()
-                .flat_map(|&b| {
-                    let piece = step::step_plan(cfg, false).piece_len(b).min(b);
-                    let (full, rest) = (b / piece, b % piece);
-                    let mut products =
-                        matmul::mlp_products(inputs, widths, CLASSES, b, piece, full);
-                    if rest > 0 {
-                        products.extend(matmul::mlp_products(inputs, widths, CLASSES, b, rest, 1));
-                    }
-                    products
-                })
+                .flat_map(|&b| step_products(cfg, *input, b))
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -509,6 +496,22 @@ fn matmul_products(args: &BenchArgs) -> Result<Vec<MatmulSpec>> {
         );
     }
     Ok(products)
+}
+
+/// The products of the bench's step of the MLP `cfg` at batch size `b`: those of each full
+/// micro-batch piece, then those of a shorter last piece.
+fn step_products(cfg: &ModelConfig, [c, h, w]: [usize; 3], b: usize) -> Vec<MatmulSpec> {
+    let ModelConfig::Mlp { widths } = cfg else {
+        unreachable!("the {} row is an MLP", matmul::MODEL)
+    };
+    let inputs = c * h * w;
+    let piece = step::step_plan(cfg, false).piece_len(b).min(b);
+    let (full, rest) = (b / piece, b % piece);
+    let mut products = matmul::mlp_products(inputs, widths, CLASSES, b, piece, full);
+    if rest > 0 {
+        products.extend(matmul::mlp_products(inputs, widths, CLASSES, b, rest, 1));
+    }
+    products
 }
 
 /// One row per product of the first round, at the median seconds per call over the rounds
@@ -695,6 +698,25 @@ mod tests {
                 "{err}"
             );
         }
+        // A batch that is not a whole number of micro-batches: its full pieces' products,
+        // then the last piece's (600 = 512 + 88).
+        let mlp = ModelConfig::Mlp { widths: vec![256] };
+        let split: Vec<(usize, usize, usize, usize)> = step_products(&mlp, [1, 28, 28], 600)
+            .iter()
+            .map(|p| (p.batch, p.piece, p.pieces, p.m.min(p.k)))
+            .collect();
+        assert_eq!(split.len(), 10);
+        assert!(
+            split[..5]
+                .iter()
+                .all(|&(b, piece, pieces, _)| (b, piece, pieces) == (600, 512, 1))
+        );
+        assert!(
+            split[5..]
+                .iter()
+                .all(|&(b, piece, pieces, _)| (b, piece, pieces) == (600, 88, 1))
+        );
+        assert_eq!(split[5].3, 88, "x·W1 of the last piece has its 88 rows");
         // An unknown model is named, with or without the MLP beside it.
         for models in ["lenet", "mlp-256,lenet"] {
             let args = bench_args(&["--only", "matmul", "--models", models]);
@@ -710,7 +732,8 @@ mod tests {
             calls,
             seconds_per_call: micros * 1e-6,
         };
-        // Neither the mean, nor the first or last round, is the median here.
+        // For the first product neither the mean, nor the first or last round, is the median;
+        // the second's medians come from other rounds than the first's.
         let rows = median_matmul(vec![
             vec![row(100.0, 10), row(9.0, 1)],
             vec![row(60.0, 20), row(1.0, 1)],

@@ -351,8 +351,12 @@ fn format_matmul(s: &mut String, r: &BenchReport) {
     let first = r.devices.first().map_or("flex", String::as_str);
     let _ = writeln!(
         s,
-        "\nMatrix products of the {MODEL} step alone (burn's operand layouts, ᵀ a transposed view; per step: once per micro-batch piece), on {first}, threads = {}{}",
+        "\nMatrix products of the {MODEL} step alone (burn's operand layouts, ᵀ a transposed view; per step: once per micro-batch piece), on {first}, threads = {}{}{}",
         r.threads,
+        match &r.pytorch {
+            Some(t) if with_torch => format!(", PyTorch {}", t.torch_version),
+            _ => String::new(),
+        },
         if r.rounds > 1 {
             format!(", median of {} interleaved rounds", r.rounds)
         } else {
@@ -460,7 +464,7 @@ fn format_matmul(s: &mut String, r: &BenchReport) {
             .map(|t| b as f64 / t.images_per_second);
         // PyTorch's step runs the whole batch at once: its share is only these products' where
         // ours does too.
-        let unsplit = rows.iter().all(|m| m.spec.pieces == 1);
+        let unsplit = rows.iter().all(|m| m.spec.piece == b);
         match (theirs, torch_step) {
             (Some(t), Some(tstep)) if unsplit => {
                 let _ = write!(
@@ -479,7 +483,11 @@ fn format_matmul(s: &mut String, r: &BenchReport) {
         }
         shares.push('\n');
     }
-    s.push_str(&shares);
+    if !shares.is_empty() {
+        // A blank line first, so that Markdown does not read them as the table's rows.
+        s.push('\n');
+        s.push_str(&shares);
+    }
 }
 
 #[cfg(test)]
@@ -535,6 +543,9 @@ pub(crate) mod tests {
             spec: MatmulSpec {
                 product: name.into(),
                 batch,
+                // The piece is the product's rows, or its summed dimension for a weight
+                // gradient (`ᵀ·` in its name).
+                piece: if name.contains("ᵀ·") { k } else { m },
                 pieces,
                 m,
                 k,
@@ -558,6 +569,9 @@ pub(crate) mod tests {
             product("xᵀ·dY1", 1024, 2, [1000, 512, 100], 300.0),
             product("x·W1", 256, 1, [256, 1000, 100], 100.0),
             product("xᵀ·dY1", 256, 1, [1000, 256, 100], 150.0),
+            // B = 600: a piece of 512 and one of 88, each run once.
+            product("x·W1", 600, 1, [512, 1000, 100], 200.0),
+            product("x·W1", 600, 1, [88, 1000, 100], 50.0),
         ];
         let theirs = vec![
             product("x·W1", 64, 1, [64, 1000, 100], 80.0),
@@ -565,6 +579,8 @@ pub(crate) mod tests {
             product("x·W1", 1024, 2, [512, 1000, 100], 250.0),
             product("xᵀ·dY1", 1024, 2, [1000, 512, 100], 500.0),
             product("x·W1", 256, 1, [256, 1000, 100], 200.0),
+            product("x·W1", 600, 1, [512, 1000, 100], 200.0),
+            product("x·W1", 600, 1, [88, 1000, 100], 50.0),
         ];
         let mlp = |b: usize, micros: f64| row("flex", "mlp-256", b, b as f64 / (micros * 1e-6));
         let torch_row = |b: usize, micros: f64| TorchRow {
@@ -573,18 +589,27 @@ pub(crate) mod tests {
             images_per_second: b as f64 / (micros * 1e-6),
         };
         // A second device's step is not the one the products ran beside.
-        let train = vec![mlp(1024, 10.0), mlp(64, 200.0), mlp(1024, 1250.0)]
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| TrainRow {
-                device: if i == 0 { "wgpu".into() } else { r.device },
-                ..r
-            })
-            .collect();
+        let train = vec![
+            mlp(1024, 10.0),
+            mlp(64, 200.0),
+            mlp(1024, 1250.0),
+            mlp(600, 500.0),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| TrainRow {
+            device: if i == 0 { "wgpu".into() } else { r.device },
+            ..r
+        })
+        .collect();
         let pytorch = TorchReport {
             torch_version: "2".into(),
             threads: 2,
-            rows: vec![torch_row(64, 440.0), torch_row(1024, 5000.0)],
+            rows: vec![
+                torch_row(64, 440.0),
+                torch_row(1024, 5000.0),
+                torch_row(600, 1000.0),
+            ],
             matmul: theirs,
         };
         let report = BenchReport {
@@ -615,12 +640,18 @@ pub(crate) mod tests {
         has("| 256 | xᵀ·dY1 | 1000×256×100 | 1 | 150.0 | 341.3 | – | – | – |");
         has("| 256 | all 2 | – | – | 250.0 | 409.6 | – | – | – |");
         assert!(!text.contains("B = 256: the products"), "{text}");
-        // The share lines follow the table, not break it.
+        // Pieces of unequal length, each run once, are a split step too.
+        has(
+            "B = 600: the products take 50% of noisescale's step (250.0 of 500.0 µs); PyTorch's step runs B in one piece",
+        );
+        // The share lines follow the table after a blank line (else Markdown reads them as
+        // its rows), not break it.
+        has(" |\n\nB = 64: the products");
         assert!(
             text.trim_end().ends_with("no share is given for it"),
             "{text}"
         );
-        has("on flex, threads = 2, median of 3 interleaved rounds");
+        has("on flex, threads = 2, PyTorch 2, median of 3 interleaved rounds");
     }
 
     #[test]
