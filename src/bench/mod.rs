@@ -241,7 +241,13 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
     let mut torch_rounds = Vec::new();
     let mut matmul_rounds = Vec::new();
     let mut torch_matmul_rounds = Vec::new();
-    if train_steps || !products.is_empty() {
+    // The products run on the first device without autodiff.
+    let product_device = if products.is_empty() {
+        None
+    } else {
+        Some(crate::device::plain(first)?)
+    };
+    if train_steps || product_device.is_some() {
         let mut rounds = Vec::new();
         for round in 0..args.rounds {
             if args.rounds > 1 {
@@ -263,14 +269,13 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
                     torch_rounds.push(run_pytorch(&args, None)?);
                 }
             }
-            if !products.is_empty() {
-                let device = crate::device::plain(first)?;
+            if let Some(device) = &product_device {
                 let rows = products
                     .iter()
                     .map(|p| {
                         let row = matmul::bench_product(
                             p,
-                            &device,
+                            device,
                             args.warmup,
                             args.steps,
                             args.min_seconds / MATMUL_SECONDS_DIVISOR,

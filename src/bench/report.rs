@@ -195,17 +195,8 @@ pub fn format_report(r: &BenchReport) -> String {
     if !r.train.is_empty() {
         let _ = writeln!(
             s,
-            "\nTraining step (forward, cross-entropy, backward, SGD momentum step), threads = {}{}{}",
-            r.threads,
-            match &r.pytorch {
-                Some(t) if torch_steps => format!(", PyTorch {}", t.torch_version),
-                _ => String::new(),
-            },
-            if r.rounds > 1 {
-                format!(", median of {} interleaved rounds", r.rounds)
-            } else {
-                String::new()
-            }
+            "\nTraining step (forward, cross-entropy, backward, SGD momentum step), {}",
+            settings(r, torch_steps)
         );
         // One line per (model, batch): the first device's row, then the others' beside it.
         let first = r.devices.first().map_or("flex", String::as_str);
@@ -336,6 +327,19 @@ pub fn format_report(r: &BenchReport) -> String {
     s
 }
 
+/// What a table's figures were measured with: threads, PyTorch's version where `with_torch`,
+/// and the rounds each figure is the median of.
+fn settings(r: &BenchReport, with_torch: bool) -> String {
+    let mut out = format!("threads = {}", r.threads);
+    if let Some(t) = r.pytorch.as_ref().filter(|_| with_torch) {
+        out += &format!(", PyTorch {}", t.torch_version);
+    }
+    if r.rounds > 1 {
+        out += &format!(", median of {} interleaved rounds", r.rounds);
+    }
+    out
+}
+
 /// The matrix-product table: each product, then each batch size's products together, as
 /// many times as the step runs them, and, where that batch size's MLP step was timed too, their
 /// share of it.
@@ -351,17 +355,8 @@ fn format_matmul(s: &mut String, r: &BenchReport) {
     let first = r.devices.first().map_or("flex", String::as_str);
     let _ = writeln!(
         s,
-        "\nMatrix products of the {MODEL} step alone (burn's operand layouts, ᵀ a transposed view; per step: once per micro-batch piece), on {first}, threads = {}{}{}",
-        r.threads,
-        match &r.pytorch {
-            Some(t) if with_torch => format!(", PyTorch {}", t.torch_version),
-            _ => String::new(),
-        },
-        if r.rounds > 1 {
-            format!(", median of {} interleaved rounds", r.rounds)
-        } else {
-            String::new()
-        }
+        "\nMatrix products of the {MODEL} step alone (burn's operand layouts, ᵀ a transposed view; per step: once per micro-batch piece), on {first}, {}",
+        settings(r, with_torch)
     );
     let _ = write!(s, "| B | product | m×k×n | per step | µs | GFLOP/s |");
     if with_torch {
