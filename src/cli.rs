@@ -257,6 +257,18 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         run_dir::check_unlocked(&out)?;
         run_dir::check_fresh_start(&out, resume, a.overwrite)?;
     }
+    if resume && let Some(summary) = train::finished_run(&out, &cfg)? {
+        if !a.quiet {
+            println!(
+                "{}: finished already: final test accuracy {:.2}% after {} epochs and {} updates; nothing to resume, nothing rewritten",
+                out.display(),
+                100.0 * summary.final_test_accuracy,
+                summary.epochs,
+                summary.updates
+            );
+        }
+        return Ok(());
+    }
     if resume && !train::checkpoint_path(&out).exists() {
         let logged = crate::metrics::read_metrics(&out.join(run_dir::METRICS_FILE))
             .map(|m| m.len())

@@ -116,6 +116,11 @@ pub struct TrainConfig {
     /// Fault injection for testing the divergence guard: make the loss NaN at this update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_nan_at_update: Option<u64>,
+    /// Updates (1-based) whose inputs and outputs are written to `trace/` in the run directory:
+    /// the state before, the batch as fed, the gradient and the state after, for an outside
+    /// replay of the step (`bench/parity.py` replays them in PyTorch). One process only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace_updates: Vec<u64>,
 }
 
 fn default_eval_batch() -> usize {
@@ -152,6 +157,7 @@ impl Default for TrainConfig {
             noise_scale: true,
             noise_scale_split_every: None,
             inject_nan_at_update: None,
+            trace_updates: Vec::new(),
         }
     }
 }
@@ -389,6 +395,23 @@ mod tests {
         );
         // One process takes any B.
         assert!(resnet(32, 48, 64).resolve(Samples(2048), 1).is_ok());
+    }
+
+    #[test]
+    fn a_ghost_batch_larger_than_the_batch_is_an_error() {
+        // It used to become ordinary batch norm over the whole batch, silently.
+        let err = resnet(64, 32, 128)
+            .resolve(Samples(2048), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "model.ghost_batch_size = 64 is larger than the batch size B = 32 (from epoch 1)"
+            ) && err.contains("<= 32"),
+            "{err}"
+        );
+        // Equal is a ghost batch of the whole batch; a later, larger B is fine.
+        assert!(resnet(32, 32, 128).resolve(Samples(2048), 1).is_ok());
     }
 
     #[test]

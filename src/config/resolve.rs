@@ -25,6 +25,18 @@ impl RunConfig {
                 "train.max_micro_batch = {micro} must be a multiple of model.ghost_batch_size = {ghost}, so that ghost batches never straddle two micro-batches"
             );
         }
+        if ghost > 0
+            && let Some(p) = schedule.phases().iter().find(|p| p.batch_size < ghost)
+        {
+            // A ghost batch is a part of a batch: one larger than B would silently become
+            // ordinary batch norm over the whole batch.
+            bail!(
+                "model.ghost_batch_size = {ghost} is larger than the batch size B = {} (from epoch {}): ghost batches split a batch into parts; set model.ghost_batch_size <= {} (or 0 for ordinary batch norm) or a larger schedule.batch_size",
+                p.batch_size,
+                p.start.0 + 1,
+                p.batch_size
+            );
+        }
         if ghost > 0 && world_size > 1 {
             // Ranks take whole ghost chunks (`data::shard`), so the statistics do not depend on
             // the number of ranks; a batch that is not a whole number of chunks per rank would

@@ -146,6 +146,18 @@ pub fn load_cifar10_with(
     let bytes = read_bytes(&test_path, "the CIFAR-10 test file")?;
     on_file(&test_path, &bytes);
     let (img, lab) = parse_records(&test_path, &bytes)?;
+    if train.labels.is_empty() {
+        return Err(DataError::NoSamples {
+            path: dir.to_path_buf(),
+            what: "its data_batch_*.bin files are empty; training needs at least one record".into(),
+        });
+    }
+    if lab.is_empty() {
+        return Err(DataError::NoSamples {
+            path: test_path,
+            what: "the CIFAR-10 test file is empty; evaluation needs at least one record".into(),
+        });
+    }
     Ok(Split {
         train,
         test: dataset(img, lab, "cifar10-test"),
@@ -297,5 +309,22 @@ mod tests {
         let e = load_cifar10(dir.path()).unwrap_err();
         assert!(matches!(e, DataError::Missing { .. }), "{e}");
         assert!(e.to_string().contains("test_batch.bin"), "{e}");
+        // An empty test file: no accuracy to report (it used to give NaN and exit 0).
+        let dir = tempfile::tempdir().unwrap();
+        link(dir.path(), &cifar_file("data_batch_1.bin"));
+        write(dir.path(), "test_batch.bin", &[]);
+        let e = load_cifar10(dir.path()).unwrap_err();
+        assert!(matches!(e, DataError::NoSamples { .. }), "{e}");
+        assert!(
+            e.to_string().contains("test_batch.bin") && e.to_string().contains("no samples"),
+            "{e}"
+        );
+        // Empty training files.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "data_batch_1.bin", &[]);
+        link(dir.path(), &cifar_file("test_batch.bin"));
+        let e = load_cifar10(dir.path()).unwrap_err();
+        assert!(matches!(e, DataError::NoSamples { .. }), "{e}");
+        assert!(e.to_string().contains("data_batch_*.bin"), "{e}");
     }
 }

@@ -128,6 +128,14 @@ pub enum DataError {
         /// Bytes of that record present.
         partial: u64,
     },
+    /// A split holds no samples: a run could neither train on it nor report a test accuracy.
+    #[error("{} holds no samples: {what}", path.display())]
+    NoSamples {
+        /// The file (or, for CIFAR-10 training data, the directory of batch files) that is empty.
+        path: PathBuf,
+        /// Which split it is and what is needed.
+        what: String,
+    },
     /// A CIFAR-10 directory holds no `data_batch_*.bin` file.
     #[error("no data_batch_*.bin files in {}", dir.display())]
     NoDataBatches {

@@ -285,6 +285,12 @@ fn load_pair(
             labels: lab.len() as u64,
         });
     }
+    if lab.is_empty() {
+        return Err(DataError::NoSamples {
+            path: ip,
+            what: format!("its header counts 0 images; the {name} split needs at least one"),
+        });
+    }
     Ok(Dataset {
         images: img.pixels,
         labels: lab,
@@ -365,6 +371,28 @@ mod tests {
     }
 
     // ---------------------------------------------------------------- corruption
+
+    #[test]
+    fn mnist_empty_test_split_is_an_error() {
+        // Headers that count 0 images and 0 labels: a run would report NaN accuracy.
+        let dir = tempfile::tempdir().unwrap();
+        link(dir.path(), &mnist_file(idx::TRAIN_IMAGES));
+        link(dir.path(), &mnist_file(idx::TRAIN_LABELS));
+        let images = [0, 0, 8, 3, 0, 0, 0, 0, 0, 0, 0, 28, 0, 0, 0, 28];
+        write(dir.path(), "t10k-images-idx3-ubyte", &images);
+        write(
+            dir.path(),
+            "t10k-labels-idx1-ubyte",
+            &[0, 0, 8, 1, 0, 0, 0, 0],
+        );
+        let e = load_mnist(dir.path()).unwrap_err();
+        assert!(matches!(e, DataError::NoSamples { .. }), "{e}");
+        assert!(
+            e.to_string().contains("t10k-images-idx3-ubyte")
+                && e.to_string().contains("mnist-test"),
+            "{e}"
+        );
+    }
 
     fn t10k_labels() -> Vec<u8> {
         read_decoded(&mnist_file(idx::TEST_LABELS)).unwrap()

@@ -6,6 +6,7 @@ use super::files::{write_decisions, write_run_files};
 use super::progress::describe_decision;
 use super::ranks::{Agreed, all_reduce_update, average_running_stats, global_epoch_sums};
 use super::step::{StepError, StepPlan, forward_backward};
+use super::trace::Before;
 use super::{Diverged, INTERRUPTED, Interrupted, Prepared, TrainOptions};
 use crate::checkpoint::{self, CHECKPOINT_FILE, TrainState};
 use crate::config::Resolved;
@@ -174,6 +175,9 @@ impl<'a> Run<'a> {
         } else {
             1
         };
+        if world > 1 && !cfg.train.trace_updates.is_empty() {
+            bail!("train.trace_updates traces one process's step: run it without MPI");
+        }
         let shard = (world > 1).then_some(Shard {
             rank,
             world,
@@ -279,6 +283,8 @@ impl<'a> Run<'a> {
             batch.len(),
             batch.position_after(self.resolved.dataset_size.0),
         );
+        let sampler = self.loader.sampler();
+        let traced = Before::capture_if(cfg, update, &model, &self.optim, &batch, sampler);
         let step = match forward_backward(&model, batch, global_len, &plan, &self.device) {
             Ok(s) => s,
             Err(StepError::NonFinite { loss }) => bail!(Diverged {
@@ -337,7 +343,21 @@ impl<'a> Run<'a> {
                 a.window.add(norms);
             }
         }
+        let traced = traced.map(|t| t.with_grads(&grads));
         let mut model = self.optim.step(model, grads, hyper);
+        if let Some(t) = traced {
+            let done = (step.pieces.as_slice(), step.loss_sum);
+            t.write(
+                &self.opts.out,
+                cfg,
+                update,
+                hyper,
+                done,
+                &model,
+                &self.optim,
+            )
+            .with_context(|| format!("tracing update {update}"))?;
+        }
         let state = &mut self.state;
         state.updates = Updates(update);
         state.samples += Samples(global_len as u64);

@@ -14,6 +14,7 @@ mod models;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod optim;
+mod parity;
 mod resume;
 mod run_dir;
 mod scale;

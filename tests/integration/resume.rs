@@ -266,7 +266,30 @@ fn resuming_a_finished_run_rewrites_nothing() {
     let a = straight(&s);
     let metrics = std::fs::read(a.join(METRICS_FILE)).unwrap();
     let summary = std::fs::read(a.join(SUMMARY_FILE)).unwrap();
+    // Every file's and the directory's modification time: rewriting a file with the same bytes,
+    // or creating and removing the lock, moves them. (Tests run as root, whom a read-only
+    // directory would not stop.)
+    let stamps = || {
+        let mut v: Vec<_> = std::fs::read_dir(&a)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name(), e.metadata().unwrap().modified().unwrap()))
+            .collect();
+        v.push((
+            "..".into(),
+            std::fs::metadata(&a).unwrap().modified().unwrap(),
+        ));
+        v.sort();
+        v
+    };
+    let before = stamps();
+    std::thread::sleep(Duration::from_millis(20));
     finish(start(None, &a, None));
+    assert_eq!(
+        stamps(),
+        before,
+        "resuming a finished run wrote into its directory"
+    );
     assert_eq!(std::fs::read(a.join(METRICS_FILE)).unwrap(), metrics);
     assert_eq!(
         String::from_utf8(std::fs::read(a.join(SUMMARY_FILE)).unwrap()).unwrap(),
