@@ -44,4 +44,6 @@ theirs() {
 pids=()
 case " $ENGINES " in *" noisescale "*) ours & pids+=($!) ;; esac
 case " $ENGINES " in *" pytorch "*) theirs & pids+=($!) ;; esac
-for p in "${pids[@]}"; do wait "$p"; done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+exit $status

@@ -60,9 +60,10 @@ def main():
         a, b = means.get((kind, "noisescale")), means.get((kind, "PyTorch"))
         if a and b:
             diff, se = a[0] - b[0], math.hypot(a[1], b[1])
-            print(f"{kind}: noisescale − PyTorch = {diff:+.2f} points, {diff / se:+.2f} standard errors of the "
+            ratio = lambda x, y: f"{x / y:.2f}" if y > 0 else "n/a"
+            print(f"{kind}: noisescale − PyTorch = {diff:+.2f} points, {ratio(diff, se)} standard errors of the "
                   f"difference ({a[2]} and {b[2]} seeds); noisescale's mean is "
-                  f"{abs(diff) / b[1]:.2f} of PyTorch's standard error from PyTorch's mean")
+                  f"{ratio(abs(diff), b[1])} of PyTorch's standard error from PyTorch's mean")
 
 
 if __name__ == "__main__":

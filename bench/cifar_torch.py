@@ -63,7 +63,10 @@ def read_cifar(paths):
 
 
 def load(data_dir):
-    train = sorted(glob.glob(os.path.join(data_dir, "data_batch_*.bin")))
+    # Numerically, as noisescale orders them (data_batch_10 after data_batch_9).
+    train = [p for p in glob.glob(os.path.join(data_dir, "data_batch_*.bin"))
+             if os.path.basename(p)[len("data_batch_"):-len(".bin")].isdigit()]
+    train.sort(key=lambda p: int(os.path.basename(p)[len("data_batch_"):-len(".bin")]))
     if not train:
         raise FileNotFoundError(f"no data_batch_*.bin in {data_dir}")
     xtr, ytr = read_cifar(train)

@@ -86,7 +86,9 @@ def step(t, meta, dtype):
     x, y = t["x"].to(dtype), t["y"]
     classes = int(t[[k for k in t if k.endswith("fc.bias") and k.startswith("before/")][0]].numel())
     base = t[[k for k in t if k.startswith("before/model/") and k.endswith("stem.weight")][0]].shape[0]
-    model = cifar_torch.ResNet(c=x.shape[1], base=base, n=1, classes=classes, ghost=meta["ghost_batch_size"])
+    blocks = {k.split(".blocks.")[1].split(".")[0] for k in t if k.startswith("before/model/") and ".blocks." in k}
+    model = cifar_torch.ResNet(c=x.shape[1], base=base, n=len(blocks) // 3, classes=classes,
+                               ghost=meta["ghost_batch_size"])
     model = model.to(dtype)
     model.train()
     sd = model.state_dict()
@@ -96,12 +98,12 @@ def step(t, meta, dtype):
             p = key[len("before/model/") :]
             tn = torch_name(p)
             if tn not in sd:
-                raise SystemExit(f"{p} has no PyTorch counterpart ({tn})")
+                raise ValueError(f"{p} has no counterpart in the PyTorch ResNet ({tn}): not a CIFAR ResNet trace?")
             sd[tn] = to_torch(tn, t[key], sd[tn]).to(dtype)
             names[tn] = p
     missing = [k for k in sd if k not in names and not k.endswith("num_batches_tracked")]
     if missing:
-        raise SystemExit(f"the trace lacks {missing}")
+        raise ValueError(f"the trace lacks {missing}")
     model.load_state_dict(sd)
     params = dict(model.named_parameters())
     opt = torch.optim.SGD(
@@ -143,9 +145,13 @@ def replay(path, args, data):
     the float32 step's sensitivity to a rounding-sized perturbation of its input."""
     t, meta = read_safetensors(path)
     meta = json.loads(meta["trace"])
-    if meta["optimizer"] not in ("momentum", "sgd", "nesterov"):
-        raise SystemExit(f"{path}: replay covers SGD and momentum, not {meta['optimizer']}")
-    ref64, _ = step(t, meta, torch.float64)
+    if meta["optimizer"] not in ("momentum", "sgd", "nesterov") or meta.get("velocity_rescale"):
+        raise SystemExit(f"{path}: the replay is torch.optim.SGD: plain, momentum or Nesterov without "
+                         f"velocity_rescale, not {meta['optimizer']}")
+    try:
+        ref64, _ = step(t, meta, torch.float64)
+    except ValueError as e:
+        raise SystemExit(f"{path}: {e}")
     ref32, _ = step(t, meta, torch.float32)
     ours = {"loss": torch.tensor([meta["loss"]], dtype=torch.float64)}
     for key in ref64:

@@ -257,8 +257,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         run_dir::check_unlocked(&out)?;
         run_dir::check_fresh_start(&out, resume, a.overwrite)?;
     }
-    if resume && let Some(summary) = train::finished_run(&out, &cfg)? {
-        if !a.quiet {
+    if resume && let Some(summary) = train::finished_run(&out, &cfg) {
+        if !a.quiet && comm.rank() == 0 {
             println!(
                 "{}: finished already: final test accuracy {:.2}% after {} epochs and {} updates; nothing to resume, nothing rewritten",
                 out.display(),

@@ -415,6 +415,24 @@ mod tests {
     }
 
     #[test]
+    fn traced_updates_count_from_one_and_need_one_process() {
+        let mut c = synthetic();
+        c.train.trace_updates = vec![0, 3];
+        let err = c.resolve(Samples(2048), 1).unwrap_err().to_string();
+        assert!(
+            err.contains("train.trace_updates = [0, 3]") && err.contains("from 1"),
+            "{err}"
+        );
+        c.train.trace_updates = vec![3];
+        assert!(c.resolve(Samples(2048), 1).is_ok());
+        let err = c.resolve(Samples(2048), 2).unwrap_err().to_string();
+        assert!(
+            err.contains("2 ranks") && err.contains("without MPI"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn plain_batch_norm_split_by_micro_batches_is_reported() {
         // B = 64 then 256 with micro-batches of 128: the second phase normalises over 128.
         let r = resnet(0, 64, 128).resolve(Samples(2048), 1).unwrap();

@@ -19,6 +19,15 @@ impl RunConfig {
             0 => AUTO_MICRO_BATCH,
             m => m,
         };
+        let trace = &self.train.trace_updates;
+        if trace.contains(&0) {
+            bail!("train.trace_updates = {trace:?}: updates count from 1");
+        }
+        if !trace.is_empty() && world_size > 1 {
+            bail!(
+                "train.trace_updates traces one process's step ({world_size} ranks here): run it without MPI"
+            );
+        }
         let ghost = self.model.ghost_batch_size();
         if ghost > 0 && micro % ghost != 0 {
             bail!(

@@ -1,10 +1,13 @@
 //! What a run writes into its directory besides metrics and checkpoints: its description
-//! (config, resolved plan, planned schedule, identity) and the adaptive schedule's decisions.
+//! (config, resolved plan, planned schedule, identity) and the adaptive schedule's decisions;
+//! and how a finished run is recognised from them.
 
 use super::TrainOptions;
 use crate::checkpoint::{self, TrainState};
 use crate::config::Resolved;
+use crate::config::RunConfig;
 use crate::data;
+use crate::metrics::RunSummary;
 use crate::model::Model;
 use crate::params::trainable_params;
 use crate::run_dir::{self, RunInfo};
@@ -87,4 +90,22 @@ pub(super) fn write_decisions(out: &Path, state: &AdaptiveState) -> Result<()> {
         text.push('\n');
     }
     checkpoint::write_atomic(&out.join(run_dir::DECISIONS_FILE), text.as_bytes())
+}
+
+/// The summary of the run in `out` if it finished all `config`'s epochs with `config`'s seed:
+/// `summary.json`, written after the last epoch's checkpoint, counts them, `metrics.jsonl` holds
+/// each and the checkpoint is there. A resume of such a run has nothing to do and touches
+/// nothing (not even the lock), so that it also works on a read-only copy. `None` otherwise
+/// (not finished, no or an unreadable summary, another seed, a lost checkpoint), and the resume
+/// goes the usual way, which continues the run or names what is wrong.
+pub fn finished_run(out: &Path, config: &RunConfig) -> Option<RunSummary> {
+    if !super::checkpoint_path(out).exists() {
+        return None;
+    }
+    let text = std::fs::read_to_string(out.join(run_dir::SUMMARY_FILE)).ok()?;
+    let summary: RunSummary = serde_json::from_str(&text).ok()?;
+    let logged = crate::metrics::read_metrics(&out.join(run_dir::METRICS_FILE)).ok()?;
+    let epochs = config.schedule.epochs as usize;
+    (summary.seed == config.seed && summary.epochs.0 as usize == epochs && logged.len() == epochs)
+        .then_some(summary)
 }

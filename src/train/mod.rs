@@ -25,6 +25,7 @@ mod step;
 mod trace;
 
 pub use eval::evaluate;
+pub use files::finished_run;
 pub use measure::measure_noise_scale;
 pub use prepare::{Prepared, planned_train_size, prepare_data};
 pub use progress::describe_decision;
@@ -120,27 +121,6 @@ pub fn train(
         model = run.end_epoch(model, epoch)?;
     }
     run.finish()
-}
-
-/// The summary of the run in `out` if it finished all `config`'s epochs: `summary.json`, written
-/// after the last epoch's checkpoint, counts them, `metrics.jsonl` holds each and the checkpoint
-/// is there. A resume of such a run has nothing to do and touches nothing (not even the lock),
-/// so that it also works on a read-only copy. `None` when the run is not finished, has no
-/// summary, or lost its checkpoint (which the resume then reports).
-pub fn finished_run(out: &Path, config: &crate::config::RunConfig) -> Result<Option<RunSummary>> {
-    let path = out.join(crate::run_dir::SUMMARY_FILE);
-    if !checkpoint_path(out).exists() {
-        return Ok(None);
-    }
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(None);
-    };
-    let summary: RunSummary = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not a run summary: {e}", path.display()))?;
-    let logged = crate::metrics::read_metrics(&out.join(crate::run_dir::METRICS_FILE))
-        .map_or(0, |m| m.len());
-    let epochs = config.schedule.epochs as usize;
-    Ok((summary.epochs.0 as usize == epochs && logged == epochs).then_some(summary))
 }
 
 /// Path of the checkpoint in a run directory.

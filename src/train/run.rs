@@ -143,8 +143,10 @@ impl<'a> Run<'a> {
                 std::fs::remove_file(&metrics_path)?;
             }
             std::fs::remove_file(out.join(run_dir::SUMMARY_FILE)).ok();
-            // Nor may an old checkpoint be resumed under the new run's config (`--overwrite`).
+            // Nor may an old checkpoint be resumed under the new run's config (`--overwrite`),
+            // nor an old run's traces be replayed as this one's.
             std::fs::remove_file(&ckpt_path).ok();
+            std::fs::remove_dir_all(out.join(super::TRACE_DIR)).ok();
         }
 
         let controller = resolved.controller();
@@ -175,9 +177,6 @@ impl<'a> Run<'a> {
         } else {
             1
         };
-        if world > 1 && !cfg.train.trace_updates.is_empty() {
-            bail!("train.trace_updates traces one process's step: run it without MPI");
-        }
         let shard = (world > 1).then_some(Shard {
             rank,
             world,

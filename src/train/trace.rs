@@ -8,7 +8,8 @@
 //! - `x` (`[B, C, H, W]`, augmented and normalised as fed), `y` and `index` (i64: the labels and
 //!   each sample's index in the training set, for checking the sampler and augmentation);
 //! - `grad/{path}`: the gradient of the batch's mean loss the optimiser receives (all
-//!   micro-batches summed with their weights, before weight decay);
+//!   micro-batches summed with their weights, before weight decay), flattened, as are the
+//!   optimiser's buffers; model tensors keep their shapes;
 //! - `after/model/{path}`, `after/optim/{key}`: the state after the update;
 //! - the metadata key `trace`: a JSON [`TraceMeta`] (ε, B, m, the optimiser's settings, the
 //!   micro-batch pieces, the loss).
@@ -51,6 +52,7 @@ struct TraceMeta {
     pub weight_decay: f64,
     pub beta2: f64,
     pub eps: f64,
+    pub velocity_rescale: bool,
     /// Adam's step count t after this update.
     pub optimizer_step: u64,
     /// The model's ghost batch size (0: whole micro-batch).
@@ -221,6 +223,7 @@ impl Before {
             weight_decay: optim.config.weight_decay,
             beta2: optim.config.beta2,
             eps: optim.config.eps,
+            velocity_rescale: optim.config.velocity_rescale,
             optimizer_step: optim.state.step,
             ghost_batch_size: cfg.model.ghost_batch_size(),
             pieces,
