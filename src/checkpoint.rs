@@ -148,7 +148,8 @@ impl Loaded {
     }
 }
 
-fn le_bytes(v: &[f32]) -> Vec<u8> {
+/// `v` as little-endian bytes, as safetensors stores f32.
+pub(crate) fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 

@@ -259,12 +259,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     if resume && let Some(summary) = train::finished_run(&out, &cfg) {
         if !a.quiet && comm.rank() == 0 {
+            let acc = 100.0 * summary.final_test_accuracy;
             println!(
-                "{}: finished already: final test accuracy {:.2}% after {} epochs and {} updates; nothing to resume, nothing rewritten",
-                out.display(),
-                100.0 * summary.final_test_accuracy,
-                summary.epochs,
-                summary.updates
+                "{}: finished already ({acc:.2}%): nothing rewritten",
+                out.display()
             );
         }
         return Ok(());

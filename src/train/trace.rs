@@ -18,7 +18,7 @@
 //! and compares, so float rounding does not accumulate over updates and any one phase can be
 //! checked on its own. `bench/parity.py` is that replay in PyTorch.
 
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{le_bytes, write_atomic};
 use crate::config::RunConfig;
 use crate::data::{Batch, Sampler};
 use crate::model::Model;
@@ -75,10 +75,6 @@ pub(super) struct Before {
     end: u64,
 }
 
-fn f32_bytes(v: impl IntoIterator<Item = f32>) -> Vec<u8> {
-    v.into_iter().flat_map(f32::to_le_bytes).collect()
-}
-
 fn i64_bytes(v: impl IntoIterator<Item = i64>) -> Vec<u8> {
     v.into_iter().flat_map(i64::to_le_bytes).collect()
 }
@@ -91,11 +87,11 @@ fn add_state(
     optim: &Optimizer,
 ) {
     for t in named_tensors(model) {
-        let bytes = f32_bytes(t.value.into_data().iter::<f32>());
+        let bytes = le_bytes(&t.value.into_data().iter::<f32>().collect::<Vec<f32>>());
         out.insert(format!("{prefix}/model/{}", t.name), (t.shape, bytes));
     }
     for (k, v) in optim.to_record().buffers {
-        out.insert(format!("{prefix}/optim/{k}"), (vec![v.len()], f32_bytes(v)));
+        out.insert(format!("{prefix}/optim/{k}"), (vec![v.len()], le_bytes(&v)));
     }
 }
 
@@ -119,13 +115,7 @@ impl Before {
     fn capture(model: &Model, optim: &Optimizer, batch: &Batch, perm: &[u32]) -> Self {
         let mut tensors = BTreeMap::new();
         add_state(&mut tensors, "before", model, optim);
-        tensors.insert(
-            "x".into(),
-            (
-                batch.shape.to_vec(),
-                f32_bytes(batch.images.iter().copied()),
-            ),
-        );
+        tensors.insert("x".into(), (batch.shape.to_vec(), le_bytes(&batch.images)));
         let n = batch.len();
         tensors.insert(
             "y".into(),
@@ -150,7 +140,7 @@ impl Before {
     /// Adds the gradient the optimiser is about to receive.
     pub(super) fn with_grads(mut self, grads: &Grads) -> Self {
         for (name, g) in &grads.tensors {
-            let bytes = f32_bytes(g.to_data().iter::<f32>());
+            let bytes = le_bytes(&g.to_data().iter::<f32>().collect::<Vec<f32>>());
             self.tensors
                 .insert(format!("grad/{name}"), (vec![bytes.len() / 4], bytes));
         }

@@ -299,7 +299,7 @@ fn parity_catches_wrong_weighting_and_ghost_statistics() {
 /// samples in the sampler's order; B, ε and the micro-batch pieces are the schedule's.
 #[test]
 fn traced_updates_are_complete_and_consistent() {
-    use crate::common::{succeed, train_cmd, write};
+    use crate::common::{succeed, timing_free, train_cmd, write};
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         dir.path(),
@@ -400,4 +400,16 @@ trace_updates = [2, 3, 4]
     assert_eq!(seen, (0..96).collect::<Vec<i64>>());
     assert_eq!(sts[2].tensor("x").unwrap().shape(), [96, 3, 8, 8]);
     assert!(!out.join("trace/update-000001.safetensors").exists());
+    // Tracing only reads: the same run untraced logs the same epochs.
+    let plain = write(
+        dir.path(),
+        "plain.toml",
+        &std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("trace_updates = [2, 3, 4]\n", ""),
+    );
+    let untraced = dir.path().join("untraced");
+    succeed(train_cmd(&plain, &untraced, &[]));
+    assert!(!untraced.join("trace").exists());
+    assert_eq!(timing_free(&out), timing_free(&untraced));
 }
