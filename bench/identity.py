@@ -57,7 +57,7 @@ CASES = {
         "adaptive": {"alpha": 0.5, "min_change": 1.5, "every_updates": 25}}}], 1),
     "mnist-decay-lr-warmup": ("mnist", [SHORT_MNIST, {"schedule": {"warmup_epochs": 0.5}}], 1),
     "mnist-cnn-increase-batch": ("mnist", [SHORT_MNIST, {
-        "model": {"kind": "cnn", "hidden": 64}, "schedule": {"kind": "increase-batch", "epochs": 2}}], 1),
+        "model": {"kind": "cnn", "hidden": 64}, "schedule": {"kind": "increase-batch", "epochs": 2, "milestones": [1]}}], 1),
     "cifar-decay-lr": ("cifar10-subset", [SHORT_CIFAR], 1),
     "cifar-increase-batch-micro": ("cifar10-subset", [SHORT_CIFAR, {
         "schedule": {"kind": "increase-batch"}, "train": {"max_micro_batch": 64}}], 1),
