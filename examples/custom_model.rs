@@ -1,83 +1,54 @@
-//! Your own burn model on your own data, trained with noisescale's increase-batch schedule,
-//! loader and training step. Run: `cargo run --release --example custom_model`.
-use anyhow::{Result, anyhow};
-use burn::module::Module;
+//! Your own burn model on your own data through the whole trainer: the adaptive schedule, the
+//! noise-scale measurement, checkpoints and resume (and MPI under `mpirun`). The model has
+//! burn-train's `TrainStep` and `InferenceStep`; the data is a burn `Dataset` with a `Batcher`.
+//! Run: `cargo run --release --example custom_model`: it writes `runs/rings`; run it again and
+//! it resumes (a finished run is read back, not retrained).
 use burn::nn::{Linear, LinearConfig, Relu};
-use burn::tensor::{Device, Tensor};
-use noisescale::data::{Augment, Dataset, Loader, Normalizer};
-use noisescale::model::Classifier;
-use noisescale::optim::OptimizerConfig;
-use noisescale::schedule::{ScheduleConfig, ScheduleKind};
-use noisescale::train::{StepPlan, evaluate, forward_backward};
-use noisescale::units::Epoch;
-use std::sync::Arc;
+use burn::prelude::*;
+use noisescale::prelude::*;
 
-/// A two-layer perceptron: any burn module works once it says how it computes logits.
+/// A two-layer perceptron: any burn module works.
 #[derive(Module, Debug)]
 struct TwoLayer {
     hidden: Linear,
     out: Linear,
-    act: Relu,
 }
 
-impl Classifier for TwoLayer {
-    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = images.flatten::<2>(1, 3);
-        self.out.forward(self.act.forward(self.hidden.forward(x)))
+impl TwoLayer {
+    fn forward(&self, (x, targets): Features) -> ClassificationOutput {
+        let logits = self.out.forward(Relu.forward(self.hidden.forward(x)));
+        classification(logits, targets)
     }
 }
 
-fn main() -> Result<()> {
-    // On a thread of rayon's pool, so that no work is handed over from this thread, which
-    // would sleep on a lock until it is done (twice an update: the step and the optimiser).
-    noisescale::cpu::on_compute_thread(train)
-}
+// burn-train's `TrainStep` and `InferenceStep` through `forward` (or write them as for burn's
+// `Learner`); no batch statistics, so nothing else to say.
+train_steps!(TwoLayer, Features => ClassificationOutput, forward);
+impl Trainable for TwoLayer {}
 
-fn train() -> Result<()> {
-    // Your data as u8 pixels (N×C×H×W) and labels; here noisescale's synthetic set stands in.
-    let split = noisescale::data::synthetic(4096, 1024, 10, 1, 16, 16, 0);
-    let (train, test): (Dataset, Dataset) = (split.train, split.test);
-    let normalizer = Normalizer::from_dataset(&train);
-
-    // ε = 0.1 throughout; B = 32, then ×5 at epochs 2 and 4 where decay-lr would divide ε by 5.
-    let mut config = ScheduleConfig::new(ScheduleKind::IncreaseBatch, 6, 0.1, 32);
-    config.milestones = vec![2, 4];
-    let schedule = config.resolve(train.samples())?;
-
-    let device = Device::flex().autodiff();
-    device.seed(0);
-    let mut model = TwoLayer {
-        hidden: LinearConfig::new(train.image_len(), 128).init(&device),
-        out: LinearConfig::new(128, train.num_classes).init(&device),
-        act: Relu::new(),
+/// Points on three noisy, overlapping rings; the class is the ring. Items `(features, class)`.
+fn rings(n: usize, first: usize) -> BurnData<(Vec<f32>, i64), Features, FeatureBatcher> {
+    let point = |i: usize| {
+        let t = i as f32 * 2.4;
+        let r = 1.0 + (i % 3) as f32 + 0.7 * (i as f32 * 12.9).sin();
+        (vec![r * t.cos(), r * t.sin()], (i % 3) as i64)
     };
-    let mut optim = OptimizerConfig::default().init(); // momentum, PyTorch's form
-    let loader = Loader::new(Arc::new(train), normalizer.clone(), Augment::None, 0, 2, 4);
-    let plan = StepPlan::whole_batch();
+    let items = (first..first + n).map(point).collect();
+    BurnData::new(InMemDataset::new(items), FeatureBatcher)
+}
 
-    let mut updates = 0;
-    for epoch in 0..schedule.epochs().0 {
-        let hyper = schedule.hyper(Epoch(epoch), 0.0);
-        for batch in loader.epoch(epoch, hyper.batch_size, 0, None) {
-            let n = batch.len();
-            let step = forward_backward(&model, batch, n, &plan, &device)?;
-            model = optim.step(model, step.grads, hyper);
-            updates += 1;
-        }
-        let (loss, acc) = evaluate(&model, &test, &normalizer, 512, &device);
-        println!(
-            "epoch {}: B = {:5}, ε = {}, {updates:4} updates, test loss {loss:.4}, accuracy {:.2}%",
-            epoch + 1,
-            hyper.batch_size,
-            hyper.lr,
-            100.0 * acc
-        );
-    }
-    if updates != schedule.total_updates().0 {
-        return Err(anyhow!(
-            "{updates} updates, the schedule says {}",
-            schedule.total_updates().0
-        ));
-    }
+fn main() -> anyhow::Result<()> {
+    // B follows the measured noise scale (B = B_simple / 2) from 32; ε = 0.05, m = 0.9.
+    let mut schedule = ScheduleConfig::new(ScheduleKind::Adaptive, 8, 0.05, 32);
+    schedule.momentum = 0.9;
+    schedule.adaptive = Some(AdaptiveConfig::default().with_alpha(0.5));
+    let init = |device: &Device| TwoLayer {
+        hidden: LinearConfig::new(2, 64).init(device),
+        out: LinearConfig::new(64, 3).init(device),
+    };
+    let trained = Trainer::new(RunConfig::custom("rings", schedule))
+        .resume(true)
+        .fit(init, rings(60_000, 0), rings(2000, 60_000))?;
+    println!("{}", trained.summary);
     Ok(())
 }

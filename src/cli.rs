@@ -2,6 +2,7 @@
 //! lives in the library modules.
 
 use crate::config::RunConfig;
+use crate::data::{Augment, ImageSet};
 use crate::model::ModelConfig;
 use crate::params::trainable_params;
 use crate::run_dir;
@@ -251,6 +252,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     // On resume, --data and --device may point elsewhere (another machine); a different
     // --seed is another run and is refused when the checkpoint is read.
     a.overrides.apply(&mut cfg)?;
+    cfg.model.check_builtin()?;
     let comm = crate::dist::from_env()?;
     if comm.rank() == 0 {
         // Fail before loading the data; train() checks again under the lock.
@@ -371,6 +373,7 @@ fn load_saved_run(checkpoint: &Path, placement: &Placement) -> Result<SavedRun> 
         )
     })?;
     placement.apply(&mut cfg)?;
+    cfg.model.check_builtin()?;
     let prepared = train::prepare_data(&cfg)?;
     let device = crate::device::device(crate::device::parse(&cfg.device)?)?;
     let model = cfg.model.init(
@@ -398,13 +401,9 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         model,
         loaded,
     } = load_saved_run(&a.checkpoint, &a.placement)?;
-    let (loss, acc) = train::evaluate(
-        &model,
-        &prepared.test,
-        &prepared.normalizer,
-        cfg.train.eval_batch_size,
-        &device,
-    );
+    let test = ImageSet::new(prepared.test, prepared.normalizer, Augment::None);
+    let e = train::evaluate(&model, &test, cfg.train.eval_batch_size, &device);
+    let (loss, acc) = (e.loss, e.accuracy.unwrap_or(f64::NAN));
     println!(
         "{}: epoch {} (+{} samples), {} updates: test loss {:.4}, test accuracy {:.2}% on {} images",
         path.display(),
@@ -413,7 +412,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         loaded.state.updates,
         loss,
         100.0 * acc,
-        prepared.test.len()
+        e.samples
     );
     Ok(())
 }
@@ -531,9 +530,11 @@ fn cmd_noise(a: NoiseArgs) -> Result<()> {
         loaded,
         ..
     } = load_saved_run(&a.checkpoint, &a.placement)?;
+    // Without augmentation: the noise scale of the training set as it is.
+    let train_set = ImageSet::new(prepared.train, prepared.normalizer, Augment::None);
     let r = train::measure_noise_scale(
         &model,
-        &prepared,
+        &train_set,
         a.batches,
         a.batch_size,
         a.pieces,

@@ -278,6 +278,23 @@ pub struct RunSummary {
     pub comm_seconds: f64,
 }
 
+impl std::fmt::Display for RunSummary {
+    /// One line: `rings (adaptive, seed 0): 8 epochs, 8,483 updates, final test accuracy 67.25%`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, seed {}): {} epochs, {} updates, final test accuracy {:.2}% (best {:.2}%)",
+            self.name,
+            self.schedule,
+            self.seed,
+            self.epochs.0,
+            self.updates.0,
+            100.0 * self.final_test_accuracy,
+            100.0 * self.best_test_accuracy
+        )
+    }
+}
+
 impl RunSummary {
     /// Summarises a run's epoch records.
     pub fn from_metrics(

@@ -7,6 +7,7 @@
 //! whole model can be concatenated into one buffer for an all-reduce.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
 use burn::tensor::{Gradients, Tensor};
 use std::collections::HashMap;
 
@@ -125,6 +126,37 @@ impl ModuleVisitor for GradCollect<'_> {
 }
 
 impl Grads {
+    /// Gathers the gradients of `module`'s parameters from burn's per-parameter gradients (what
+    /// a `TrainStep` returns), in the module's order.
+    pub fn from_params<M: Module>(module: &M, grads: &GradientsParams) -> Self {
+        struct Collect<'a> {
+            grads: &'a GradientsParams,
+            path: Path,
+            out: Vec<(String, Tensor<1>)>,
+        }
+        impl ModuleVisitor for Collect<'_> {
+            fn enter_module(&mut self, name: &str, _container_type: &str) {
+                self.path.0.push(name.to_string());
+            }
+            fn exit_module(&mut self, _name: &str, _container_type: &str) {
+                self.path.0.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(g) = self.grads.get::<D>(param.id) {
+                    let n = g.shape().num_elements();
+                    self.out.push((self.path.name(), g.reshape([n])));
+                }
+            }
+        }
+        let mut v = Collect {
+            grads,
+            path: Path(Vec::new()),
+            out: Vec::new(),
+        };
+        module.visit(&mut v);
+        Grads { tensors: v.out }
+    }
+
     /// Gathers the gradients of `module`'s parameters from a backward pass.
     pub fn from_backward<M: Module>(module: &M, grads: &Gradients) -> Self {
         let mut v = GradCollect {

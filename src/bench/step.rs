@@ -57,7 +57,7 @@ pub(super) fn bench_train(
     };
     let [c, h, w] = input;
     let mut rng = data::derive_rng(0, 0, 99, batch as u64);
-    let batch_data = data::Batch {
+    let batch_data = data::Images {
         images: (0..batch * c * h * w)
             .map(|_| rng.random::<f32>() * 2.0 - 1.0)
             .collect(),
@@ -65,9 +65,6 @@ pub(super) fn bench_train(
             .map(|_| rng.random_range(0..classes as u8))
             .collect(),
         shape: [batch, c, h, w],
-        epoch: 0,
-        start: 0,
-        end: batch as u64,
     };
     // The trainer's step on one process: micro-batches of `AUTO_MICRO_BATCH`, and with the
     // noise scale measured, a batch that fits one micro-batch in two pieces.

@@ -204,6 +204,36 @@ fn default_device() -> String {
 pub const AUTO_MICRO_BATCH: usize = 512;
 
 impl RunConfig {
+    /// A config for a model and data given in code to [`crate::Trainer`]: `schedule`, with the
+    /// defaults of every other table (momentum, no weight decay; seed 0; the CPU). The trainer
+    /// fills in what the `[model]` table records of the model.
+    pub fn custom(name: &str, schedule: ScheduleConfig) -> RunConfig {
+        RunConfig {
+            name: Some(name.to_string()),
+            seed: 0,
+            device: default_device(),
+            data: DataConfig {
+                dataset: DatasetKind::Custom,
+                dir: default_data_dir(),
+                augment: Augment::None,
+                train_subset: 0,
+                test_subset: 0,
+                workers: default_workers(),
+                synthetic: SyntheticConfig::default(),
+            },
+            // Named after the model's type by the trainer.
+            model: ModelConfig::Custom {
+                name: String::new(),
+                ghost_batch_size: 0,
+                batch_norm: false,
+            },
+            optimizer: OptimizerConfig::default(),
+            schedule,
+            train: TrainConfig::default(),
+            reproduce: None,
+        }
+    }
+
     /// Parses a TOML document; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
         let cfg: RunConfig = toml::from_str(text)

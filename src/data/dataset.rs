@@ -88,6 +88,8 @@ pub enum DatasetKind {
     Cifar10,
     /// Generated, linearly separable data ([`synthetic`](super::synthetic::synthetic)).
     Synthetic,
+    /// A data set given in code to the library's `Trainer` (not loadable from files).
+    Custom,
 }
 
 impl DatasetKind {
@@ -97,16 +99,17 @@ impl DatasetKind {
         match self {
             DatasetKind::Mnist => Some(idx::MNIST_TRAIN_SAMPLES),
             DatasetKind::Cifar10 => Some(cifar::TRAIN_SAMPLES),
-            DatasetKind::Synthetic => None,
+            DatasetKind::Synthetic | DatasetKind::Custom => None,
         }
     }
 
-    /// Name used in file names and reports (`mnist`, `cifar10`, `synthetic`).
+    /// Name used in file names and reports (`mnist`, `cifar10`, `synthetic`, `custom`).
     pub fn as_str(self) -> &'static str {
         match self {
             DatasetKind::Mnist => "mnist",
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Synthetic => "synthetic",
+            DatasetKind::Custom => "custom",
         }
     }
 }
@@ -128,6 +131,7 @@ pub fn load(kind: DatasetKind, dir: &Path) -> Result<Split, DataError> {
         DatasetKind::Mnist => idx::load_mnist(&resolve_dir(kind, dir)),
         DatasetKind::Cifar10 => cifar::load_cifar10(&resolve_dir(kind, dir)),
         DatasetKind::Synthetic => Ok(synthetic::default_split()),
+        DatasetKind::Custom => Err(DataError::GivenInCode),
     }
 }
 
@@ -140,6 +144,7 @@ pub fn train_size(kind: DatasetKind, dir: &Path) -> Result<Samples, DataError> {
         DatasetKind::Mnist => idx::train_count(&dir),
         DatasetKind::Cifar10 => cifar::train_count(&dir),
         DatasetKind::Synthetic => Ok(Samples(synthetic::DEFAULT_TRAIN as u64)),
+        DatasetKind::Custom => Err(DataError::GivenInCode),
     }
 }
 
@@ -149,7 +154,7 @@ pub fn resolve_dir(kind: DatasetKind, dir: &Path) -> std::path::PathBuf {
     let subdirs: &[&str] = match kind {
         DatasetKind::Mnist => &["mnist"],
         DatasetKind::Cifar10 => &["cifar10-subset", "cifar-10-batches-bin", "cifar10"],
-        DatasetKind::Synthetic => &[],
+        DatasetKind::Synthetic | DatasetKind::Custom => &[],
     };
     if looks_like(kind, dir) {
         return dir.to_path_buf();
@@ -172,7 +177,7 @@ pub fn looks_like(kind: DatasetKind, dir: &Path) -> bool {
             dir.join(cifar::TEST_FILE).exists()
                 || cifar::data_batch_files(dir).is_ok_and(|v| !v.is_empty())
         }
-        DatasetKind::Synthetic => false,
+        DatasetKind::Synthetic | DatasetKind::Custom => false,
     }
 }
 

@@ -128,6 +128,12 @@ pub enum DataError {
         /// Bytes of that record present.
         partial: u64,
     },
+    /// `data.dataset = "custom"` names data given in code to the library's `Trainer`, which no
+    /// command can load from files.
+    #[error(
+        "data.dataset = \"custom\" is a data set given in code to noisescale::Trainer: no files to load; train, evaluate or measure it through the library"
+    )]
+    GivenInCode,
     /// A split holds no samples: a run could neither train on it nor report a test accuracy.
     #[error("{} holds no samples: {what}", path.display())]
     NoSamples {

@@ -1,5 +1,5 @@
-//! Batch assembly (`u8` → augmented → normalised `f32`) and the background loader that
-//! assembles batches on worker threads and hands them over in order through bounded queues.
+//! The background loader: assembles any [`TrainSet`]'s batches on worker threads and hands them
+//! over in order through bounded queues.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -7,115 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use super::sampler::{LastBatch, Position, Sampler, Shard, shard};
+use super::sampler::{LastBatch, Sampler, Shard, shard};
+use super::source::{Batch, ImageSet, TrainSet};
 use super::{Augment, Dataset, Normalizer};
 
-/// One (possibly sharded) batch ready for the model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    /// Normalised pixels, `B×C×H×W`.
-    pub images: Vec<f32>,
-    /// Labels, `B` of them.
-    pub labels: Vec<u8>,
-    /// `[B, C, H, W]`.
-    pub shape: [usize; 4],
-    /// Epoch the batch belongs to.
-    pub epoch: u32,
-    /// Offset in the epoch of the global batch's first sample. With sharding this is the
-    /// global batch (all ranks agree on it); this rank's part is [`shard`] of `start..end`.
-    pub start: u64,
-    /// Offset in the epoch just past the global batch's last sample.
-    pub end: u64,
-}
-
-impl Batch {
-    /// Number of samples in this (rank's) batch.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// Whether the batch holds no samples (a rank's empty share of a tiny last batch).
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    /// The position to checkpoint after consuming this batch, in an epoch of `n` samples.
-    pub fn position_after(&self, n: u64) -> Position {
-        Position::start_of(self.epoch).after(self.end, n)
-    }
-}
-
-/// Assembles the samples `indices` of `dataset` into a batch: augments each image with its
-/// `(seed, epoch, index)` randomness, then normalises. `start`/`end` are set to
-/// `0..indices.len()`; the loader overwrites them with the batch's place in the epoch.
-pub fn assemble(
-    dataset: &Dataset,
-    indices: &[u32],
-    normalizer: &Normalizer,
-    augment: Augment,
-    seed: u64,
-    epoch: u32,
-) -> Batch {
-    let shape3 = dataset.image_shape();
-    let [c, h, w] = shape3;
-    let len = dataset.image_len();
-    let plane = h * w;
-    assert_eq!(
-        normalizer.channels(),
-        c,
-        "normaliser channels differ from data set's"
-    );
-    // Filled by appending, not zeroed first: a batch at B = 8,000 is 25 MB of MNIST floats.
-    let mut images = Vec::with_capacity(indices.len() * len);
-    let mut labels = Vec::with_capacity(indices.len());
-    let mut scratch = vec![0u8; len];
-    for &i in indices {
-        let src = dataset.image(i as usize);
-        let px: &[u8] = match augment {
-            Augment::None => src,
-            _ => {
-                augment.apply(src, shape3, seed, epoch, u64::from(i), &mut scratch);
-                &scratch
-            }
-        };
-        for (ch, px) in px.chunks_exact(plane).enumerate() {
-            normalizer.extend_channel(ch, px, &mut images);
-        }
-        labels.push(dataset.labels[i as usize]);
-    }
-    debug_assert_eq!(images.len(), indices.len() * len);
-    Batch {
-        images,
-        labels,
-        shape: [indices.len(), c, h, w],
-        epoch,
-        start: 0,
-        end: indices.len() as u64,
-    }
-}
-
-/// Evaluation batches of `dataset` in file order, without augmentation, the last one partial.
-pub fn eval_batches<'a>(
-    dataset: &'a Dataset,
-    normalizer: &'a Normalizer,
-    batch_size: usize,
-) -> impl Iterator<Item = Batch> + 'a {
-    Sampler::new(dataset.len(), 0)
-        .batches(0, batch_size, 0)
-        .map(move |r| {
-            let idx: Vec<u32> = (r.start as u32..r.end as u32).collect();
-            let mut b = assemble(dataset, &idx, normalizer, Augment::None, 0, 0);
-            (b.start, b.end) = (r.start, r.end);
-            b
-        })
-}
-
 /// What a worker needs to assemble any batch of one epoch.
-#[derive(Clone)]
-struct Job {
-    dataset: Arc<Dataset>,
-    normalizer: Arc<Normalizer>,
-    augment: Augment,
+struct Job<T> {
+    set: Arc<T>,
     seed: u64,
     epoch: u32,
     perm: Arc<Vec<u32>>,
@@ -123,42 +21,58 @@ struct Job {
     ranges: Arc<Vec<(Range<u64>, Range<u64>)>>,
 }
 
-impl Job {
-    fn build(&self, i: usize) -> Batch {
+impl<T> Clone for Job<T> {
+    fn clone(&self) -> Self {
+        Job {
+            set: self.set.clone(),
+            seed: self.seed,
+            epoch: self.epoch,
+            perm: self.perm.clone(),
+            ranges: self.ranges.clone(),
+        }
+    }
+}
+
+impl<T: TrainSet> Job<T> {
+    fn build(&self, i: usize) -> Batch<T::Share> {
         let (global, local) = &self.ranges[i];
         let idx = &self.perm[local.start as usize..local.end as usize];
-        let mut b = assemble(
-            &self.dataset,
-            idx,
-            &self.normalizer,
-            self.augment,
-            self.seed,
-            self.epoch,
-        );
-        (b.start, b.end) = (global.start, global.end);
-        b
+        Batch {
+            share: self.set.assemble(idx, self.seed, self.epoch),
+            epoch: self.epoch,
+            start: global.start,
+            end: global.end,
+        }
     }
 }
 
 /// Produces the training batches of each epoch on background threads.
-#[derive(Clone)]
-pub struct Loader {
-    dataset: Arc<Dataset>,
-    normalizer: Arc<Normalizer>,
-    augment: Augment,
+pub struct Loader<T = ImageSet> {
+    set: Arc<T>,
     sampler: Sampler,
     workers: usize,
     prefetch: usize,
 }
 
-impl Loader {
+impl<T> Clone for Loader<T> {
+    fn clone(&self) -> Self {
+        Loader {
+            set: self.set.clone(),
+            sampler: self.sampler,
+            workers: self.workers,
+            prefetch: self.prefetch,
+        }
+    }
+}
+
+impl Loader<ImageSet> {
     /// Default number of worker threads.
     pub const DEFAULT_WORKERS: usize = 2;
     /// Default number of batches assembled ahead of the consumer.
     pub const DEFAULT_PREFETCH: usize = 4;
 
-    /// A loader over `dataset`; `workers == 0` assembles on the consuming thread; `prefetch`
-    /// bounds the batches waiting in the queues (at least one per worker).
+    /// A loader over the image set `dataset`; `workers == 0` assembles on the consuming thread;
+    /// `prefetch` bounds the batches waiting in the queues (at least one per worker).
     pub fn new(
         dataset: Arc<Dataset>,
         normalizer: Normalizer,
@@ -167,18 +81,34 @@ impl Loader {
         workers: usize,
         prefetch: usize,
     ) -> Loader {
+        Loader::over(
+            ImageSet::new(dataset, normalizer, augment),
+            seed,
+            workers,
+            prefetch,
+        )
+    }
+
+    /// The data set batches are drawn from, whole on every rank (sharding is per batch).
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.set.dataset
+    }
+}
+
+impl<T: TrainSet> Loader<T> {
+    /// A loader over any training set, seeded `seed` (order and augmentation), with `workers`
+    /// threads (0: on the consuming thread) and at most `prefetch` batches waiting.
+    pub fn over(set: T, seed: u64, workers: usize, prefetch: usize) -> Loader<T> {
         Loader {
-            sampler: Sampler::new(dataset.len(), seed),
-            dataset,
-            normalizer: Arc::new(normalizer),
-            augment,
+            sampler: Sampler::new(set.len(), seed),
+            set: Arc::new(set),
             workers,
             prefetch,
         }
     }
 
     /// The same loader with another last-batch policy.
-    pub fn with_last_batch(mut self, last_batch: LastBatch) -> Loader {
+    pub fn with_last_batch(mut self, last_batch: LastBatch) -> Self {
         self.sampler = self.sampler.with_last_batch(last_batch);
         self
     }
@@ -188,9 +118,9 @@ impl Loader {
         &self.sampler
     }
 
-    /// The data set batches are drawn from, whole on every rank (sharding is per batch).
-    pub fn dataset(&self) -> &Arc<Dataset> {
-        &self.dataset
+    /// The training set.
+    pub fn set(&self) -> &T {
+        &self.set
     }
 
     /// The batches of `epoch` at `batch_size` from `start_offset` on, in order; with
@@ -203,7 +133,7 @@ impl Loader {
         batch_size: usize,
         start_offset: u64,
         shard_of: Option<Shard>,
-    ) -> EpochIter {
+    ) -> EpochIter<T> {
         let ranges: Vec<_> = self
             .sampler
             .batches(epoch, batch_size, start_offset)
@@ -216,9 +146,7 @@ impl Loader {
             })
             .collect();
         let job = Job {
-            dataset: self.dataset.clone(),
-            normalizer: self.normalizer.clone(),
-            augment: self.augment,
+            set: self.set.clone(),
             seed: self.sampler.seed,
             epoch,
             perm: Arc::new(self.sampler.permutation(epoch)),
@@ -254,12 +182,12 @@ impl Loader {
     }
 }
 
-fn worker(
-    job: Job,
+fn worker<T: TrainSet>(
+    job: Job<T>,
     w: usize,
     nw: usize,
     total: usize,
-    tx: SyncSender<Batch>,
+    tx: SyncSender<Batch<T::Share>>,
     stop: Arc<AtomicBool>,
 ) {
     for i in (w..total).step_by(nw) {
@@ -274,16 +202,16 @@ fn worker(
 
 /// The batches of one epoch, in order (see [`Loader::epoch`]). Dropping it early stops and
 /// joins the workers.
-pub struct EpochIter {
-    job: Job,
+pub struct EpochIter<T: TrainSet = ImageSet> {
+    job: Job<T>,
     next: usize,
     total: usize,
-    rxs: Vec<Receiver<Batch>>,
+    rxs: Vec<Receiver<Batch<T::Share>>>,
     handles: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
 }
 
-impl EpochIter {
+impl<T: TrainSet> EpochIter<T> {
     /// Global batch ranges of the batches still to come.
     pub fn remaining_ranges(&self) -> Vec<Range<u64>> {
         self.job.ranges[self.next..]
@@ -293,10 +221,10 @@ impl EpochIter {
     }
 }
 
-impl Iterator for EpochIter {
-    type Item = Batch;
+impl<T: TrainSet> Iterator for EpochIter<T> {
+    type Item = Batch<T::Share>;
 
-    fn next(&mut self) -> Option<Batch> {
+    fn next(&mut self) -> Option<Batch<T::Share>> {
         if self.next >= self.total {
             return None;
         }
@@ -326,9 +254,9 @@ impl Iterator for EpochIter {
     }
 }
 
-impl ExactSizeIterator for EpochIter {}
+impl<T: TrainSet> ExactSizeIterator for EpochIter<T> {}
 
-impl Drop for EpochIter {
+impl<T: TrainSet> Drop for EpochIter<T> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Dropping the receivers makes any blocked `send` fail, so every worker returns.

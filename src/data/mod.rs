@@ -54,6 +54,7 @@ pub mod idx;
 pub mod inspect;
 pub mod loader;
 pub mod sampler;
+pub mod source;
 pub mod synthetic;
 
 #[cfg(test)]
@@ -70,6 +71,10 @@ pub use dataset::{
 pub use error::DataError;
 pub use idx::{IdxImages, load_mnist, load_mnist_with, read_decoded, read_images, read_labels};
 pub use inspect::{DatasetReport, FileDigest, InspectReport, SplitReport, inspect, sha256_hex};
-pub use loader::{Batch, EpochIter, Loader, assemble, eval_batches};
+pub use loader::{EpochIter, Loader};
 pub use sampler::{Batches, LastBatch, Position, Sampler, Shard, derive_rng, shard};
+pub use source::{
+    Batch, BurnData, EvalSet, FeatureBatcher, Features, ImageBatch, ImageSet, Images, Items, Share,
+    TrainSet, assemble, eval_batches,
+};
 pub use synthetic::{default_split, synthetic};

@@ -10,6 +10,8 @@ pub mod norm;
 pub mod resnet;
 pub mod wrn;
 
+use crate::data::ImageBatch;
+use crate::learner::{BatchCoupling, ClassificationOutput, Trainable, classification};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -62,6 +64,18 @@ pub enum ModelConfig {
         /// Ghost batch size for every batch norm; 0 for ordinary batch norm.
         #[serde(default)]
         ghost_batch_size: usize,
+    },
+    /// A model defined in code and trained through the library's `Trainer`: what the config
+    /// records of it (no command can build it).
+    Custom {
+        /// Its name (the Rust type's, unless given).
+        name: String,
+        /// The ghost batch size of its batch norms; 0: none.
+        #[serde(default)]
+        ghost_batch_size: usize,
+        /// Whether it normalises with batch statistics.
+        #[serde(default)]
+        batch_norm: bool,
     },
 }
 
@@ -136,6 +150,7 @@ impl ModelConfig {
                     ));
                 }
             }
+            ModelConfig::Custom { .. } => {}
         }
         Ok(())
     }
@@ -148,6 +163,9 @@ impl ModelConfig {
             }
             | ModelConfig::Wrn {
                 ghost_batch_size, ..
+            }
+            | ModelConfig::Custom {
+                ghost_batch_size, ..
             } => *ghost_batch_size,
             _ => 0,
         }
@@ -155,7 +173,21 @@ impl ModelConfig {
 
     /// Whether the model normalises with batch statistics.
     pub fn has_batch_norm(&self) -> bool {
-        matches!(self, ModelConfig::Resnet { .. } | ModelConfig::Wrn { .. })
+        match self {
+            ModelConfig::Resnet { .. } | ModelConfig::Wrn { .. } => true,
+            ModelConfig::Custom { batch_norm, .. } => *batch_norm,
+            ModelConfig::Mlp { .. } | ModelConfig::Cnn { .. } => false,
+        }
+    }
+
+    /// The error for a model defined in code where a command would build it from the config.
+    pub fn check_builtin(&self) -> anyhow::Result<()> {
+        if let ModelConfig::Custom { name, .. } = self {
+            anyhow::bail!(
+                "model.kind = \"custom\" ({name}) is a model defined in code and trained through noisescale::Trainer: no command can build it; evaluate or measure it through the library"
+            );
+        }
+        Ok(())
     }
 
     /// A short name, e.g. `resnet-8` or `wrn-16-4`.
@@ -172,13 +204,15 @@ impl ModelConfig {
             ModelConfig::Cnn { .. } => "cnn".into(),
             ModelConfig::Resnet { depth, .. } => format!("resnet-{depth}"),
             ModelConfig::Wrn { depth, widen, .. } => format!("wrn-{depth}-{widen}"),
+            ModelConfig::Custom { name, .. } => name.clone(),
         }
     }
 
     /// Builds the model for images of shape `[channels, height, width]` and `classes` classes.
     ///
     /// Every parameter is initialised here, from the device's random stream as it stands now
-    /// (see [`crate::params::materialize`]).
+    /// (see [`crate::params::materialize`]). Panics for [`ModelConfig::Custom`], which no config
+    /// can build ([`ModelConfig::check_builtin`] names that as an error first).
     pub fn init(&self, input: [usize; 3], classes: usize, device: &Device) -> Model {
         let model = self.build(input, classes, device);
         crate::params::materialize(&model);
@@ -195,14 +229,7 @@ impl ModelConfig {
         seed: u64,
         device: &Device,
     ) -> Model {
-        // Seeding and drawing under one lock: runs on other threads cannot interleave.
-        if crate::device::is_flex(device) {
-            return crate::device::seeded(device, seed, || self.init(input, classes, device));
-        }
-        let cpu = Device::flex().autodiff();
-        let model = crate::device::seeded(&cpu, seed, || self.init(input, classes, &cpu));
-        // `fork` keeps each parameter's `require_grad` on the new device.
-        model.fork(device)
+        init_seeded(seed, device, |d| self.build(input, classes, d))
     }
 
     fn build(&self, input: [usize; 3], classes: usize, device: &Device) -> Model {
@@ -236,6 +263,9 @@ impl ModelConfig {
                 *ghost_batch_size,
                 device,
             )),
+            ModelConfig::Custom { name, .. } => {
+                panic!("the model {name} is defined in code: no config can build it")
+            }
         }
     }
 
@@ -300,18 +330,45 @@ impl Model {
     }
 }
 
-/// A model noisescale can train: images `[B, C, H, W]` in, logits `[B, classes]` out. The
-/// shipped [`Model`] is one; a burn module of your own becomes one by saying how it computes
-/// its logits (see `examples/custom_model.rs`). It must be `Sync`, as modules of burn's layers
-/// and tensors are, since the CPU step computes on a thread of rayon's pool with a reference
-/// to it.
-pub trait Classifier: Module + Sync {
-    /// The logits of a batch of images.
-    fn logits(&self, images: Tensor<4>) -> Tensor<2>;
+crate::train_steps!(Model, ImageBatch => ClassificationOutput, classify);
+
+impl Model {
+    /// The logits of a batch and their cross-entropy loss (mean over the batch).
+    fn classify(&self, batch: ImageBatch) -> ClassificationOutput {
+        classification(self.forward(batch.images), batch.targets)
+    }
 }
 
-impl Classifier for Model {
-    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
-        self.forward(images)
+impl Trainable for Model {
+    fn batch_coupling(&self) -> BatchCoupling {
+        let bn = match self {
+            Model::Mlp(_) | Model::Cnn(_) => return BatchCoupling::None,
+            Model::ResNet(m) => &m.stem_bn,
+            Model::Wrn(m) => &m.bn,
+        };
+        match bn.ghost_batch_size {
+            0 => BatchCoupling::Whole,
+            g => BatchCoupling::Ghost(g),
+        }
     }
+}
+
+/// Draws a model's initial parameters from `seed`: `init` builds it on the CPU under that seed
+/// (every lazily initialised parameter drawn there, see [`crate::params::materialize`]) and the
+/// result moves to `device`, so the same seed gives the same initial weights on every device
+/// (random streams differ between burn's backends).
+pub fn init_seeded<M: Module>(seed: u64, device: &Device, init: impl Fn(&Device) -> M) -> M {
+    let draw = |d: &Device| {
+        let model = init(d);
+        crate::params::materialize(&model);
+        model
+    };
+    // Seeding and drawing under one lock: runs on other threads cannot interleave.
+    if crate::device::is_flex(device) {
+        return crate::device::seeded(device, seed, || draw(device));
+    }
+    let cpu = Device::flex().autodiff();
+    let model = crate::device::seeded(&cpu, seed, || draw(&cpu));
+    // `fork` keeps each parameter's `require_grad` on the new device.
+    model.fork(device)
 }

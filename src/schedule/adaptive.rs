@@ -85,6 +85,14 @@ impl AdaptiveConfig {
     pub const MIN_MEASUREMENTS: u64 = 8;
 }
 
+impl AdaptiveConfig {
+    /// The same settings with B aimed at `alpha` × B_simple.
+    pub fn with_alpha(mut self, alpha: f64) -> Self {
+        self.alpha = alpha;
+        self
+    }
+}
+
 impl Default for AdaptiveConfig {
     fn default() -> Self {
         Self {

@@ -8,13 +8,19 @@ use super::progress::{describe_decision, describe_epoch, progress_bar};
 use super::ranks::{average_running_stats, global_epoch_sums, weights_checksum};
 use super::run::{CurrentEpoch, Run, observation};
 use crate::checkpoint::{self, EpochAccumulator};
+use crate::data::{EvalSet, Share, TrainSet};
+use crate::learner::{TrainStep, Trainable};
 use crate::metrics::{self, EpochMetrics};
-use crate::model::Model;
 use crate::units::Epoch;
 use anyhow::{Result, bail};
 use std::time::Instant;
 
-impl Run<'_> {
+impl<M, T, E> Run<'_, M, T, E>
+where
+    M: Trainable,
+    T: TrainSet<Share: Share<Input = <M as TrainStep>::Input>>,
+    E: EvalSet<Input = <M as TrainStep>::Input>,
+{
     /// The epoch the run stands in, or `None` when the schedule is done.
     pub(super) fn next_epoch(&self) -> Option<CurrentEpoch> {
         let index = Epoch(self.state.position.epoch);
@@ -44,7 +50,7 @@ impl Run<'_> {
     /// Ends `epoch`: totals over the ranks, their agreement on the weights, evaluation (rank 0),
     /// the record, the adaptive schedule's decision for the next epoch, and on rank 0 the metrics
     /// line, the checkpoint when due and the printed line.
-    pub(super) fn end_epoch(&mut self, model: Model, epoch: CurrentEpoch) -> Result<Model> {
+    pub(super) fn end_epoch(&mut self, model: M, epoch: CurrentEpoch) -> Result<M> {
         epoch.bar.finish_and_clear();
         let train_seconds = epoch.train_seconds();
         let (cfg, comm, index) = (&self.resolved.config, self.comm, epoch.index);
@@ -62,17 +68,18 @@ impl Run<'_> {
                 );
             }
         }
-        let (test_loss, test_accuracy) = if self.leader() {
-            evaluate(
-                &model,
-                &self.prepared.test,
-                &self.prepared.normalizer,
-                cfg.train.eval_batch_size,
-                &self.device,
-            )
+        let mut test = if self.leader() {
+            let e = evaluate(&model, self.eval, cfg.train.eval_batch_size, &self.device);
+            [e.loss, e.accuracy.unwrap_or(f64::NAN)]
         } else {
-            (0.0, 0.0)
+            [0.0, 0.0]
         };
+        if comm.world_size() > 1 {
+            // Rank 0's evaluation on every rank, so that every rank's records (and the summary
+            // a library call returns there) hold it.
+            comm.all_reduce_sum_f64(&mut test)?;
+        }
+        let [test_loss, test_accuracy] = test;
         // The noise scale of the epoch's last batch (warm-up aside).
         let lr_factor = self.state.adaptive.as_ref().map_or(1.0, |a| a.lr_factor);
         let g = crate::noise::noise_scale(
@@ -91,7 +98,11 @@ impl Run<'_> {
             momentum: epoch.hyper.momentum,
             noise_scale: g,
             train_loss: totals.loss_sum / count,
-            train_accuracy: totals.correct as f64 / count,
+            train_accuracy: if self.classifies {
+                totals.correct as f64 / count
+            } else {
+                f64::NAN
+            },
             test_loss,
             test_accuracy,
             world_size: comm.world_size(),

@@ -8,11 +8,11 @@ use crate::config::Resolved;
 use crate::config::RunConfig;
 use crate::data;
 use crate::metrics::RunSummary;
-use crate::model::Model;
 use crate::params::trainable_params;
 use crate::run_dir::{self, RunInfo};
 use crate::schedule::adaptive::AdaptiveState;
 use anyhow::Result;
+use burn::module::Module;
 use std::path::Path;
 
 /// The run directory's description of the run, written by the leader before the first update
@@ -22,7 +22,7 @@ use std::path::Path;
 pub(super) fn write_run_files(
     resolved: &Resolved,
     opts: &TrainOptions,
-    model: &Model,
+    model: &impl Module,
     state: &TrainState,
 ) -> Result<()> {
     let (cfg, out, schedule) = (&resolved.config, &opts.out, &resolved.schedule);

@@ -1,29 +1,33 @@
 //! `noisescale noise`: the gradient noise scale of a saved model, without training it.
 
-use super::prepare::Prepared;
 use super::step::{StepError, StepPlan, forward_backward};
-use crate::data;
+use crate::data::{self, Share, TrainSet};
 use crate::gns::StepNorms;
-use crate::model::Model;
+use crate::learner::{TrainStep, Trainable};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 
 /// Measures the gradient noise scale of `model` as it stands (no update): `batches` batches of
 /// `batch_size` training samples (each drawn without replacement, from `seed`; no augmentation),
-/// each computed in `pieces` equal pieces exactly as the trainer computes micro-batches.
+/// each computed in `pieces` equal pieces exactly as the trainer computes micro-batches (for an
+/// image set, give it without augmentation).
 /// The result's `epoch_b_simple` is `Σ𝒮/Σ|𝒢|²` over the batches and `b_simple_stderr` its
 /// standard error; `trace` and `grad_sq` are the means of 𝒮 and |𝒢|² (see [`crate::gns`]).
-pub fn measure_noise_scale(
-    model: &Model,
-    data: &Prepared,
+pub fn measure_noise_scale<M, T>(
+    model: &M,
+    data: &T,
     batches: usize,
     batch_size: usize,
     pieces: usize,
     seed: u64,
     device: &Device,
-) -> Result<crate::gns::Reading> {
+) -> Result<crate::gns::Reading>
+where
+    M: Trainable,
+    T: TrainSet<Share: Share<Input = <M as TrainStep>::Input>>,
+{
     use rand::seq::SliceRandom;
-    let n = data.train.len();
+    let n = data.len();
     if pieces < 2 || batch_size < pieces || batch_size > n || batches == 0 {
         bail!(
             "measuring the noise scale needs 2 <= pieces <= batch size <= N ({n}) and at least one batch (got {batches} batches of {batch_size} in {pieces} pieces)"
@@ -44,17 +48,10 @@ pub fn measure_noise_scale(
     for i in 0..batches {
         let mut rng = data::derive_rng(seed, 0, 0x6e6f697365, i as u64);
         let (chosen, _) = all.partial_shuffle(&mut rng, batch_size);
-        let batch = data::assemble(
-            &data.train,
-            chosen,
-            &data.normalizer,
-            data::Augment::None,
-            seed,
-            0,
-        );
+        let share = data.assemble(chosen, seed, 0);
         let step = forward_backward(
             model,
-            batch,
+            share,
             batch_size,
             &StepPlan {
                 update: i as u64,

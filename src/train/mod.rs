@@ -24,7 +24,7 @@ mod run;
 mod step;
 mod trace;
 
-pub use eval::evaluate;
+pub use eval::{Evaluation, evaluate};
 pub use files::finished_run;
 pub use measure::measure_noise_scale;
 pub use prepare::{Prepared, planned_train_size, prepare_data};
@@ -37,9 +37,12 @@ use run::{Flow, Run};
 
 use crate::checkpoint::CHECKPOINT_FILE;
 use crate::config::Resolved;
+use crate::data::{EvalSet, ImageSet, Share, TrainSet};
 use crate::dist::Communicator;
+use crate::learner::{TrainStep, Trainable};
 use crate::metrics::RunSummary;
 use anyhow::Result;
+use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -97,15 +100,69 @@ pub struct TrainOptions {
     pub verbose: bool,
 }
 
-/// Runs (or resumes) training as `resolved` says, writing into `opts.out`.
+/// What a run trains: the model (built by `init` on a device; its initial parameters are drawn
+/// from the run's seed), the training set and the evaluation set.
+pub struct Task<'a, M, T, E> {
+    /// Builds the model on a device.
+    pub init: &'a dyn Fn(&Device) -> M,
+    /// The training set.
+    pub train: T,
+    /// The evaluation set, evaluated at the end of every epoch.
+    pub eval: &'a E,
+}
+
+/// A finished run: its summary and its trained model.
+pub struct Trained<M> {
+    /// What the run's metrics add up to (also in `summary.json`).
+    pub summary: RunSummary,
+    /// The model after the last update.
+    pub model: M,
+}
+
+/// Runs (or resumes) training of the built-in model on the built-in data as `resolved` says,
+/// writing into `opts.out`.
 pub fn train(
     resolved: &Resolved,
     prepared: &Prepared,
     opts: &TrainOptions,
     comm: &dyn Communicator,
 ) -> Result<RunSummary> {
+    let cfg = &resolved.config;
+    let (shape, classes) = (prepared.train.image_shape(), prepared.train.num_classes);
+    let init = |d: &Device| cfg.model.init(shape, classes, d);
+    let train = ImageSet::new(
+        prepared.train.clone(),
+        prepared.normalizer.clone(),
+        cfg.data.augment,
+    );
+    let eval = ImageSet::new(
+        prepared.test.clone(),
+        prepared.normalizer.clone(),
+        crate::data::Augment::None,
+    );
+    let task = Task {
+        init: &init,
+        train,
+        eval: &eval,
+    };
+    Ok(train_task(resolved, task, opts, comm)?.summary)
+}
+
+/// Runs (or resumes) training of any [`Trainable`] model on any data as `resolved` says, writing
+/// into `opts.out`: the one loop behind the CLI and the library's [`crate::Trainer`].
+pub fn train_task<M, T, E>(
+    resolved: &Resolved,
+    task: Task<'_, M, T, E>,
+    opts: &TrainOptions,
+    comm: &dyn Communicator,
+) -> Result<Trained<M>>
+where
+    M: Trainable,
+    T: TrainSet<Share: Share<Input = <M as TrainStep>::Input>>,
+    E: EvalSet<Input = <M as TrainStep>::Input>,
+{
     crate::cpu::setup();
-    let (mut run, mut model) = Run::start(resolved, prepared, opts, comm)?;
+    let (mut run, mut model) = Run::start(resolved, task, opts, comm)?;
     while let Some(mut epoch) = run.next_epoch() {
         // One pass per batch size: a decision of the adaptive schedule within the epoch ends the
         // pass, and the next one continues from the same sample with the new B.
@@ -120,7 +177,10 @@ pub fn train(
         }
         model = run.end_epoch(model, epoch)?;
     }
-    run.finish()
+    Ok(Trained {
+        summary: run.finish()?,
+        model,
+    })
 }
 
 /// Path of the checkpoint in a run directory.

@@ -11,7 +11,7 @@ pub struct Prepared {
     /// Training set after `data.train_subset`, shared with the loader threads.
     pub train: Arc<Dataset>,
     /// Test set after `data.test_subset`, evaluated in file order.
-    pub test: Dataset,
+    pub test: Arc<Dataset>,
     /// Per-channel normalisation from the training set.
     pub normalizer: Normalizer,
 }
@@ -50,7 +50,7 @@ pub fn prepare_data(config: &RunConfig) -> Result<Prepared> {
     let normalizer = Normalizer::from_dataset(&train);
     Ok(Prepared {
         train: Arc::new(train),
-        test,
+        test: Arc::new(test),
         normalizer,
     })
 }

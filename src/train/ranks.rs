@@ -2,15 +2,15 @@
 
 use crate::checkpoint::EpochAccumulator;
 use crate::dist::Communicator;
-use crate::model::Model;
 use crate::params::{Grads, named_tensors, replace_tensors};
 use anyhow::{Result, bail};
+use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use std::time::Instant;
 
 /// A 64-bit FNV-1a checksum of every tensor of the model (weights and running statistics), to
 /// check that ranks agree.
-pub fn weights_checksum(model: &Model) -> u64 {
+pub fn weights_checksum<M: Module>(model: &M) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for t in named_tensors(model) {
         for x in t.value.into_data().iter::<f32>() {
@@ -28,7 +28,7 @@ pub fn weights_checksum(model: &Model) -> u64 {
 /// Each rank updates its running statistics from its own shards only; averaging them (in f64)
 /// before every evaluation and checkpoint makes all ranks hold the same model, which the
 /// checkpoint stores and the weight checksum then covers.
-pub(super) fn average_running_stats(model: Model, comm: &dyn Communicator) -> Result<Model> {
+pub(super) fn average_running_stats<M: Module>(model: M, comm: &dyn Communicator) -> Result<M> {
     let world = comm.world_size();
     let buffers: Vec<_> = named_tensors(&model)
         .into_iter()

@@ -7,14 +7,14 @@ use super::progress::describe_decision;
 use super::ranks::{Agreed, all_reduce_update, average_running_stats, global_epoch_sums};
 use super::step::{StepError, StepPlan, forward_backward};
 use super::trace::Before;
-use super::{Diverged, INTERRUPTED, Interrupted, Prepared, TrainOptions};
+use super::{Diverged, INTERRUPTED, Interrupted, TrainOptions};
 use crate::checkpoint::{self, CHECKPOINT_FILE, TrainState};
 use crate::config::Resolved;
-use crate::data::{self, Batch, EpochIter, Loader, Shard};
+use crate::data::{self, Batch, EpochIter, EvalSet, Loader, Shard, Share, TrainSet};
 use crate::dist::Communicator;
 use crate::gns::StepNorms;
+use crate::learner::{BatchCoupling, TrainStep, Trainable};
 use crate::metrics::{self, EpochMetrics, RunSummary};
-use crate::model::Model;
 use crate::optim::Optimizer;
 use crate::run_dir::{self, RunLock};
 use crate::schedule::Hyper;
@@ -59,9 +59,10 @@ impl CurrentEpoch {
 }
 
 /// A run between its updates.
-pub(super) struct Run<'a> {
+pub(super) struct Run<'a, M, T: TrainSet, E> {
     pub(super) resolved: &'a Resolved,
-    pub(super) prepared: &'a Prepared,
+    /// The evaluation set.
+    pub(super) eval: &'a E,
     pub(super) opts: &'a TrainOptions,
     pub(super) comm: &'a dyn Communicator,
     pub(super) device: Device,
@@ -70,7 +71,12 @@ pub(super) struct Run<'a> {
     /// The metrics of the epochs done, resumed ones included.
     pub(super) records: Vec<EpochMetrics>,
     pub(super) controller: Option<Controller>,
-    loader: Loader,
+    loader: Loader<T>,
+    /// How the model's samples meet in batch statistics (its ghost batch size, or none).
+    coupling: BatchCoupling,
+    /// Whether the model's steps count correct predictions (a classifier): seen on this
+    /// session's steps.
+    pub(super) classifies: bool,
     pub(super) ckpt_path: PathBuf,
     pub(super) metrics_path: PathBuf,
     session_start: Instant,
@@ -83,17 +89,24 @@ pub(super) struct Run<'a> {
     shard: Option<Shard>,
     /// Rank 0's exclusive hold on the run directory, released when the run is dropped.
     _lock: Option<RunLock>,
+    _model: std::marker::PhantomData<fn() -> M>,
 }
 
-impl<'a> Run<'a> {
+impl<'a, M, T, E> Run<'a, M, T, E>
+where
+    M: Trainable,
+    T: TrainSet<Share: Share<Input = <M as TrainStep>::Input>>,
+    E: EvalSet<Input = <M as TrainStep>::Input>,
+{
     /// Sets a run up, or resumes it from its checkpoint, and writes its run files (rank 0).
-    /// Returns the run and its model.
+    /// `init` builds the model on a device (its initial parameters are drawn from the run's
+    /// seed). Returns the run and its model.
     pub(super) fn start(
         resolved: &'a Resolved,
-        prepared: &'a Prepared,
+        task: super::Task<'a, M, T, E>,
         opts: &'a TrainOptions,
         comm: &'a dyn Communicator,
-    ) -> Result<(Self, Model)> {
+    ) -> Result<(Self, M)> {
         let cfg = &resolved.config;
         let (rank, world) = (comm.rank(), comm.world_size());
         let leader = rank == 0;
@@ -113,13 +126,8 @@ impl<'a> Run<'a> {
         let ckpt_path = out.join(CHECKPOINT_FILE);
         let metrics_path = out.join(run_dir::METRICS_FILE);
 
-        let train_set = &prepared.train;
-        let mut model = cfg.model.init_seeded(
-            train_set.image_shape(),
-            train_set.num_classes,
-            cfg.seed,
-            &device,
-        );
+        let mut model = crate::model::init_seeded(cfg.seed, &device, task.init);
+        let coupling = model.batch_coupling();
         let mut optim: Optimizer = cfg.optimizer.init();
         let mut state = TrainState::start();
         let mut records = Vec::new();
@@ -159,10 +167,8 @@ impl<'a> Run<'a> {
             write_run_files(resolved, opts, &model, &state)?;
         }
 
-        let loader = Loader::new(
-            train_set.clone(),
-            prepared.normalizer.clone(),
-            cfg.data.augment,
+        let loader = Loader::over(
+            task.train,
             cfg.seed,
             cfg.data.workers,
             Loader::DEFAULT_PREFETCH,
@@ -171,7 +177,7 @@ impl<'a> Run<'a> {
         // batch size (on every `train.noise_scale_split_every`-th update); not with ordinary batch
         // norm, whose statistics would then change, and not over several ranks, which are pieces
         // already.
-        let plain_bn = cfg.model.has_batch_norm() && cfg.model.ghost_batch_size() == 0;
+        let plain_bn = coupling == BatchCoupling::Whole;
         let measure_pieces = if cfg.train.noise_scale && world == 1 && !plain_bn {
             2
         } else {
@@ -180,11 +186,13 @@ impl<'a> Run<'a> {
         let shard = (world > 1).then_some(Shard {
             rank,
             world,
-            quantum: cfg.model.ghost_batch_size().max(1),
+            quantum: coupling.quantum(),
         });
         let run = Run {
             resolved,
-            prepared,
+            eval: task.eval,
+            coupling,
+            classifies: false,
             opts,
             comm,
             device,
@@ -202,6 +210,7 @@ impl<'a> Run<'a> {
             split_every: cfg.train.split_every(cfg.schedule.kind),
             shard,
             _lock: lock,
+            _model: std::marker::PhantomData,
         };
         Ok((run, model))
     }
@@ -230,7 +239,7 @@ impl<'a> Run<'a> {
 
     /// The batches of a pass over the rest of `epoch` at its current batch size (this rank's
     /// share of each).
-    pub(super) fn batches(&self, epoch: &CurrentEpoch) -> EpochIter {
+    pub(super) fn batches(&self, epoch: &CurrentEpoch) -> EpochIter<T> {
         let batches = self.loader.epoch(
             epoch.index.0,
             epoch.batch_size,
@@ -246,10 +255,10 @@ impl<'a> Run<'a> {
     /// decision and a mid-epoch checkpoint when one is due or Ctrl-C asked for it.
     pub(super) fn update(
         &mut self,
-        model: Model,
-        batch: Batch,
+        model: M,
+        batch: Batch<T::Share>,
         epoch: &mut CurrentEpoch,
-    ) -> Result<(Model, Flow)> {
+    ) -> Result<(M, Flow)> {
         let cfg = &self.resolved.config;
         let micro_max = self.resolved.max_micro_batch;
         let measure = cfg.train.noise_scale;
@@ -262,7 +271,7 @@ impl<'a> Run<'a> {
         let mut plan = StepPlan {
             max_micro_batch: micro_max,
             min_pieces: if split_update { self.measure_pieces } else { 1 },
-            quantum: cfg.model.ghost_batch_size().max(1),
+            quantum: self.coupling.quantum(),
             measure,
             seed: cfg.seed,
             update,
@@ -284,7 +293,7 @@ impl<'a> Run<'a> {
         );
         let sampler = self.loader.sampler();
         let traced = Before::capture_if(cfg, update, &model, &self.optim, &batch, sampler);
-        let step = match forward_backward(&model, batch, global_len, &plan, &self.device) {
+        let step = match forward_backward(&model, batch.share, global_len, &plan, &self.device) {
             Ok(s) => s,
             Err(StepError::NonFinite { loss }) => bail!(Diverged {
                 loss,
@@ -361,7 +370,10 @@ impl<'a> Run<'a> {
         state.updates = Updates(update);
         state.samples += Samples(global_len as u64);
         state.epoch.loss_sum += step.loss_sum;
-        state.epoch.correct += step.correct;
+        state.epoch.correct += step.correct.unwrap_or(0);
+        // Every session steps before its first epoch end (a checkpoint is never taken at an
+        // epoch's last update but after it), so this is known where the record needs it.
+        self.classifies |= step.correct.is_some();
         state.epoch.count += local_len as u64;
         state.position = position;
         epoch.bar.inc(1);
@@ -416,7 +428,7 @@ impl<'a> Run<'a> {
 
     /// A checkpoint within an epoch: the sampler position, the partial-epoch sums of all ranks
     /// and the estimator make it a complete description of the run.
-    fn checkpoint_mid_epoch(&mut self, model: Model, epoch: &CurrentEpoch) -> Result<Model> {
+    fn checkpoint_mid_epoch(&mut self, model: M, epoch: &CurrentEpoch) -> Result<M> {
         let mut saved = self.state.clone();
         saved.epoch = global_epoch_sums(&self.state.epoch, self.comm)?;
         saved.epoch.train_seconds = epoch.train_seconds();

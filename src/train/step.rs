@@ -1,11 +1,9 @@
 //! One update's forward and backward passes: the seam the trainer, `bench` and the noise-scale
 //! estimator share.
 
-use super::eval::{correct_count, to_tensors};
-use crate::data;
-use crate::model::Classifier;
+use crate::data::Share;
+use crate::learner::{StepItem, TrainOutput, TrainStep, Trainable};
 use crate::params::Grads;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Tensor};
 
 pub(super) fn mix(a: u64, b: u64) -> u64 {
@@ -39,8 +37,7 @@ pub struct StepPlan {
 }
 
 impl StepPlan {
-    /// Each batch in one piece, nothing measured: the plain step for a model of your own
-    /// (`examples/custom_model.rs`).
+    /// Each batch in one piece, nothing measured: the plain step.
     pub fn whole_batch() -> StepPlan {
         StepPlan {
             max_micro_batch: usize::MAX,
@@ -74,8 +71,8 @@ pub struct StepOutput {
     pub grads: Grads,
     /// `Σ loss × samples` over this rank's pieces.
     pub loss_sum: f64,
-    /// Correct predictions (training mode).
-    pub correct: u64,
+    /// Correct predictions (training mode); `None` where the model's output has no accuracy.
+    pub correct: Option<u64>,
     /// Per piece: its samples `b_i` and, when measured, `|g_i|²` of its mean loss gradient.
     pub pieces: Vec<(usize, f64)>,
 }
@@ -103,41 +100,48 @@ impl std::fmt::Display for StepError {
 
 impl std::error::Error for StepError {}
 
-/// One update's forward and backward passes on this rank's share `batch` of a global batch of
-/// `global_len` samples: the share is cut into pieces ([`StepPlan::piece_len`]), each piece's
-/// gradient weighted by `len/global_len`, which sums (over pieces and ranks) to the gradient of
-/// the mean loss over the whole batch. The trainer and `bench` both run this. It takes the batch:
-/// its images become the input tensor, uncopied on the CPU. On the CPU it runs on a thread of
+/// One update's forward and backward passes on this rank's share of a global batch of
+/// `global_len` samples: the share is cut into pieces ([`StepPlan::piece_len`]), the model's
+/// [`TrainStep`] runs once per piece and each piece's gradient is weighted by `len/global_len`,
+/// which sums (over pieces and ranks) to the gradient of the mean loss over the whole batch. The
+/// trainer and `bench` both run this. It takes the share: a share of images goes to the device
+/// once, uncopied on the CPU, and its pieces are views of it. On the CPU it runs on a thread of
 /// rayon's pool ([`crate::device::on_compute_thread`]), so a caller outside the pool hands the
 /// step over once instead of once per parallel operation.
-pub fn forward_backward<M: Classifier>(
+pub fn forward_backward<M, S>(
     model: &M,
-    batch: data::Batch,
+    share: S,
     global_len: usize,
     plan: &StepPlan,
     device: &Device,
-) -> Result<StepOutput, StepError> {
+) -> Result<StepOutput, StepError>
+where
+    M: Trainable,
+    S: Share<Input = <M as TrainStep>::Input>,
+{
     crate::device::on_compute_thread(device, || {
-        forward_backward_here(model, batch, global_len, plan, device)
+        forward_backward_here(model, share, global_len, plan, device)
     })
 }
 
 /// [`forward_backward`] on the calling thread.
-fn forward_backward_here<M: Classifier>(
+fn forward_backward_here<M, S>(
     model: &M,
-    batch: data::Batch,
+    share: S,
     global_len: usize,
     plan: &StepPlan,
     device: &Device,
-) -> Result<StepOutput, StepError> {
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
-    let [_, c, h, w] = batch.shape;
-    let local = batch.len();
+) -> Result<StepOutput, StepError>
+where
+    M: Trainable,
+    S: Share<Input = <M as TrainStep>::Input>,
+{
+    let local = share.len();
     let piece = plan.piece_len(local);
     let mut out = StepOutput {
         grads: Grads::default(),
         loss_sum: 0.0,
-        correct: 0,
+        correct: None,
         pieces: Vec::new(),
     };
     if local == 0 {
@@ -146,29 +150,26 @@ fn forward_backward_here<M: Classifier>(
         out.grads = Grads::zeros_like(model);
         return Ok(out);
     }
-    // The share goes to the device once; pieces are slices of it there. What the host needs
-    // (losses, correct counts, the pieces' squared norms) stays on the device until one read
-    // after the last piece: a GPU backend waits for its queue at every read.
-    let (all_x, all_y) = to_tensors(batch.images, &batch.labels, [local, c, h, w], device);
+    // What the host needs (losses, correct counts, the pieces' squared norms) stays on the
+    // device until one read after the last piece: a GPU backend waits for its queue at every
+    // read.
     let mut stats: Vec<Tensor<1>> = Vec::new();
+    let mut lens = Vec::new();
     let mut norm_parts = 0;
-    let mut start = 0;
-    while start < local {
-        let len = piece.min(local - start);
-        let piece_seed = mix(plan.seed, mix(plan.update, out.pieces.len() as u64));
+    let mut counts = false;
+    let mut remaining = local;
+    for input in share.into_pieces(piece, device) {
+        let len = piece.min(remaining);
+        remaining -= len;
+        let piece_seed = mix(plan.seed, mix(plan.update, lens.len() as u64));
         crate::device::seeded(device, piece_seed, || ());
-        let (x, y) = if len == local {
-            (all_x.clone(), all_y.clone())
-        } else {
-            (
-                all_x.clone().narrow(0, start, len),
-                all_y.clone().narrow(0, start, len),
-            )
-        };
-        let logits = model.logits(x);
-        let loss = loss_fn.forward(logits.clone(), y.clone());
-        let mut piece_stats = vec![loss.clone().detach().inner(), correct_count(logits, y)];
-        let g = Grads::from_backward(model, &loss.backward());
+        let TrainOutput { grads, item } = TrainStep::step(model, input);
+        let mut piece_stats = vec![item.loss().detach().inner().reshape([1])];
+        if let Some(c) = item.correct() {
+            counts = true;
+            piece_stats.push(c.reshape([1]));
+        }
+        let g = Grads::from_params(model, &grads);
         if plan.measure
             && let Some(parts) = g.sq_norm_parts()
         {
@@ -178,18 +179,16 @@ fn forward_backward_here<M: Classifier>(
         stats.push(Tensor::cat(piece_stats, 0));
         out.grads = std::mem::take(&mut out.grads)
             .accumulate(g.scale(len as f64 / global_len as f64))
-            .map_err(|e| {
-                StepError::Other(e.context(format!("micro-batch {}", out.pieces.len())))
-            })?;
-        out.pieces.push((len, f64::NAN));
-        start += len;
+            .map_err(|e| StepError::Other(e.context(format!("micro-batch {}", lens.len()))))?;
+        lens.push(len);
     }
     let values = Tensor::cat(stats, 0)
         .into_data()
         .try_into_vec::<f32>()
         .map_err(|e| StepError::Other(anyhow::anyhow!("reading the step's losses: {e:?}")))?;
-    let per_piece = 2 + if plan.measure { norm_parts } else { 0 };
-    for (i, (len, norm)) in out.pieces.iter_mut().enumerate() {
+    let per_piece = 1 + usize::from(counts) + if plan.measure { norm_parts } else { 0 };
+    let mut correct = 0u64;
+    for (i, &len) in lens.iter().enumerate() {
         let v = &values[i * per_piece..(i + 1) * per_piece];
         let loss = if plan.inject_nan {
             f64::NAN
@@ -199,12 +198,21 @@ fn forward_backward_here<M: Classifier>(
         if !loss.is_finite() {
             return Err(StepError::NonFinite { loss });
         }
-        out.loss_sum += loss * *len as f64;
-        out.correct += v[1] as u64;
-        if plan.measure {
-            // Per-tensor f32 sums added in f64, as `Grads::sq_norm` does.
-            *norm = v[2..].iter().map(|&x| f64::from(x)).sum();
+        out.loss_sum += loss * len as f64;
+        if counts {
+            correct += v[1] as u64;
         }
+        // Per-tensor f32 sums added in f64, as `Grads::sq_norm` does.
+        let norm = if plan.measure {
+            v[1 + usize::from(counts)..]
+                .iter()
+                .map(|&x| f64::from(x))
+                .sum()
+        } else {
+            f64::NAN
+        };
+        out.pieces.push((len, norm));
     }
+    out.correct = counts.then_some(correct);
     Ok(out)
 }

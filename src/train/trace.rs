@@ -20,12 +20,12 @@
 
 use crate::checkpoint::{le_bytes, write_atomic};
 use crate::config::RunConfig;
-use crate::data::{Batch, Sampler};
-use crate::model::Model;
+use crate::data::{Batch, Sampler, Share};
 use crate::optim::Optimizer;
 use crate::params::{Grads, named_tensors};
 use crate::schedule::Hyper;
 use anyhow::{Context, Result};
+use burn::module::Module;
 use safetensors::{Dtype, tensor::TensorView};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -83,7 +83,7 @@ fn i64_bytes(v: impl IntoIterator<Item = i64>) -> Vec<u8> {
 fn add_state(
     out: &mut BTreeMap<String, (Vec<usize>, Vec<u8>)>,
     prefix: &str,
-    model: &Model,
+    model: &impl Module,
     optim: &Optimizer,
 ) {
     for t in named_tensors(model) {
@@ -101,9 +101,9 @@ impl Before {
     pub(super) fn capture_if(
         cfg: &RunConfig,
         update: u64,
-        model: &Model,
+        model: &impl Module,
         optim: &Optimizer,
-        batch: &Batch,
+        batch: &Batch<impl Share>,
         sampler: &Sampler,
     ) -> Option<Self> {
         cfg.train.trace_updates.contains(&update).then(|| {
@@ -112,18 +112,29 @@ impl Before {
         })
     }
 
-    fn capture(model: &Model, optim: &Optimizer, batch: &Batch, perm: &[u32]) -> Self {
+    fn capture(
+        model: &impl Module,
+        optim: &Optimizer,
+        batch: &Batch<impl Share>,
+        perm: &[u32],
+    ) -> Self {
         let mut tensors = BTreeMap::new();
         add_state(&mut tensors, "before", model, optim);
-        tensors.insert("x".into(), (batch.shape.to_vec(), le_bytes(&batch.images)));
         let n = batch.len();
-        tensors.insert(
-            "y".into(),
-            (
-                vec![n],
-                i64_bytes(batch.labels.iter().map(|&l| i64::from(l))),
-            ),
-        );
+        // The batch as fed, where it is images (other data: the state and gradients only).
+        if let Some(images) = batch.share.as_images() {
+            tensors.insert(
+                "x".into(),
+                (images.shape.to_vec(), le_bytes(&images.images)),
+            );
+            tensors.insert(
+                "y".into(),
+                (
+                    vec![n],
+                    i64_bytes(images.labels.iter().map(|&l| i64::from(l))),
+                ),
+            );
+        }
         let index = &perm[batch.start as usize..batch.end as usize];
         tensors.insert(
             "index".into(),
@@ -157,7 +168,7 @@ impl Before {
         update: u64,
         hyper: Hyper,
         (pieces, loss_sum): (&[(usize, f64)], f64),
-        model: &Model,
+        model: &impl Module,
         optim: &Optimizer,
     ) -> Result<()> {
         let pieces = pieces.iter().map(|(len, _)| *len).collect();

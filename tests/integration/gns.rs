@@ -99,7 +99,7 @@ fn online_estimate_matches_the_exact_noise_scale() {
         );
         let step = train::forward_backward(
             &model,
-            batch,
+            batch.share,
             n,
             &train::StepPlan {
                 max_micro_batch: n,
@@ -121,7 +121,12 @@ fn online_estimate_matches_the_exact_noise_scale() {
             "{name}: |G|²"
         );
 
-        let r = train::measure_noise_scale(&model, &prepared, 300, 256, 8, 11, &device).unwrap();
+        let set = noisescale::data::ImageSet::new(
+            prepared.train.clone(),
+            prepared.normalizer.clone(),
+            noisescale::data::Augment::None,
+        );
+        let r = train::measure_noise_scale(&model, &set, 300, 256, 8, 11, &device).unwrap();
         let err = (r.b_simple - b_simple).abs() / b_simple;
         eprintln!(
             "{name}: B_simple {:.1} ± {:.1} (exact {b_simple:.1}, {:.1}% off); tr {:.2} (exact {trace:.2}); |G|² {:.4} (expected {:.4})",

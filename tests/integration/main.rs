@@ -8,6 +8,7 @@ mod common;
 
 mod adaptive;
 mod cli;
+mod custom;
 mod gns;
 mod mnist;
 mod models;

@@ -16,7 +16,7 @@
 //! two of them from outside.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use noisescale::data::Batch;
+use noisescale::data::Images;
 use noisescale::model::{Model, ModelConfig};
 use noisescale::optim::{OptimizerConfig, OptimizerKind};
 use noisescale::params::{named_tensors, replace_tensors};
@@ -156,13 +156,10 @@ fn run(fault: Fault) -> Vec<[(f64, String); 4]> {
             .iter()
             .map(|&l| l as u8)
             .collect();
-        let batch = Batch {
+        let batch = Images {
             images: x,
             labels: y,
             shape: [spec.batch, 3, 8, 8],
-            epoch: 0,
-            start: 0,
-            end: spec.batch as u64,
         };
         // As the trainer plans an update (`Run::update`): micro-batches of at most 48 whole
         // ghost chunks, and the first update cut in two for the noise-scale measurement.
@@ -184,16 +181,13 @@ fn run(fault: Fault) -> Vec<[(f64, String); 4]> {
             step.grads = noisescale::params::Grads::default();
             let mut start = 0;
             for len in &pieces {
-                let part = Batch {
+                let part = Images {
                     images: fx.f32s(&format!("{k}/x"))[start * 192..(start + len) * 192].to_vec(),
                     labels: fx.i64s(&format!("{k}/y"))[start..start + len]
                         .iter()
                         .map(|&l| l as u8)
                         .collect(),
                     shape: [*len, 3, 8, 8],
-                    epoch: 0,
-                    start: 0,
-                    end: *len as u64,
                 };
                 let whole = StepPlan {
                     measure: false,

@@ -504,20 +504,53 @@ struct Probe {
 /// The pool thread of [`Probe`]'s last logits plus one; 0 when not on a pool thread.
 static PROBE_THREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-impl noisescale::model::Classifier for Probe {
-    fn logits(&self, images: burn::tensor::Tensor<4>) -> burn::tensor::Tensor<2> {
+impl Probe {
+    fn classify(
+        &self,
+        b: noisescale::data::ImageBatch,
+    ) -> noisescale::learner::ClassificationOutput {
         let on = rayon::current_thread_index().map_or(0, |i| i + 1);
         PROBE_THREAD.store(on, std::sync::atomic::Ordering::SeqCst);
-        self.out.forward(images.flatten::<2>(1, 3))
+        let output = self.out.forward(b.images.flatten::<2>(1, 3));
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&output.device())
+            .forward(output.clone(), b.targets.clone());
+        noisescale::learner::ClassificationOutput {
+            loss,
+            output,
+            targets: b.targets,
+        }
     }
 }
+
+impl noisescale::learner::TrainStep for Probe {
+    type Input = noisescale::data::ImageBatch;
+    type Output = noisescale::learner::ClassificationOutput;
+    fn step(
+        &self,
+        b: noisescale::data::ImageBatch,
+    ) -> noisescale::learner::TrainOutput<Self::Output> {
+        let item = self.classify(b);
+        noisescale::learner::TrainOutput::new(self, item.loss.backward(), item)
+    }
+}
+
+impl noisescale::learner::InferenceStep for Probe {
+    type Input = noisescale::data::ImageBatch;
+    type Output = noisescale::learner::ClassificationOutput;
+    fn step(&self, b: noisescale::data::ImageBatch) -> Self::Output {
+        self.classify(b)
+    }
+}
+
+impl noisescale::learner::Trainable for Probe {}
 
 /// A library user's loop on its own thread: the step and the evaluation still run on a thread
 /// of rayon's pool (`cpu::on_compute_thread`), not on the caller's, which would hand every
 /// parallel operation over and sleep until it is done.
 #[test]
 fn the_step_and_evaluation_move_onto_a_pool_thread() {
-    use noisescale::data::{Normalizer, eval_batches, synthetic};
+    use noisescale::data::{Augment, ImageSet, Normalizer, eval_batches, synthetic};
     use noisescale::train::{StepPlan, evaluate, forward_backward};
     use std::sync::atomic::Ordering::SeqCst;
     assert_eq!(rayon::current_thread_index(), None, "the test's own thread");
@@ -531,7 +564,8 @@ fn the_step_and_evaluation_move_onto_a_pool_thread() {
         .next()
         .expect("a batch");
     PROBE_THREAD.store(0, SeqCst);
-    let step = forward_backward(&model, batch, 16, &StepPlan::whole_batch(), &device).unwrap();
+    let step =
+        forward_backward(&model, batch.share, 16, &StepPlan::whole_batch(), &device).unwrap();
     assert!(step.loss_sum.is_finite());
     assert_ne!(
         PROBE_THREAD.load(SeqCst),
@@ -539,8 +573,9 @@ fn the_step_and_evaluation_move_onto_a_pool_thread() {
         "forward_backward ran on the caller's thread"
     );
     PROBE_THREAD.store(0, SeqCst);
-    let (loss, _) = evaluate(&model, &split.test, &normalizer, 16, &device);
-    assert!(loss.is_finite());
+    let test = ImageSet::new(std::sync::Arc::new(split.test), normalizer, Augment::None);
+    let e = evaluate(&model, &test, 16, &device);
+    assert!(e.loss.is_finite());
     assert_ne!(
         PROBE_THREAD.load(SeqCst),
         0,

@@ -11,7 +11,7 @@
 use crate::common;
 use crate::common::{BIN, succeed, timing_free, wait_for_epochs};
 use burn::tensor::{Device, Tensor};
-use noisescale::data::Batch;
+use noisescale::data::Images;
 use noisescale::model::{Model, ModelConfig};
 use noisescale::optim::{OptimizerConfig, OptimizerKind};
 use noisescale::params::{Grads, named_tensors};
@@ -80,7 +80,7 @@ fn models() -> Vec<ModelConfig> {
     ]
 }
 
-fn random_batch(n: usize, shape: [usize; 3], seed: u64) -> Batch {
+fn random_batch(n: usize, shape: [usize; 3], seed: u64) -> Images {
     let [c, h, w] = shape;
     let mut state = seed;
     let mut next = move || {
@@ -89,13 +89,10 @@ fn random_batch(n: usize, shape: [usize; 3], seed: u64) -> Batch {
             .wrapping_add(1442695040888963407);
         (state >> 40) as f32 / (1u64 << 24) as f32
     };
-    Batch {
+    Images {
         images: (0..n * c * h * w).map(|_| next() * 2.0 - 1.0).collect(),
         labels: (0..n).map(|_| (next() * 10.0) as u8 % 10).collect(),
         shape: [n, c, h, w],
-        epoch: 0,
-        start: 0,
-        end: n as u64,
     }
 }
 
