@@ -15,10 +15,9 @@
 //! run. It then checks the tensors and the optimiser's buffers (names, shapes) against the model.
 
 use crate::config::Resolved;
-use crate::data::Position;
 use crate::optim::OptimizerRecord;
 use crate::params::{Named, named_tensors, replace_tensors};
-use crate::units::{Samples, Updates};
+use crate::state::TrainState;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -29,62 +28,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub use crate::run_dir::{CHECKPOINT_FILE, CRASH_IN_WRITE_ENV, write_atomic};
-
-/// Sums over the part of an epoch already trained, so a run resumed mid-epoch reports the
-/// same epoch metrics as an uninterrupted one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EpochAccumulator {
-    /// Σ loss × samples.
-    pub loss_sum: f64,
-    /// Correct predictions on the training batches so far (training mode).
-    pub correct: u64,
-    /// Samples seen by this rank's accumulator (global count after reduction).
-    pub count: u64,
-    /// Seconds of training so far in the epoch.
-    pub train_seconds: f64,
-    /// All-reduce calls so far in the epoch.
-    pub allreduce_calls: u64,
-    /// Bytes all-reduced so far in the epoch.
-    pub allreduce_bytes: u64,
-    /// Seconds in communication so far in the epoch.
-    pub comm_seconds: f64,
-}
-
-/// The training state besides the tensors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Where the sampler stands: epoch and samples into it.
-    pub position: Position,
-    /// Parameter updates so far.
-    pub updates: Updates,
-    /// Training samples so far.
-    pub samples: Samples,
-    /// Wall seconds of the run so far (all sessions).
-    pub wall_seconds: f64,
-    /// Sums over the unfinished epoch.
-    pub epoch: EpochAccumulator,
-    /// The gradient-noise-scale estimator (its averages and the epoch's measurements).
-    #[serde(default)]
-    pub gns: crate::gns::Estimator,
-    /// The adaptive schedule's controller state (`None` for the fixed kinds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adaptive: Option<crate::schedule::adaptive::AdaptiveState>,
-}
-
-impl TrainState {
-    /// The state of a run that has not started.
-    pub fn start() -> Self {
-        Self {
-            position: Position::start_of(0),
-            updates: Updates(0),
-            samples: Samples(0),
-            wall_seconds: 0.0,
-            epoch: EpochAccumulator::default(),
-            gns: crate::gns::Estimator::default(),
-            adaptive: None,
-        }
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 struct Meta {

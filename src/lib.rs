@@ -28,6 +28,7 @@ pub mod report;
 pub mod reproduce;
 pub mod run_dir;
 pub mod schedule;
+pub mod state;
 pub mod train;
 pub mod trainer;
 pub mod units;

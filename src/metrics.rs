@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 
+/// Reads a number written by serde_json, where NaN is written as `null`, back: `null` is NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// What one epoch of training did and reached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -32,11 +37,15 @@ pub struct EpochMetrics {
     pub noise_scale: f64,
     /// Mean training loss over the epoch's samples.
     pub train_loss: f64,
-    /// Training accuracy over the epoch's samples (in training mode, augmented).
+    /// Training accuracy over the epoch's samples (in training mode, augmented); NaN (`null`)
+    /// for a model without accuracy (regression).
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_accuracy: f64,
-    /// Mean cross-entropy over the test set after the epoch, in evaluation mode.
+    /// Mean loss over the test set after the epoch, in evaluation mode (cross-entropy for the
+    /// built-in classifiers; the mean squared error for a regression).
     pub test_loss: f64,
-    /// Test accuracy in [0, 1].
+    /// Test accuracy in [0, 1]; NaN (`null`) for a model without accuracy (regression).
+    #[serde(deserialize_with = "null_as_nan")]
     pub test_accuracy: f64,
     /// Data-parallel processes (ranks) that trained the epoch.
     pub world_size: usize,
@@ -260,9 +269,11 @@ pub struct RunSummary {
     pub updates: Updates,
     /// Samples consumed in total.
     pub samples: Samples,
-    /// Test accuracy after the last epoch.
+    /// Test accuracy after the last epoch (NaN, `null`, for a regression).
+    #[serde(deserialize_with = "null_as_nan")]
     pub final_test_accuracy: f64,
-    /// Best test accuracy over all epochs.
+    /// Best test accuracy over all epochs (NaN, `null`, for a regression).
+    #[serde(deserialize_with = "null_as_nan")]
     pub best_test_accuracy: f64,
     /// Mean training loss of the last epoch.
     pub final_train_loss: f64,
@@ -283,15 +294,19 @@ impl std::fmt::Display for RunSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({}, seed {}): {} epochs, {} updates, final test accuracy {:.2}% (best {:.2}%)",
-            self.name,
-            self.schedule,
-            self.seed,
-            self.epochs.0,
-            self.updates.0,
-            100.0 * self.final_test_accuracy,
-            100.0 * self.best_test_accuracy
-        )
+            "{} ({}, seed {}): {} epochs, {} updates, ",
+            self.name, self.schedule, self.seed, self.epochs.0, self.updates.0,
+        )?;
+        if self.final_test_accuracy.is_nan() {
+            write!(f, "final train loss {:.4}", self.final_train_loss)
+        } else {
+            write!(
+                f,
+                "final test accuracy {:.2}% (best {:.2}%)",
+                100.0 * self.final_test_accuracy,
+                100.0 * self.best_test_accuracy
+            )
+        }
     }
 }
 
@@ -325,10 +340,11 @@ impl RunSummary {
             updates: last.updates,
             samples: last.samples,
             final_test_accuracy: last.test_accuracy,
+            // NaN where no epoch has an accuracy (a regression): `max` skips NaN.
             best_test_accuracy: records
                 .iter()
                 .map(|m| m.test_accuracy)
-                .fold(f64::NEG_INFINITY, f64::max),
+                .fold(f64::NAN, f64::max),
             final_train_loss: last.train_loss,
             wall_seconds: last.wall_seconds,
             samples_per_second: if train_seconds > 0.0 {

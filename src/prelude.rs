@@ -2,8 +2,10 @@
 //! `use noisescale::prelude::*;` (and burn for the model).
 
 pub use crate::config::RunConfig;
+pub use crate::data::npy;
 pub use crate::data::{
-    BurnData, EvalSet, FeatureBatcher, Features, ImageBatch, ImageSet, Share, TrainSet,
+    BurnData, EvalSet, FeatureBatcher, Features, ImageBatch, ImageSet, RegressionBatch,
+    RegressionBatcher, Share, TrainSet,
 };
 pub use crate::learner::{
     BatchCoupling, ClassificationOutput, InferenceStep, RegressionOutput, StepItem, TrainOutput,

@@ -16,11 +16,12 @@
 //! (`NOISESCALE_FUZZ_SEED` changes the seed). Results are in FUZZING.md.
 
 use burn::tensor::Device;
-use noisescale::checkpoint::{self, META_KEY, META_SHA256_KEY, TrainState};
+use noisescale::checkpoint::{self, META_KEY, META_SHA256_KEY};
 use noisescale::config::RunConfig;
 use noisescale::data::{cifar, idx};
 use noisescale::optim::OptimizerRecord;
 use noisescale::params::named_tensors;
+use noisescale::state::TrainState;
 use noisescale::units::{Epoch, Samples};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -697,4 +698,94 @@ fn fuzz_checkpoint_loader() {
     eprintln!(
         "fuzz checkpoint: {benign} byte mutants loaded with the original content (formatting only)"
     );
+}
+
+/// A `.npy` file made by NumPy (`tests/fixtures/make_npy.py`).
+fn npy_fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/npy")
+            .join(rel),
+    )
+    .unwrap()
+}
+
+#[test]
+fn fuzz_npy_reader() {
+    use noisescale::data::npy;
+    let path = Path::new("fuzz/x.npy");
+    let files = [
+        npy_fixture("images/test_x.npy"),
+        npy_fixture("images/test_y.npy"),
+        npy_fixture("regression/train_x.npy"),
+        npy_fixture("regression/train_y.npy"),
+    ];
+    fuzz("npy", cases(50_000), 7, |rng| {
+        let mut b = files[rng.below(files.len())].clone();
+        let header_end = b.iter().position(|&c| c == b'\n').unwrap_or(b.len());
+        if rng.chance(2) {
+            // A number of the header dict (shape, version digits) set to an extreme, the
+            // header kept as text.
+            let text = String::from_utf8_lossy(&b[..header_end]).into_owned();
+            let start = text.find('{').unwrap_or(0);
+            let h = format!("{}{}", &text[..start], extreme_number(rng, &text[start..]));
+            let mut nb = h.into_bytes();
+            nb.extend_from_slice(&b[header_end.min(b.len())..]);
+            b = nb;
+        } else {
+            // Bytes; the header length (u16 LE at 8, u32 LE for version 2) and the version at
+            // extremes.
+            mutate(rng, &mut b, &[(8, 4, false), (4, 4, false)]);
+        }
+        match npy::parse(&b, path) {
+            Ok(a) => {
+                assert_eq!(a.values.len(), a.shape.iter().product::<usize>());
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("fuzz/"), "{e}");
+                false
+            }
+        }
+    });
+}
+
+#[test]
+fn fuzz_npz_reader() {
+    use noisescale::data::npy;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.npz");
+    let archives = [
+        npy_fixture("images/train.npz"),
+        npy_fixture("regression/test.npz"),
+    ];
+    fuzz("npz", cases(5_000), 8, |rng| {
+        let mut b = archives[rng.below(archives.len())].clone();
+        // The central directory's size and offset (end record, the last 22 bytes), the first
+        // entry's compressed and uncompressed sizes in its local header and in the central
+        // directory (what the reader trusts), at extremes; bytes anywhere.
+        let n = b.len();
+        let cd = u32::from_le_bytes(b[n - 6..n - 2].try_into().unwrap()) as usize;
+        let fields = [
+            (n - 10, 4, false),
+            (n - 6, 4, false),
+            (18, 4, false),
+            (22, 4, false),
+            (cd + 20, 4, false),
+            (cd + 24, 4, false),
+        ];
+        mutate(rng, &mut b, &fields);
+        std::fs::write(&path, &b).unwrap();
+        let mut ok = true;
+        for member in ["x", "y"] {
+            match npy::read_npz_member(&path, member, &mut |_, _| {}) {
+                Ok(a) => assert_eq!(a.values.len(), a.shape.iter().product::<usize>()),
+                Err(e) => {
+                    assert!(e.to_string().contains("train.npz"), "{e}");
+                    ok = false;
+                }
+            }
+        }
+        ok
+    });
 }

@@ -15,13 +15,8 @@ use std::time::Instant;
 /// two): micro-batches of [`crate::config::AUTO_MICRO_BATCH`], as the trainer's default.
 pub(super) fn step_plan(cfg: &ModelConfig, measure: bool) -> crate::train::StepPlan {
     crate::train::StepPlan {
-        max_micro_batch: crate::config::AUTO_MICRO_BATCH,
-        min_pieces: 1,
-        quantum: cfg.ghost_batch_size().max(1),
         measure,
-        seed: 0,
-        update: 0,
-        inject_nan: false,
+        ..crate::train::StepPlan::new(crate::config::AUTO_MICRO_BATCH, cfg.ghost_batch_size())
     }
 }
 

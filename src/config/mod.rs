@@ -27,7 +27,9 @@ pub const DEFAULT_DATA_DIR: &str = "../shared/data";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Which data set: `mnist`, `cifar10` or `synthetic` (required).
+    /// Which data set, or format: `mnist`, `cifar10`, `synthetic`, `npy` (required; `format`
+    /// is the same key).
+    #[serde(alias = "format")]
     pub dataset: DatasetKind,
     /// Where it lives (a data root or the data set's own folder); `--data` overrides it.
     #[serde(default = "default_data_dir")]

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DataError, cifar, idx, synthetic};
+use super::{DataError, cifar, idx, npy, synthetic};
 use crate::units::Samples;
 
 /// A labelled image set held as raw `u8` pixels, `N×C×H×W` (CHW within each image).
@@ -88,6 +88,9 @@ pub enum DatasetKind {
     Cifar10,
     /// Generated, linearly separable data ([`synthetic`](super::synthetic::synthetic)).
     Synthetic,
+    /// NumPy arrays: `train.npz`/`test.npz` (members `x`, `y`) or `{train,test}_{x,y}.npy`
+    /// ([`npy`](super::npy)); the built-in models take `uint8` features and class indices.
+    Npy,
     /// A data set given in code to the library's `Trainer` (not loadable from files).
     Custom,
 }
@@ -99,7 +102,7 @@ impl DatasetKind {
         match self {
             DatasetKind::Mnist => Some(idx::MNIST_TRAIN_SAMPLES),
             DatasetKind::Cifar10 => Some(cifar::TRAIN_SAMPLES),
-            DatasetKind::Synthetic | DatasetKind::Custom => None,
+            DatasetKind::Synthetic | DatasetKind::Npy | DatasetKind::Custom => None,
         }
     }
 
@@ -109,6 +112,7 @@ impl DatasetKind {
             DatasetKind::Mnist => "mnist",
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Synthetic => "synthetic",
+            DatasetKind::Npy => "npy",
             DatasetKind::Custom => "custom",
         }
     }
@@ -131,6 +135,7 @@ pub fn load(kind: DatasetKind, dir: &Path) -> Result<Split, DataError> {
         DatasetKind::Mnist => idx::load_mnist(&resolve_dir(kind, dir)),
         DatasetKind::Cifar10 => cifar::load_cifar10(&resolve_dir(kind, dir)),
         DatasetKind::Synthetic => Ok(synthetic::default_split()),
+        DatasetKind::Npy => npy::load_images_with(dir, &mut |_, _| {}),
         DatasetKind::Custom => Err(DataError::GivenInCode),
     }
 }
@@ -144,6 +149,7 @@ pub fn train_size(kind: DatasetKind, dir: &Path) -> Result<Samples, DataError> {
         DatasetKind::Mnist => idx::train_count(&dir),
         DatasetKind::Cifar10 => cifar::train_count(&dir),
         DatasetKind::Synthetic => Ok(Samples(synthetic::DEFAULT_TRAIN as u64)),
+        DatasetKind::Npy => npy::train_rows(&dir).map(|n| Samples(n as u64)),
         DatasetKind::Custom => Err(DataError::GivenInCode),
     }
 }
@@ -154,7 +160,7 @@ pub fn resolve_dir(kind: DatasetKind, dir: &Path) -> std::path::PathBuf {
     let subdirs: &[&str] = match kind {
         DatasetKind::Mnist => &["mnist"],
         DatasetKind::Cifar10 => &["cifar10-subset", "cifar-10-batches-bin", "cifar10"],
-        DatasetKind::Synthetic | DatasetKind::Custom => &[],
+        DatasetKind::Synthetic | DatasetKind::Npy | DatasetKind::Custom => &[],
     };
     if looks_like(kind, dir) {
         return dir.to_path_buf();
@@ -177,6 +183,7 @@ pub fn looks_like(kind: DatasetKind, dir: &Path) -> bool {
             dir.join(cifar::TEST_FILE).exists()
                 || cifar::data_batch_files(dir).is_ok_and(|v| !v.is_empty())
         }
+        DatasetKind::Npy => npy::looks_like(dir),
         DatasetKind::Synthetic | DatasetKind::Custom => false,
     }
 }

@@ -134,6 +134,14 @@ pub enum DataError {
         "data.dataset = \"custom\" is a data set given in code to noisescale::Trainer: no files to load; train, evaluate or measure it through the library"
     )]
     GivenInCode,
+    /// A NumPy `.npy` file or `.npz` archive that cannot be read as noisescale reads them.
+    #[error("{}: {what}", path.display())]
+    Npy {
+        /// The file, or `ARCHIVE.npz:MEMBER.npy`.
+        path: PathBuf,
+        /// What is wrong (magic, version, dtype, order, shape larger than the data, ...).
+        what: String,
+    },
     /// A split holds no samples: a run could neither train on it nor report a test accuracy.
     #[error("{} holds no samples: {what}", path.display())]
     NoSamples {

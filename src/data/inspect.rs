@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{DataError, Dataset, DatasetKind, Split, channel_stats, cifar, idx, looks_like};
+use super::{DataError, Dataset, DatasetKind, Split, channel_stats, cifar, idx, looks_like, npy};
 
 /// SHA-256 of one file's decoded (decompressed) bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,10 +31,14 @@ pub struct SplitReport {
     pub class_counts: Vec<usize>,
     /// `[C, H, W]`.
     pub shape: [usize; 3],
-    /// Per-channel mean of pixel/255.
+    /// Per-channel mean of pixel/255 (of the values, for float features).
     pub mean: Vec<f64>,
-    /// Per-channel standard deviation of pixel/255.
+    /// Per-channel standard deviation of pixel/255 (of the values, for float features).
     pub std: Vec<f64>,
+    /// Element type of the features (`uint8` for images; `float32` for NumPy float features).
+    pub dtype: String,
+    /// Regression targets per sample (0: class indices).
+    pub targets: usize,
 }
 
 impl SplitReport {
@@ -48,6 +52,56 @@ impl SplitReport {
             shape: ds.image_shape(),
             mean,
             std,
+            dtype: "uint8".into(),
+            targets: 0,
+        }
+    }
+
+    /// Summarises a split of NumPy arrays: class counts for class indices, per-channel statistics
+    /// of the features (`uint8` scaled by 1/255, as images), the number of regression targets.
+    pub fn of_npy(split: &str, part: &npy::Part) -> SplitReport {
+        let shape = npy::sample_shape(&part.x);
+        let [c, h, w] = shape;
+        let scale = if part.x.values.dtype() == "uint8" {
+            1.0 / 255.0
+        } else {
+            1.0
+        };
+        let (mut mean, mut std) = (vec![0.0; c], vec![0.0; c]);
+        for ch in 0..c {
+            let (mut s, mut s2, mut n) = (0.0f64, 0.0f64, 0.0f64);
+            for i in 0..part.len() {
+                let base = i * c * h * w + ch * h * w;
+                for j in base..base + h * w {
+                    let v = f64::from(part.x.values.get_f32(j)) * scale;
+                    (s, s2, n) = (s + v, s2 + v * v, n + 1.0);
+                }
+            }
+            mean[ch] = s / n.max(1.0);
+            std[ch] = (s2 / n.max(1.0) - mean[ch] * mean[ch]).max(0.0).sqrt();
+        }
+        let class_counts = match &part.y.values {
+            npy::Values::I64(v) => {
+                let k = v.iter().copied().max().map_or(0, |m| m as usize + 1);
+                let mut counts = vec![0; k];
+                v.iter().for_each(|&l| counts[l as usize] += 1);
+                counts
+            }
+            _ => Vec::new(),
+        };
+        SplitReport {
+            split: split.into(),
+            count: part.len(),
+            targets: if part.classes() {
+                0
+            } else {
+                part.y.row_len().max(1)
+            },
+            class_counts,
+            shape,
+            mean,
+            std,
+            dtype: part.x.values.dtype().into(),
         }
     }
 }
@@ -94,7 +148,7 @@ pub fn inspect(dir: &Path) -> Result<InspectReport, DataError> {
     subs.sort();
     candidates.extend(subs);
     let mut datasets = Vec::new();
-    for kind in [DatasetKind::Mnist, DatasetKind::Cifar10] {
+    for kind in [DatasetKind::Mnist, DatasetKind::Cifar10, DatasetKind::Npy] {
         for d in candidates.iter().filter(|d| looks_like(kind, d)) {
             datasets.push(inspect_one(kind, d)?);
         }
@@ -121,6 +175,18 @@ fn inspect_one(kind: DatasetKind, dir: &Path) -> Result<DatasetReport, DataError
     };
     let split: Split = match kind {
         DatasetKind::Mnist => idx::load_mnist_with(dir, &mut on_file)?,
+        DatasetKind::Npy => {
+            let s = npy::load_with(dir, &mut on_file)?;
+            return Ok(DatasetReport {
+                kind,
+                dir: dir.to_path_buf(),
+                splits: vec![
+                    SplitReport::of_npy("train", &s.train),
+                    SplitReport::of_npy("test", &s.test),
+                ],
+                files,
+            });
+        }
         _ => cifar::load_cifar10_with(dir, &mut on_file)?,
     };
     Ok(DatasetReport {
@@ -146,9 +212,18 @@ impl fmt::Display for InspectReport {
             writeln!(f, "\n{} in {}", d.kind, d.dir.display())?;
             for s in &d.splits {
                 let [c, h, w] = s.shape;
-                writeln!(f, "  {}: {} images of {c}x{h}x{w}", s.split, s.count)?;
-                let counts: Vec<String> = s.class_counts.iter().map(|n| n.to_string()).collect();
-                writeln!(f, "    per class: {}", counts.join(" "))?;
+                writeln!(
+                    f,
+                    "  {}: {} samples of {c}x{h}x{w} {}",
+                    s.split, s.count, s.dtype
+                )?;
+                if s.targets > 0 {
+                    writeln!(f, "    regression targets: {} per sample", s.targets)?;
+                } else {
+                    let counts: Vec<String> =
+                        s.class_counts.iter().map(|n| n.to_string()).collect();
+                    writeln!(f, "    per class: {}", counts.join(" "))?;
+                }
                 writeln!(f, "    mean: {}   std: {}", floats(&s.mean), floats(&s.std))?;
             }
             writeln!(f, "  files (sha256 of decoded bytes):")?;

@@ -53,6 +53,7 @@ pub mod error;
 pub mod idx;
 pub mod inspect;
 pub mod loader;
+pub mod npy;
 pub mod sampler;
 pub mod source;
 pub mod synthetic;
@@ -74,7 +75,7 @@ pub use inspect::{DatasetReport, FileDigest, InspectReport, SplitReport, inspect
 pub use loader::{EpochIter, Loader};
 pub use sampler::{Batches, LastBatch, Position, Sampler, Shard, derive_rng, shard};
 pub use source::{
-    Batch, BurnData, EvalSet, FeatureBatcher, Features, ImageBatch, ImageSet, Images, Items, Share,
-    TrainSet, assemble, eval_batches,
+    Batch, BurnData, EvalSet, FeatureBatcher, Features, ImageBatch, ImageSet, Images, Items,
+    RegressionBatch, RegressionBatcher, Share, TrainSet, assemble, eval_batches,
 };
 pub use synthetic::{default_split, synthetic};

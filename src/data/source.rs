@@ -330,6 +330,38 @@ impl Batcher<(Vec<f32>, i64), Features> for FeatureBatcher {
     }
 }
 
+/// A batch of feature rows and their regression targets on the device: `[B, features]` and
+/// `[B, k]`.
+pub type RegressionBatch = (Tensor<2>, Tensor<2>);
+
+/// burn's [`Batcher`] for tabular regression items: `(features, targets)` pairs, every row of
+/// the same lengths, become a [`RegressionBatch`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RegressionBatcher;
+
+impl Batcher<(Vec<f32>, Vec<f32>), RegressionBatch> for RegressionBatcher {
+    fn batch(&self, items: Vec<(Vec<f32>, Vec<f32>)>, device: &Device) -> RegressionBatch {
+        let n = items.len();
+        let (w, k) = items.first().map_or((0, 0), |(x, y)| (x.len(), y.len()));
+        let (mut x, mut y) = (Vec::with_capacity(n * w), Vec::with_capacity(n * k));
+        for (i, (row, target)) in items.into_iter().enumerate() {
+            // A batcher cannot return an error: the loader re-raises this on the training thread.
+            assert!(
+                row.len() == w && target.len() == k,
+                "item {i} of the batch has {} features and {} targets, item 0 {w} and {k}",
+                row.len(),
+                target.len()
+            );
+            x.extend(row);
+            y.extend(target);
+        }
+        (
+            Tensor::from_data(TensorData::new(x, [n, w]), device),
+            Tensor::from_data(TensorData::new(y, [n, k]), device),
+        )
+    }
+}
+
 /// A burn [`Dataset`] with the [`Batcher`] that turns its items into the model's input: data
 /// written for burn-train's `Learner`, for training or evaluation. Items are fetched on the
 /// loader's threads; each piece is batched on the training thread, on the device.

@@ -3,14 +3,13 @@
 //! checkpoint).
 
 use super::eval::evaluate;
-use super::files::write_decisions;
 use super::progress::{describe_decision, describe_epoch, progress_bar};
 use super::ranks::{average_running_stats, global_epoch_sums, weights_checksum};
-use super::run::{CurrentEpoch, Run, observation};
-use crate::checkpoint::{self, EpochAccumulator};
+use super::run::{CurrentEpoch, Run};
 use crate::data::{EvalSet, Share, TrainSet};
 use crate::learner::{TrainStep, Trainable};
 use crate::metrics::{self, EpochMetrics};
+use crate::state::EpochAccumulator;
 use crate::units::Epoch;
 use anyhow::{Result, bail};
 use std::time::Instant;
@@ -58,28 +57,7 @@ where
         let n = self.resolved.dataset_size;
 
         let totals = global_epoch_sums(&self.state.epoch, comm)?;
-        let model = average_running_stats(model, comm)?;
-        if comm.world_size() > 1 {
-            let sums = comm.all_gather_u64(weights_checksum(&model))?;
-            if sums.iter().any(|&s| s != sums[0]) {
-                bail!(
-                    "weights differ between ranks after epoch {} (checksums {sums:x?}): the ranks have diverged",
-                    index.0 + 1
-                );
-            }
-        }
-        let mut test = if self.leader() {
-            let e = evaluate(&model, self.eval, cfg.train.eval_batch_size, &self.device);
-            [e.loss, e.accuracy.unwrap_or(f64::NAN)]
-        } else {
-            [0.0, 0.0]
-        };
-        if comm.world_size() > 1 {
-            // Rank 0's evaluation on every rank, so that every rank's records (and the summary
-            // a library call returns there) hold it.
-            comm.all_reduce_sum_f64(&mut test)?;
-        }
-        let [test_loss, test_accuracy] = test;
+        let (model, [test_loss, test_accuracy]) = self.agree_and_evaluate(model, index)?;
         // The noise scale of the epoch's last batch (warm-up aside).
         let lr_factor = self.state.adaptive.as_ref().map_or(1.0, |a| a.lr_factor);
         let g = crate::noise::noise_scale(
@@ -118,35 +96,24 @@ where
         self.state.epoch = EpochAccumulator::default();
         self.state.wall_seconds = record.wall_seconds;
         // At the end of the epoch (the default), the adaptive schedule sets the next epoch's B.
-        let mut decision = None;
-        if let (Some(c), Some(a)) = (&self.controller, self.state.adaptive.as_mut())
-            && c.due(self.state.updates.0, true)
-            && index.0 + 1 < epochs
-        {
-            decision = c.decide(a, observation(&self.state.position, self.state.updates.0));
-        }
+        let decision = if index.0 + 1 < epochs {
+            self.decide(self.state.updates.0, true)?
+        } else {
+            None
+        };
         if self.leader() {
-            if let (Some(_), Some(a)) = (&decision, &self.state.adaptive) {
-                write_decisions(&self.opts.out, a)?;
-            }
             metrics::append_metrics(&self.metrics_path, &record)?;
-            let every = cfg.train.checkpoint_every;
-            let done = index.done_after().0;
-            if (every > 0 && done.is_multiple_of(every)) || done == epochs || epoch.stop {
-                checkpoint::save(
-                    &self.ckpt_path,
-                    &model,
-                    &self.optim.to_record(),
-                    &self.state,
-                    self.resolved,
-                )?;
-                self.last_checkpoint = Instant::now();
-            }
-            if self.opts.verbose {
-                eprintln!("{}", describe_epoch(&record, epochs));
-                if let Some(d) = &decision {
-                    eprintln!("{}", describe_decision(d));
-                }
+        }
+        let every = cfg.train.checkpoint_every;
+        let done = index.done_after().0;
+        if (every > 0 && done.is_multiple_of(every)) || done == epochs || epoch.stop {
+            let state = self.state.clone();
+            self.save_checkpoint(&model, &state)?;
+        }
+        if self.leader() && self.opts.verbose {
+            eprintln!("{}", describe_epoch(&record, epochs));
+            if let Some(d) = &decision {
+                eprintln!("{}", describe_decision(d));
             }
         }
         self.records.push(record);
@@ -154,5 +121,35 @@ where
             bail!(self.interrupted());
         }
         Ok(model)
+    }
+
+    /// The model all ranks agree on after an epoch (running statistics averaged, weights
+    /// checked equal) and rank 0's evaluation of it, `[loss, accuracy]` (accuracy NaN for a
+    /// model without one), on every rank.
+    fn agree_and_evaluate(&self, model: M, index: Epoch) -> Result<(M, [f64; 2])> {
+        let comm = self.comm;
+        let model = average_running_stats(model, comm)?;
+        if comm.world_size() > 1 {
+            let sums = comm.all_gather_u64(weights_checksum(&model))?;
+            if sums.iter().any(|&s| s != sums[0]) {
+                bail!(
+                    "weights differ between ranks after epoch {} (checksums {sums:x?}): the ranks have diverged",
+                    index.0 + 1
+                );
+            }
+        }
+        let batch = self.resolved.config.train.eval_batch_size;
+        let mut test = if self.leader() {
+            let e = evaluate(&model, self.eval, batch, &self.device);
+            [e.loss, e.accuracy.unwrap_or(f64::NAN)]
+        } else {
+            [0.0, 0.0]
+        };
+        if comm.world_size() > 1 {
+            // Rank 0's evaluation on every rank, so that every rank's records (and the summary
+            // a library call returns there) hold it.
+            comm.all_reduce_sum_f64(&mut test)?;
+        }
+        Ok((model, test))
     }
 }

@@ -3,7 +3,7 @@
 //! and how a finished run is recognised from them.
 
 use super::TrainOptions;
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint;
 use crate::config::Resolved;
 use crate::config::RunConfig;
 use crate::data;
@@ -11,6 +11,7 @@ use crate::metrics::RunSummary;
 use crate::params::trainable_params;
 use crate::run_dir::{self, RunInfo};
 use crate::schedule::adaptive::AdaptiveState;
+use crate::state::TrainState;
 use anyhow::Result;
 use burn::module::Module;
 use std::path::Path;

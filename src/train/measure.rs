@@ -34,13 +34,9 @@ where
         );
     }
     let plan = StepPlan {
-        max_micro_batch: batch_size.div_ceil(pieces),
-        min_pieces: 1,
-        quantum: 1,
         measure: true,
         seed,
-        update: 0,
-        inject_nan: false,
+        ..StepPlan::new(batch_size.div_ceil(pieces), 1)
     };
     let mut estimator = crate::gns::Estimator::default();
     let mut all: Vec<u32> = (0..n as u32).collect();

@@ -23,6 +23,7 @@ mod ranks;
 mod run;
 mod step;
 mod trace;
+mod update;
 
 pub use eval::{Evaluation, evaluate};
 pub use files::finished_run;

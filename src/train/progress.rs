@@ -6,8 +6,20 @@ use crate::schedule::adaptive::Decision;
 
 /// One line for a finished epoch of `epochs`.
 pub(super) fn describe_epoch(r: &EpochMetrics, epochs: u32) -> String {
+    // A regression has no accuracy: its test loss is the mean squared error, shown with its root.
+    let (train, test) = if r.test_accuracy.is_nan() {
+        (
+            String::new(),
+            format!(" rmse {:.4}", r.test_loss.max(0.0).sqrt()),
+        )
+    } else {
+        (
+            format!(" acc {:.2}%", 100.0 * r.train_accuracy),
+            format!(" acc {:.2}%", 100.0 * r.test_accuracy),
+        )
+    };
     format!(
-        "epoch {:>3}/{epochs}  updates {:>6}  B {:>5}  ε {:.4}  m {:.3}  g {:>9.2}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%  {:.1}s  {:.0} samples/s",
+        "epoch {:>3}/{epochs}  updates {:>6}  B {:>5}  ε {:.4}  m {:.3}  g {:>9.2}  train loss {:.4}{train}  test loss {:.4}{test}  {:.1}s  {:.0} samples/s",
         r.epoch.0,
         r.updates,
         r.batch_size,
@@ -15,9 +27,7 @@ pub(super) fn describe_epoch(r: &EpochMetrics, epochs: u32) -> String {
         r.momentum,
         r.noise_scale,
         r.train_loss,
-        100.0 * r.train_accuracy,
         r.test_loss,
-        100.0 * r.test_accuracy,
         r.epoch_seconds,
         r.samples_per_second,
     )

@@ -1,8 +1,8 @@
 //! What keeps data-parallel ranks in step besides the gradient all-reduce.
 
-use crate::checkpoint::EpochAccumulator;
 use crate::dist::Communicator;
 use crate::params::{Grads, named_tensors, replace_tensors};
+use crate::state::EpochAccumulator;
 use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};

@@ -2,28 +2,24 @@
 //! ([`TrainState`]), and the update that moves it on. [`train`](super::train) drives it; the end of
 //! an epoch is in `epoch.rs`.
 
-use super::files::{write_decisions, write_run_files};
-use super::progress::describe_decision;
-use super::ranks::{Agreed, all_reduce_update, average_running_stats, global_epoch_sums};
-use super::step::{StepError, StepPlan, forward_backward};
-use super::trace::Before;
-use super::{Diverged, INTERRUPTED, Interrupted, TrainOptions};
-use crate::checkpoint::{self, CHECKPOINT_FILE, TrainState};
+use super::files::write_run_files;
+use super::{Interrupted, TrainOptions};
+use crate::checkpoint::{self, CHECKPOINT_FILE};
 use crate::config::Resolved;
-use crate::data::{self, Batch, EpochIter, EvalSet, Loader, Shard, Share, TrainSet};
+use crate::data::{self, EpochIter, EvalSet, Loader, Shard, Share, TrainSet};
 use crate::dist::Communicator;
-use crate::gns::StepNorms;
 use crate::learner::{BatchCoupling, TrainStep, Trainable};
 use crate::metrics::{self, EpochMetrics, RunSummary};
 use crate::optim::Optimizer;
 use crate::run_dir::{self, RunLock};
 use crate::schedule::Hyper;
 use crate::schedule::adaptive::{Controller, Observation};
-use crate::units::{Epoch, Epochs, Samples, Updates};
-use anyhow::{Context, Result, bail};
+use crate::state::TrainState;
+use crate::units::{Epoch, Epochs};
+use anyhow::{Context, Result};
+use burn::module::Module;
 use burn::tensor::Device;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// What the loop does after an update.
@@ -71,9 +67,9 @@ pub(super) struct Run<'a, M, T: TrainSet, E> {
     /// The metrics of the epochs done, resumed ones included.
     pub(super) records: Vec<EpochMetrics>,
     pub(super) controller: Option<Controller>,
-    loader: Loader<T>,
+    pub(super) loader: Loader<T>,
     /// How the model's samples meet in batch statistics (its ghost batch size, or none).
-    coupling: BatchCoupling,
+    pub(super) coupling: BatchCoupling,
     /// Whether the model's steps count correct predictions (a classifier): seen on this
     /// session's steps.
     pub(super) classifies: bool,
@@ -84,8 +80,8 @@ pub(super) struct Run<'a, M, T: TrainSet, E> {
     wall_base: f64,
     pub(super) last_checkpoint: Instant,
     /// Pieces a share is split into on the updates that measure the noise scale (see `start`).
-    measure_pieces: usize,
-    split_every: u64,
+    pub(super) measure_pieces: usize,
+    pub(super) split_every: u64,
     shard: Option<Shard>,
     /// Rank 0's exclusive hold on the run directory, released when the run is dropped.
     _lock: Option<RunLock>,
@@ -126,36 +122,11 @@ where
         let ckpt_path = out.join(CHECKPOINT_FILE);
         let metrics_path = out.join(run_dir::METRICS_FILE);
 
-        let mut model = crate::model::init_seeded(cfg.seed, &device, task.init);
+        let model = crate::model::init_seeded(cfg.seed, &device, task.init);
         let coupling = model.batch_coupling();
         let mut optim: Optimizer = cfg.optimizer.init();
-        let mut state = TrainState::start();
-        let mut records = Vec::new();
-        if opts.resume && ckpt_path.exists() {
-            let (m, loaded) = checkpoint::load(&ckpt_path, model, &device)?;
-            loaded.check_resume(&ckpt_path, resolved)?;
-            model = m;
-            optim.load_record(&loaded.optimizer, &device);
-            state = loaded.state;
-            if !leader {
-                // The checkpoint holds the partial-epoch sums of all ranks: rank 0 carries them.
-                state.epoch.loss_sum = 0.0;
-                state.epoch.correct = 0;
-                state.epoch.count = 0;
-            }
-            // Lines up to the checkpoint are kept byte for byte; later ones are trained again.
-            records = metrics::resume_metrics(&metrics_path, Epochs(state.position.epoch), leader)?;
-        } else if leader {
-            // A fresh run: stale metrics of an earlier run in the same directory would mislead.
-            if metrics_path.exists() {
-                std::fs::remove_file(&metrics_path)?;
-            }
-            std::fs::remove_file(out.join(run_dir::SUMMARY_FILE)).ok();
-            // Nor may an old checkpoint be resumed under the new run's config (`--overwrite`),
-            // nor an old run's traces be replayed as this one's.
-            std::fs::remove_file(&ckpt_path).ok();
-            std::fs::remove_dir_all(out.join(super::TRACE_DIR)).ok();
-        }
+        let (model, mut state, records) =
+            restore(resolved, opts, leader, model, &mut optim, &device)?;
 
         let controller = resolved.controller();
         if let Some(c) = &controller
@@ -177,12 +148,12 @@ where
         // batch size (on every `train.noise_scale_split_every`-th update); not with ordinary batch
         // norm, whose statistics would then change, and not over several ranks, which are pieces
         // already.
-        let plain_bn = coupling == BatchCoupling::Whole;
-        let measure_pieces = if cfg.train.noise_scale && world == 1 && !plain_bn {
-            2
-        } else {
-            1
-        };
+        let measure_pieces =
+            if cfg.train.noise_scale && world == 1 && coupling != BatchCoupling::Whole {
+                2
+            } else {
+                1
+            };
         let shard = (world > 1).then_some(Shard {
             rank,
             world,
@@ -250,173 +221,6 @@ where
         batches
     }
 
-    /// One parameter update from one global batch (this rank's share `batch`): the weighted,
-    /// all-reduced gradient, the noise-scale reading, the optimiser step, the adaptive schedule's
-    /// decision and a mid-epoch checkpoint when one is due or Ctrl-C asked for it.
-    pub(super) fn update(
-        &mut self,
-        model: M,
-        batch: Batch<T::Share>,
-        epoch: &mut CurrentEpoch,
-    ) -> Result<(M, Flow)> {
-        let cfg = &self.resolved.config;
-        let micro_max = self.resolved.max_micro_batch;
-        let measure = cfg.train.noise_scale;
-        let world = self.comm.world_size();
-        let global_len = (batch.end - batch.start) as usize;
-        let hyper = self.hyper_at(epoch.index, batch.start);
-        epoch.hyper = hyper;
-        let update = self.state.updates.0 + 1;
-        let split_update = update.is_multiple_of(self.split_every);
-        let mut plan = StepPlan {
-            max_micro_batch: micro_max,
-            min_pieces: if split_update { self.measure_pieces } else { 1 },
-            quantum: self.coupling.quantum(),
-            measure,
-            seed: cfg.seed,
-            update,
-            inject_nan: cfg.train.inject_nan_at_update == Some(update),
-        };
-        // Norms only where they give an estimate, and on the updates one process would measure
-        // (split or in micro-batches anyway), so that the reading, and the adaptive schedule's
-        // decisions, do not depend on the number of ranks.
-        let local_pieces = batch.len().div_ceil(plan.piece_len(batch.len()));
-        plan.measure = measure
-            && if world > 1 {
-                split_update || global_len > micro_max
-            } else {
-                local_pieces >= 2
-            };
-        let (local_len, position) = (
-            batch.len(),
-            batch.position_after(self.resolved.dataset_size.0),
-        );
-        let sampler = self.loader.sampler();
-        let traced = Before::capture_if(cfg, update, &model, &self.optim, &batch, sampler);
-        let step = match forward_backward(&model, batch.share, global_len, &plan, &self.device) {
-            Ok(s) => s,
-            Err(StepError::NonFinite { loss }) => bail!(Diverged {
-                loss,
-                epoch: epoch.index.0,
-                update,
-                lr: hyper.lr,
-                batch_size: epoch.batch_size,
-                momentum: hyper.momentum,
-                checkpoint: if self.ckpt_path.exists() {
-                    format!("the last good checkpoint is {}", self.ckpt_path.display())
-                } else {
-                    "no checkpoint was written before it".into()
-                },
-            }),
-            Err(StepError::Other(e)) => return Err(e.context(format!("update {update}"))),
-        };
-        // This rank's noise-scale inputs: Σ (b_i/B)|g_i|² and the number of pieces.
-        let (small, pieces) = step
-            .pieces
-            .iter()
-            .filter(|(len, norm)| *len > 0 && norm.is_finite())
-            .fold((0.0f64, 0.0f64), |(s, k), (len, norm)| {
-                (s + *len as f64 / global_len as f64 * norm, k + 1.0)
-            });
-        // A mid-epoch checkpoint every K updates or T minutes; under MPI the time-based wish of
-        // any rank counts (it rides in the all-reduce), so all ranks agree.
-        let every_updates = cfg.train.checkpoint_every_updates;
-        let every_seconds = cfg.train.checkpoint_every_minutes * 60.0;
-        let due_local = (every_updates > 0 && update.is_multiple_of(every_updates))
-            || (every_seconds > 0.0
-                && self.last_checkpoint.elapsed().as_secs_f64() >= every_seconds);
-        // The stop request and the noise-scale sums ride along with the gradients: all ranks stop
-        // after the same update when any of them was signalled, and all see the same noise-scale
-        // measurement.
-        let local_agreed = Agreed {
-            stop: INTERRUPTED.load(Ordering::SeqCst),
-            due: due_local,
-            small,
-            pieces,
-        };
-        let (grads, agreed) = if world > 1 {
-            all_reduce_update(step.grads, local_agreed, self.comm, &mut self.state.epoch)?
-        } else {
-            (step.grads, local_agreed)
-        };
-        if plan.measure && agreed.pieces >= 2.0 {
-            let norms = StepNorms {
-                small: agreed.small,
-                pieces: agreed.pieces,
-                big: grads.sq_norm(),
-                batch: global_len as f64,
-            };
-            self.state.gns.add(norms);
-            if let Some(a) = self.state.adaptive.as_mut() {
-                a.window.add(norms);
-            }
-        }
-        let traced = traced.map(|t| t.with_grads(&grads));
-        let mut model = self.optim.step(model, grads, hyper);
-        if let Some(t) = traced {
-            let done = (step.pieces.as_slice(), step.loss_sum);
-            t.write(
-                &self.opts.out,
-                cfg,
-                update,
-                hyper,
-                done,
-                &model,
-                &self.optim,
-            )
-            .with_context(|| format!("tracing update {update}"))?;
-        }
-        let state = &mut self.state;
-        state.updates = Updates(update);
-        state.samples += Samples(global_len as u64);
-        state.epoch.loss_sum += step.loss_sum;
-        state.epoch.correct += step.correct.unwrap_or(0);
-        // Every session steps before its first epoch end (a checkpoint is never taken at an
-        // epoch's last update but after it), so this is known where the record needs it.
-        self.classifies |= step.correct.is_some();
-        state.epoch.count += local_len as u64;
-        state.position = position;
-        epoch.bar.inc(1);
-        epoch.bar.set_message(format!(
-            "loss {:.4}",
-            step.loss_sum / local_len.max(1) as f64
-        ));
-        // Every K updates, the adaptive schedule may change B from the next batch on (at the
-        // epoch's last update, the epoch-end decision does it).
-        let mut flow = Flow::Continue;
-        if let (Some(c), Some(a)) = (&self.controller, state.adaptive.as_mut())
-            && state.position.epoch == epoch.index.0
-            && c.due(update, false)
-            && let Some(d) = c.decide(a, observation(&state.position, update))
-        {
-            flow = Flow::NewBatchSize;
-            if self.comm.rank() == 0 {
-                write_decisions(&self.opts.out, a)?;
-                if self.opts.verbose {
-                    epoch.bar.suspend(|| eprintln!("{}", describe_decision(&d)));
-                }
-            }
-        }
-        if self.state.position.epoch != epoch.index.0 {
-            // The epoch's last update: its end checkpoints, and stops if asked to. (Checked
-            // before the next update instead, a stop would never come where every epoch is one
-            // update, B = N.)
-            epoch.stop |= agreed.stop;
-        } else if agreed.stop || agreed.due {
-            model = self.checkpoint_mid_epoch(model, epoch)?;
-            if agreed.stop {
-                epoch.bar.finish_and_clear();
-                bail!(self.interrupted());
-            }
-        }
-        if flow == Flow::NewBatchSize {
-            epoch.batch_size = self
-                .hyper_at(epoch.index, self.state.position.offset)
-                .batch_size;
-        }
-        Ok((model, flow))
-    }
-
     /// The error of a run stopped by Ctrl-C, once its checkpoint is written.
     pub(super) fn interrupted(&self) -> Interrupted {
         Interrupted {
@@ -424,27 +228,6 @@ where
             updates: self.state.updates.0,
             out: self.opts.out.display().to_string(),
         }
-    }
-
-    /// A checkpoint within an epoch: the sampler position, the partial-epoch sums of all ranks
-    /// and the estimator make it a complete description of the run.
-    fn checkpoint_mid_epoch(&mut self, model: M, epoch: &CurrentEpoch) -> Result<M> {
-        let mut saved = self.state.clone();
-        saved.epoch = global_epoch_sums(&self.state.epoch, self.comm)?;
-        saved.epoch.train_seconds = epoch.train_seconds();
-        saved.wall_seconds = self.wall_seconds();
-        let model = average_running_stats(model, self.comm)?;
-        if self.leader() {
-            checkpoint::save(
-                &self.ckpt_path,
-                &model,
-                &self.optim.to_record(),
-                &saved,
-                self.resolved,
-            )?;
-        }
-        self.last_checkpoint = Instant::now();
-        Ok(model)
     }
 
     /// The end of the run: the schedule an adaptive run realised and the summary (rank 0).
@@ -475,6 +258,47 @@ where
         }
         Ok(summary)
     }
+}
+
+/// Where a run starts: on resume, the model, optimiser and state from its checkpoint and the
+/// metrics up to it; otherwise (rank 0) a fresh start that removes an earlier run's files.
+fn restore<M: Module>(
+    resolved: &Resolved,
+    opts: &TrainOptions,
+    leader: bool,
+    model: M,
+    optim: &mut Optimizer,
+    device: &Device,
+) -> Result<(M, TrainState, Vec<EpochMetrics>)> {
+    let out = &opts.out;
+    let (ckpt_path, metrics_path) = (out.join(CHECKPOINT_FILE), out.join(run_dir::METRICS_FILE));
+    if opts.resume && ckpt_path.exists() {
+        let (model, loaded) = checkpoint::load(&ckpt_path, model, device)?;
+        loaded.check_resume(&ckpt_path, resolved)?;
+        optim.load_record(&loaded.optimizer, device);
+        let mut state = loaded.state;
+        if !leader {
+            // The checkpoint holds the partial-epoch sums of all ranks: rank 0 carries them.
+            state.epoch.loss_sum = 0.0;
+            state.epoch.correct = 0;
+            state.epoch.count = 0;
+        }
+        // Lines up to the checkpoint are kept byte for byte; later ones are trained again.
+        let records = metrics::resume_metrics(&metrics_path, Epochs(state.position.epoch), leader)?;
+        return Ok((model, state, records));
+    }
+    if leader {
+        // A fresh run: stale metrics of an earlier run in the same directory would mislead.
+        if metrics_path.exists() {
+            std::fs::remove_file(&metrics_path)?;
+        }
+        std::fs::remove_file(out.join(run_dir::SUMMARY_FILE)).ok();
+        // Nor may an old checkpoint be resumed under the new run's config (`--overwrite`),
+        // nor an old run's traces be replayed as this one's.
+        std::fs::remove_file(&ckpt_path).ok();
+        std::fs::remove_dir_all(out.join(super::TRACE_DIR)).ok();
+    }
+    Ok((model, TrainState::start(), Vec::new()))
 }
 
 /// Where the run stands, for the adaptive controller's log.

@@ -37,17 +37,24 @@ pub struct StepPlan {
 }
 
 impl StepPlan {
-    /// Each batch in one piece, nothing measured: the plain step.
-    pub fn whole_batch() -> StepPlan {
+    /// Pieces of at most `max_micro_batch` samples whose boundaries respect `quantum` (the ghost
+    /// batch size; 0 or 1: any), nothing cut further or measured, seed 0, update 0: what the
+    /// trainer, `bench` and `noise` start from.
+    pub fn new(max_micro_batch: usize, quantum: usize) -> StepPlan {
         StepPlan {
-            max_micro_batch: usize::MAX,
+            max_micro_batch,
             min_pieces: 1,
-            quantum: 1,
+            quantum: quantum.max(1),
             measure: false,
             seed: 0,
             update: 0,
             inject_nan: false,
         }
+    }
+
+    /// Each batch in one piece, nothing measured: the plain step.
+    pub fn whole_batch() -> StepPlan {
+        StepPlan::new(usize::MAX, 1)
     }
 
     /// The size of every piece but the last, for a share of `local` samples.
@@ -187,6 +194,21 @@ where
         .try_into_vec::<f32>()
         .map_err(|e| StepError::Other(anyhow::anyhow!("reading the step's losses: {e:?}")))?;
     let per_piece = 1 + usize::from(counts) + if plan.measure { norm_parts } else { 0 };
+    read_pieces(&mut out, &values, per_piece, &lens, counts, plan)?;
+    Ok(out)
+}
+
+/// Fills `out` from the values read back after the last piece: per piece its loss, its correct
+/// count (where `counts`) and its squared gradient norm parts (where measured); a NaN or
+/// infinite loss is [`StepError::NonFinite`].
+fn read_pieces(
+    out: &mut StepOutput,
+    values: &[f32],
+    per_piece: usize,
+    lens: &[usize],
+    counts: bool,
+    plan: &StepPlan,
+) -> Result<(), StepError> {
     let mut correct = 0u64;
     for (i, &len) in lens.iter().enumerate() {
         let v = &values[i * per_piece..(i + 1) * per_piece];
@@ -214,5 +236,5 @@ where
         out.pieces.push((len, norm));
     }
     out.correct = counts.then_some(correct);
-    Ok(out)
+    Ok(())
 }

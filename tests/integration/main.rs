@@ -14,6 +14,7 @@ mod mnist;
 mod models;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod npy;
 mod optim;
 mod parity;
 mod resume;

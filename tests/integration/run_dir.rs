@@ -2,11 +2,12 @@
 //! checks against the data, and the messages of issue 15.
 
 use burn::tensor::Device;
-use noisescale::checkpoint::{self, TrainState};
+use noisescale::checkpoint;
 use noisescale::config::RunConfig;
 use noisescale::optim::OptimizerRecord;
 use noisescale::params::named_tensors;
 use noisescale::run_dir::{self, CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE};
+use noisescale::state::TrainState;
 use noisescale::units::Samples;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -401,9 +401,10 @@ max_batch_size = 400
 #[test]
 fn checkpoints_round_trip_and_bad_files_are_named() {
     use burn::tensor::Device;
-    use noisescale::checkpoint::{TrainState, load, save};
+    use noisescale::checkpoint::{load, save};
     use noisescale::model::ModelConfig;
     use noisescale::optim::OptimizerRecord;
+    use noisescale::state::TrainState;
     let tmp = tempfile::tempdir().unwrap();
     let device = Device::flex().autodiff();
     let cfg = config("[schedule]\nepochs = 1\nlr = 0.1\nbatch_size = 32\n");
