@@ -789,3 +789,30 @@ fn fuzz_npz_reader() {
         ok
     });
 }
+
+#[test]
+fn fuzz_image_decoder() {
+    use noisescale::data::folder;
+    let path = Path::new("fuzz/image.png");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/folder/sized");
+    let files = [
+        std::fs::read(dir.join("train/cat/a.png")).unwrap(),
+        std::fs::read(dir.join("train/cat/b.jpg")).unwrap(),
+        std::fs::read(dir.join("train/dog/d.png")).unwrap(),
+    ];
+    // PNG: width and height in the IHDR chunk (big-endian at 16 and 20); JPEG: bytes anywhere.
+    fuzz("image", cases(20_000), 9, |rng| {
+        let mut b = files[rng.below(files.len())].clone();
+        mutate(rng, &mut b, &[(16, 4, true), (20, 4, true)]);
+        match folder::decode(&b, path) {
+            Ok(img) => {
+                assert!(img.width() <= folder::MAX_SIDE && img.height() <= folder::MAX_SIDE);
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("fuzz/"), "{e}");
+                false
+            }
+        }
+    });
+}

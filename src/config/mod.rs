@@ -6,6 +6,7 @@
 //! fixes everything that depends on the data (N, the schedule's batch sizes, the micro-batch),
 //! once, into a [`Resolved`] that the trainer consumes and the checkpoint stores.
 
+use crate::data::folder::Resize;
 use crate::data::{Augment, DatasetKind};
 use crate::model::ModelConfig;
 use crate::optim::{OptimizerConfig, OptimizerKind};
@@ -27,8 +28,8 @@ pub const DEFAULT_DATA_DIR: &str = "../shared/data";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Which data set, or format: `mnist`, `cifar10`, `synthetic`, `npy` (required; `format`
-    /// is the same key).
+    /// Which data set, or format: `mnist`, `cifar10`, `synthetic`, `npy`, `image-folder`
+    /// (required; `format` is the same key).
     #[serde(alias = "format")]
     pub dataset: DatasetKind,
     /// Where it lives (a data root or the data set's own folder); `--data` overrides it.
@@ -49,6 +50,17 @@ pub struct DataConfig {
     /// Synthetic data set size and shape (only for `dataset = "synthetic"`).
     #[serde(default)]
     pub synthetic: SyntheticConfig,
+    /// `image-folder`: `[height, width]` every image is brought to (unset: all must have one
+    /// size already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[usize; 2]>,
+    /// `image-folder`: how an image of another size is brought to `image_size`.
+    #[serde(default)]
+    pub resize: Resize,
+    /// `image-folder` without a `test/` folder: the fraction of `train/` held out for
+    /// evaluation, chosen by the run's seed (0: there must be a `test/` folder).
+    #[serde(default)]
+    pub validation_fraction: f64,
 }
 
 /// Size and shape of the generated data set.
@@ -222,6 +234,9 @@ impl RunConfig {
                 test_subset: 0,
                 workers: default_workers(),
                 synthetic: SyntheticConfig::default(),
+                image_size: None,
+                resize: Resize::default(),
+                validation_fraction: 0.0,
             },
             // Named after the model's type by the trainer.
             model: ModelConfig::Custom {
@@ -297,8 +312,28 @@ impl RunConfig {
                 "data.synthetic = {s:?} is out of range: train and test >= 1, classes in 2..=256, every shape entry >= 1"
             );
         }
+        let f = self.data.validation_fraction;
+        if !(0.0..1.0).contains(&f) {
+            bail!("data.validation_fraction = {f} is out of range: must be in [0, 1)");
+        }
+        if let Some(size) = self.data.image_size {
+            let max = crate::data::folder::MAX_SIDE as usize;
+            if size.iter().any(|&d| d == 0 || d > max) {
+                bail!("data.image_size = {size:?} is out of range: each side in 1..={max}");
+            }
+        }
         crate::device::parse(&self.device)?;
         Ok(())
+    }
+
+    /// How `data.dataset = "image-folder"` reads its images.
+    pub fn folder_options(&self) -> crate::data::folder::FolderOptions {
+        crate::data::folder::FolderOptions {
+            image_size: self.data.image_size,
+            resize: self.data.resize,
+            validation_fraction: self.data.validation_fraction,
+            seed: self.seed,
+        }
     }
 
     /// Whether `other` describes the same run: equal but for where the data lives and which

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DataError, cifar, idx, npy, synthetic};
+use super::{DataError, cifar, folder, idx, npy, synthetic};
 use crate::units::Samples;
 
 /// A labelled image set held as raw `u8` pixels, `N×C×H×W` (CHW within each image).
@@ -91,6 +91,9 @@ pub enum DatasetKind {
     /// NumPy arrays: `train.npz`/`test.npz` (members `x`, `y`) or `{train,test}_{x,y}.npy`
     /// ([`npy`](super::npy)); the built-in models take `uint8` features and class indices.
     Npy,
+    /// Image folders as torchvision's `ImageFolder` ([`folder`](super::folder)):
+    /// `train/<class>/*.png|jpg` and `test/<class>/*`.
+    ImageFolder,
     /// A data set given in code to the library's `Trainer` (not loadable from files).
     Custom,
 }
@@ -102,7 +105,10 @@ impl DatasetKind {
         match self {
             DatasetKind::Mnist => Some(idx::MNIST_TRAIN_SAMPLES),
             DatasetKind::Cifar10 => Some(cifar::TRAIN_SAMPLES),
-            DatasetKind::Synthetic | DatasetKind::Npy | DatasetKind::Custom => None,
+            DatasetKind::Synthetic
+            | DatasetKind::Npy
+            | DatasetKind::ImageFolder
+            | DatasetKind::Custom => None,
         }
     }
 
@@ -113,6 +119,7 @@ impl DatasetKind {
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Synthetic => "synthetic",
             DatasetKind::Npy => "npy",
+            DatasetKind::ImageFolder => "image-folder",
             DatasetKind::Custom => "custom",
         }
     }
@@ -136,6 +143,7 @@ pub fn load(kind: DatasetKind, dir: &Path) -> Result<Split, DataError> {
         DatasetKind::Cifar10 => cifar::load_cifar10(&resolve_dir(kind, dir)),
         DatasetKind::Synthetic => Ok(synthetic::default_split()),
         DatasetKind::Npy => npy::load_images_with(dir, &mut |_, _| {}),
+        DatasetKind::ImageFolder => folder::load_with(dir, &Default::default(), &mut |_, _| {}),
         DatasetKind::Custom => Err(DataError::GivenInCode),
     }
 }
@@ -150,6 +158,7 @@ pub fn train_size(kind: DatasetKind, dir: &Path) -> Result<Samples, DataError> {
         DatasetKind::Cifar10 => cifar::train_count(&dir),
         DatasetKind::Synthetic => Ok(Samples(synthetic::DEFAULT_TRAIN as u64)),
         DatasetKind::Npy => npy::train_rows(&dir).map(|n| Samples(n as u64)),
+        DatasetKind::ImageFolder => folder::train_count(&dir, 0.0).map(|n| Samples(n as u64)),
         DatasetKind::Custom => Err(DataError::GivenInCode),
     }
 }
@@ -160,7 +169,10 @@ pub fn resolve_dir(kind: DatasetKind, dir: &Path) -> std::path::PathBuf {
     let subdirs: &[&str] = match kind {
         DatasetKind::Mnist => &["mnist"],
         DatasetKind::Cifar10 => &["cifar10-subset", "cifar-10-batches-bin", "cifar10"],
-        DatasetKind::Synthetic | DatasetKind::Npy | DatasetKind::Custom => &[],
+        DatasetKind::Synthetic
+        | DatasetKind::Npy
+        | DatasetKind::ImageFolder
+        | DatasetKind::Custom => &[],
     };
     if looks_like(kind, dir) {
         return dir.to_path_buf();
@@ -184,6 +196,7 @@ pub fn looks_like(kind: DatasetKind, dir: &Path) -> bool {
                 || cifar::data_batch_files(dir).is_ok_and(|v| !v.is_empty())
         }
         DatasetKind::Npy => npy::looks_like(dir),
+        DatasetKind::ImageFolder => folder::looks_like(dir),
         DatasetKind::Synthetic | DatasetKind::Custom => false,
     }
 }

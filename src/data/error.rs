@@ -142,6 +142,15 @@ pub enum DataError {
         /// What is wrong (magic, version, dtype, order, shape larger than the data, ...).
         what: String,
     },
+    /// An image of an image folder that cannot be used: not PNG or JPEG, corrupt, too large, of
+    /// another size than the others; or a folder without classes.
+    #[error("{}: {what}", path.display())]
+    Image {
+        /// The image file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// A split holds no samples: a run could neither train on it nor report a test accuracy.
     #[error("{} holds no samples: {what}", path.display())]
     NoSamples {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{DataError, Dataset, DatasetKind, Split, channel_stats, cifar, idx, looks_like, npy};
+use super::{
+    DataError, Dataset, DatasetKind, Split, channel_stats, cifar, folder, idx, looks_like, npy,
+};
 
 /// SHA-256 of one file's decoded (decompressed) bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -148,7 +150,12 @@ pub fn inspect(dir: &Path) -> Result<InspectReport, DataError> {
     subs.sort();
     candidates.extend(subs);
     let mut datasets = Vec::new();
-    for kind in [DatasetKind::Mnist, DatasetKind::Cifar10, DatasetKind::Npy] {
+    for kind in [
+        DatasetKind::Mnist,
+        DatasetKind::Cifar10,
+        DatasetKind::Npy,
+        DatasetKind::ImageFolder,
+    ] {
         for d in candidates.iter().filter(|d| looks_like(kind, d)) {
             datasets.push(inspect_one(kind, d)?);
         }
@@ -187,6 +194,15 @@ fn inspect_one(kind: DatasetKind, dir: &Path) -> Result<DatasetReport, DataError
                 files,
             });
         }
+        // As found: without test/, a tenth of train/ shown as the held-out part.
+        DatasetKind::ImageFolder => folder::load_with(
+            dir,
+            &folder::FolderOptions {
+                validation_fraction: 0.1,
+                ..Default::default()
+            },
+            &mut on_file,
+        )?,
         _ => cifar::load_cifar10_with(dir, &mut on_file)?,
     };
     Ok(DatasetReport {

@@ -50,6 +50,7 @@ pub mod augment;
 pub mod cifar;
 pub mod dataset;
 pub mod error;
+pub mod folder;
 pub mod idx;
 pub mod inspect;
 pub mod loader;

@@ -42,6 +42,10 @@ pub fn prepare_data(config: &RunConfig) -> Result<Prepared> {
             let [c, h, w] = s.shape;
             data::synthetic(s.train, s.test, s.classes, c, h, w, config.seed)
         }
+        DatasetKind::ImageFolder => {
+            data::folder::load_with(&d.dir, &config.folder_options(), &mut |_, _| {})
+                .with_context(|| format!("loading the image folder {}", d.dir.display()))?
+        }
         kind => data::load(kind, &d.dir)
             .with_context(|| format!("loading {kind} from {}", d.dir.display()))?,
     };
@@ -62,10 +66,17 @@ pub fn planned_train_size(config: &RunConfig) -> Result<(Samples, Option<String>
     let d = &config.data;
     let (full, note) = match d.dataset {
         DatasetKind::Synthetic => (Samples(d.synthetic.train as u64), None),
+        DatasetKind::ImageFolder => {
+            let n = data::folder::train_count(&d.dir, d.validation_fraction)
+                .with_context(|| format!("sizing the image folder {}", d.dir.display()))?;
+            (Samples(n as u64), None)
+        }
         kind => match data::train_size(kind, &d.dir) {
             Ok(n) => (n, None),
-            Err(DataError::Missing { .. } | DataError::NoDataBatches { .. }) => {
-                let n = kind.published_train_size().expect("a data set on disk");
+            Err(DataError::Missing { .. } | DataError::NoDataBatches { .. })
+                if kind.published_train_size().is_some() =>
+            {
+                let n = kind.published_train_size().unwrap_or_default();
                 let note = format!(
                     "{kind}'s published size: no {kind} data in {}",
                     d.dir.display()

@@ -9,6 +9,7 @@ mod common;
 mod adaptive;
 mod cli;
 mod custom;
+mod folder;
 mod gns;
 mod mnist;
 mod models;
