@@ -3,6 +3,7 @@
 
 pub use crate::config::RunConfig;
 pub use crate::data::npy;
+pub use crate::data::tokens::{self, TokenBatch, TokenFormat, Windows};
 pub use crate::data::{
     BurnData, EvalSet, FeatureBatcher, Features, ImageBatch, ImageSet, RegressionBatch,
     RegressionBatcher, Share, TrainSet,

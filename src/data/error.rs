@@ -151,6 +151,14 @@ pub enum DataError {
         /// What is wrong.
         what: String,
     },
+    /// A token file or window setting that cannot be used.
+    #[error("{}: {what}", path.display())]
+    Tokens {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// A split holds no samples: a run could neither train on it nor report a test accuracy.
     #[error("{} holds no samples: {what}", path.display())]
     NoSamples {

@@ -58,6 +58,7 @@ pub mod npy;
 pub mod sampler;
 pub mod source;
 pub mod synthetic;
+pub mod tokens;
 
 #[cfg(test)]
 mod test_util;

@@ -447,3 +447,54 @@ fn the_example_model_trains_on_2_mpi_ranks_as_on_one_process() {
         assert!((p - q).abs() <= 1, "B {p} vs {q}");
     }
 }
+
+/// A byte-level bigram model: an embedding of each byte read as the logits of the next.
+#[derive(Module, Debug)]
+struct Bigram {
+    next: burn::nn::Embedding,
+}
+
+impl Bigram {
+    fn forward(&self, b: noisescale::data::tokens::TokenBatch) -> ClassificationOutput {
+        let [n, t] = b.tokens.dims();
+        let logits = self.next.forward(b.tokens).reshape([n * t, 256]);
+        noisescale::learner::classification(logits, b.targets.reshape([n * t]))
+    }
+}
+noisescale::train_steps!(Bigram, noisescale::data::tokens::TokenBatch => ClassificationOutput, forward);
+impl Trainable for Bigram {}
+
+#[test]
+fn a_language_model_trains_on_token_windows_of_a_text() {
+    use noisescale::data::tokens::{TokenFile, TokenFormat, Windows};
+    let kjv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/text/kjv.txt");
+    let file = Arc::new(TokenFile::open(&kjv, TokenFormat::Bytes).unwrap());
+    // 64 KiB of training text and 16 KiB of the validation tail (from byte 3,868,416).
+    let train = Windows::new(file.clone(), 0..65_536, 32).unwrap();
+    let valid = Windows::new(file, 3_868_416..3_868_416 + 16_384, 32).unwrap();
+    let mut schedule = ScheduleConfig::new(ScheduleKind::IncreaseBatch, 3, 0.5, 16);
+    (schedule.momentum, schedule.milestones) = (0.9, vec![2]);
+    let tmp = tempfile::tempdir().unwrap();
+    let trained = Trainer::new(RunConfig::custom("bigram", schedule))
+        .out(tmp.path().join("run"))
+        .verbose(false)
+        .fit(
+            |d| Bigram {
+                next: burn::nn::EmbeddingConfig::new(256, 256).init(d),
+            },
+            train,
+            valid,
+        )
+        .unwrap();
+    let m = timing_free(&tmp.path().join("run"));
+    // 2,047 windows: 128 updates of B = 16 in each of 2 epochs, then 26 of B = 80.
+    assert_eq!(m.last().unwrap().updates.0, 2 * 128 + 26);
+    let losses: Vec<f64> = m.iter().map(|r| r.test_loss).collect();
+    eprintln!("bigram on KJV windows: validation loss per epoch {losses:.3?} nats");
+    // From ln 256 = 5.55 nats (uniform) towards a bigram's.
+    assert!(
+        m[0].test_loss < 4.0 && m[2].test_loss < m[0].test_loss,
+        "{m:?}"
+    );
+    assert_eq!(trained.summary.epochs.0, 3);
+}
