@@ -296,17 +296,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
     }
     let quiet = a.quiet || comm.rank() != 0;
-    let prepared = train::prepare_data(&cfg)?;
-    let resolved = cfg.resolve(prepared.train.samples(), comm.world_size())?;
+    let data = train::load_data(&cfg)?;
+    let resolved = cfg.resolve(data.train_size(), comm.world_size())?;
     if !quiet {
         eprintln!(
             "{}",
             resolved.describe_batching(resolved.schedule.batch_size(crate::units::Epoch(0)))
         );
     }
-    let summary = train::train(
+    let summary = train::train_loaded(
         &resolved,
-        &prepared,
+        &data,
         &TrainOptions {
             out: out.clone(),
             resume,
@@ -317,11 +317,15 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         comm.as_ref(),
     )?;
     if !quiet {
+        let best = if summary.best_test_accuracy.is_nan() {
+            String::new()
+        } else {
+            format!(" (best {:.2}%)", 100.0 * summary.best_test_accuracy)
+        };
         println!(
-            "{}: final test accuracy {:.2}% (best {:.2}%) after {} epochs and {} updates in {:.1}s; metrics in {}",
+            "{}: final {}{best} after {} epochs and {} updates in {:.1}s; metrics in {}",
             summary.name,
-            100.0 * summary.final_test_accuracy,
-            100.0 * summary.best_test_accuracy,
+            crate::reproduce::describe_result(&summary),
             summary.epochs,
             summary.updates,
             summary.wall_seconds,
@@ -373,7 +377,7 @@ fn load_saved_run(checkpoint: &Path, placement: &Placement) -> Result<SavedRun> 
         )
     })?;
     placement.apply(&mut cfg)?;
-    cfg.model.check_builtin()?;
+    cfg.model.check_image_model()?;
     let prepared = train::prepare_data(&cfg)?;
     let device = crate::device::device(crate::device::parse(&cfg.device)?)?;
     let model = cfg.model.init(

@@ -18,6 +18,10 @@ fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
+fn nan() -> f64 {
+    f64::NAN
+}
+
 /// What one epoch of training did and reached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -64,6 +68,33 @@ pub struct EpochMetrics {
     /// Peak resident memory of the process so far, bytes (0 where unknown).
     pub peak_memory_bytes: u64,
     /// The measured gradient noise scale (`gns_*` fields; absent when not measured).
+    #[serde(flatten)]
+    pub gns: GnsMetrics,
+}
+
+/// One evaluation within training (`train.eval_every`): a line of `evals.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Training samples consumed so far (tokens: times the context length).
+    pub samples: Samples,
+    /// Parameter updates so far.
+    pub updates: Updates,
+    /// Epochs so far, fractional (`samples / N`).
+    pub epochs: f64,
+    /// Learning rate ε of the last update.
+    pub lr: f64,
+    /// Global batch size B of the last update.
+    pub batch_size: usize,
+    /// Mean loss over the evaluation samples (nats per token for a language model).
+    pub test_loss: f64,
+    /// Accuracy over them; NaN (`null`) for a model without accuracy.
+    #[serde(deserialize_with = "null_as_nan")]
+    pub test_accuracy: f64,
+    /// Samples evaluated (`train.eval_subset`, or the whole evaluation set).
+    pub test_samples: u64,
+    /// Wall seconds since the start of the run.
+    pub wall_seconds: f64,
+    /// The measured gradient noise scale at this point (absent when not measured).
     #[serde(flatten)]
     pub gns: GnsMetrics,
 }
@@ -134,6 +165,7 @@ pub fn realised_table(records: &[EpochMetrics], n: Samples) -> PhaseTable {
             _ => phases.push(PhaseRow {
                 start: Epoch(r.epoch.0.saturating_sub(1)),
                 end: r.epoch,
+                samples: None,
                 lr: r.lr,
                 batch_size: r.batch_size,
                 momentum: r.momentum,
@@ -277,6 +309,9 @@ pub struct RunSummary {
     pub best_test_accuracy: f64,
     /// Mean training loss of the last epoch.
     pub final_train_loss: f64,
+    /// Test loss after the last epoch (NaN, `null`, in summaries written before it was kept).
+    #[serde(default = "nan", deserialize_with = "null_as_nan")]
+    pub final_test_loss: f64,
     /// Wall seconds of the whole run.
     pub wall_seconds: f64,
     /// Training samples per second over the run.
@@ -298,7 +333,11 @@ impl std::fmt::Display for RunSummary {
             self.name, self.schedule, self.seed, self.epochs.0, self.updates.0,
         )?;
         if self.final_test_accuracy.is_nan() {
-            write!(f, "final train loss {:.4}", self.final_train_loss)
+            write!(
+                f,
+                "final test loss {:.4} (train {:.4})",
+                self.final_test_loss, self.final_train_loss
+            )
         } else {
             write!(
                 f,
@@ -346,6 +385,7 @@ impl RunSummary {
                 .map(|m| m.test_accuracy)
                 .fold(f64::NAN, f64::max),
             final_train_loss: last.train_loss,
+            final_test_loss: last.test_loss,
             wall_seconds: last.wall_seconds,
             samples_per_second: if train_seconds > 0.0 {
                 last.samples.0 as f64 / train_seconds

@@ -80,6 +80,71 @@ pub struct OptimizerConfig {
     /// Rescale the velocity by ε_old/ε_new when ε changes (see the module docs); off = PyTorch.
     #[serde(default)]
     pub velocity_rescale: bool,
+    /// Which parameters weight decay applies to (default all).
+    #[serde(default, skip_serializing_if = "DecayOn::is_all")]
+    pub decay_on: DecayOn,
+    /// Clip the gradient's global L2 norm to this (`torch.nn.utils.clip_grad_norm_`), after the
+    /// all-reduce and after the noise scale is read; default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
+}
+
+/// Which parameters weight decay applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecayOn {
+    /// Every parameter (PyTorch's default for one parameter group).
+    #[default]
+    All,
+    /// Weight matrices and convolution kernels only: not biases (or any 1-d parameter), norm
+    /// layers' scales and shifts, nor embeddings (the language-model convention of nanoGPT and
+    /// Megatron-LM).
+    Matrices,
+}
+
+impl DecayOn {
+    fn is_all(&self) -> bool {
+        *self == DecayOn::All
+    }
+
+    /// Whether a parameter of rank `rank` inside modules of the types `containers` (burn's
+    /// `Struct:<name>` container types, outermost first) is decayed.
+    pub fn decays(self, rank: usize, containers: &[String]) -> bool {
+        match self {
+            DecayOn::All => true,
+            DecayOn::Matrices => {
+                let exempt = |c: &String| {
+                    let name = c.strip_prefix("Struct:").unwrap_or(c);
+                    name == "Embedding" || name.ends_with("Norm")
+                };
+                rank >= 2 && !containers.iter().any(exempt)
+            }
+        }
+    }
+}
+
+/// Scales `grads` so that their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, only where
+/// below 1). Returns the norm before clipping. The sum of squares is taken in f64 on the host in
+/// the parameters' order, so the result does not depend on the thread count.
+pub fn clip_grad_norm(grads: &mut Grads, max_norm: f64) -> f64 {
+    let sum: f64 = grads
+        .tensors
+        .iter()
+        .map(|(_, g)| {
+            let v = g.clone().into_data().convert::<f32>();
+            let v = v.try_into_vec::<f32>().unwrap_or_default();
+            v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
+        })
+        .sum();
+    let norm = sum.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for (_, g) in &mut grads.tensors {
+            *g = g.clone().mul_scalar(coef as f32);
+        }
+    }
+    norm
 }
 
 fn default_beta2() -> f64 {
@@ -97,6 +162,8 @@ impl Default for OptimizerConfig {
             beta2: default_beta2(),
             eps: default_eps(),
             velocity_rescale: false,
+            decay_on: DecayOn::All,
+            clip_grad_norm: None,
         }
     }
 }
@@ -121,6 +188,11 @@ impl OptimizerConfig {
                 "optimizer.eps = {} is out of range: must be a finite number > 0",
                 self.eps
             );
+        }
+        if let Some(c) = self.clip_grad_norm
+            && !(c > 0.0 && c.is_finite())
+        {
+            bail!("optimizer.clip_grad_norm = {c} is out of range: must be a finite number > 0");
         }
         Ok(())
     }
@@ -168,6 +240,8 @@ pub struct Optimizer {
 
 struct StepMapper<'a> {
     path: Vec<String>,
+    /// The container types of `path` (burn's `Struct:<name>`), for [`DecayOn`].
+    containers: Vec<String>,
     grads: HashMap<String, Tensor<1>>,
     opt: &'a mut Optimizer,
     hyper: Hyper,
@@ -175,14 +249,17 @@ struct StepMapper<'a> {
 }
 
 impl ModuleMapper for StepMapper<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.path.pop();
+        self.containers.pop();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let name = self.path.join(".");
+        let decay = self.opt.config.decay_on.decays(D, &self.containers);
         let Some(grad) = self.grads.remove(&name) else {
             return param;
         };
@@ -192,9 +269,14 @@ impl ModuleMapper for StepMapper<'_> {
         let n = shape.num_elements();
         let w: Tensor<1> = tensor.inner().reshape([n]);
         let device = w.device();
-        let w = self
-            .opt
-            .update(&name, w, grad.to_device(&device), self.hyper, self.rescale);
+        let w = self.opt.update(
+            &name,
+            w,
+            grad.to_device(&device),
+            self.hyper,
+            self.rescale,
+            decay,
+        );
         let mut value: Tensor<D> = Tensor::from_inner(w.reshape(shape));
         if require_grad {
             value = value.require_grad();
@@ -236,6 +318,7 @@ impl Optimizer {
         let rescale = self.begin_step(hyper.lr);
         let mut mapper = StepMapper {
             path: Vec::new(),
+            containers: Vec::new(),
             grads: grads.tensors.into_iter().collect(),
             opt: self,
             hyper,
@@ -256,7 +339,8 @@ impl Optimizer {
         rescale
     }
 
-    /// The update of one flattened parameter `w` with gradient `g`, on the calling thread;
+    /// The update of one flattened parameter `w` with gradient `g` (weight decay applied where
+    /// `decay`), on the calling thread;
     /// [`Optimizer::step`] calls it on a compute thread, whose denormal mode the one-pass
     /// kernel's other threads share.
     pub fn update(
@@ -266,8 +350,9 @@ impl Optimizer {
         g: Tensor<1>,
         hyper: Hyper,
         rescale: Option<f64>,
+        decay: bool,
     ) -> Tensor<1> {
-        let wd = self.config.weight_decay;
+        let wd = if decay { self.config.weight_decay } else { 0.0 };
         let (lr, m) = (hyper.lr, hyper.momentum);
         // Compute in the parameter's precision whatever the gradient's.
         let g = if g.dtype() != w.dtype() {
@@ -469,7 +554,7 @@ mod tests {
             for (i, w) in ws.iter_mut().enumerate() {
                 let n = w.dims()[0];
                 let g = random(n, 100 * step + i as u64, &device);
-                *w = opt.update(&format!("p{i}"), w.clone(), g, hyper, rescale);
+                *w = opt.update(&format!("p{i}"), w.clone(), g, hyper, rescale, true);
                 out.push(bits(w));
             }
             let mut keys: Vec<_> = opt.state.buffers.keys().cloned().collect();
@@ -533,7 +618,7 @@ mod tests {
             momentum: 0.9,
         };
         TENSOR_OPS_ONLY.with(|only| only.set(tensor_ops));
-        let w = opt.update("p", w.clone(), g.clone(), hyper, None);
+        let w = opt.update("p", w.clone(), g.clone(), hyper, None, true);
         TENSOR_OPS_ONLY.with(|only| only.set(false));
         vec![bits(&w), bits(&opt.state.buffers["p#v"])]
     }

@@ -13,6 +13,7 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../presets/paper-cifar10.toml"),
     ),
     ("synthetic", include_str!("../presets/synthetic.toml")),
+    ("lm", include_str!("../presets/lm.toml")),
 ];
 
 /// The TOML of a preset.

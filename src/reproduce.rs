@@ -56,6 +56,20 @@ pub struct Planned {
     pub config: RunConfig,
 }
 
+/// A finished run's result in words: its test accuracy, or its test loss where it has none
+/// (with bits per token, as a language model's loss is in nats per token).
+pub fn describe_result(s: &crate::metrics::RunSummary) -> String {
+    if s.final_test_accuracy.is_nan() {
+        format!(
+            "test loss {:.4} ({:.3} bits/token)",
+            s.final_test_loss,
+            s.final_test_loss / std::f64::consts::LN_2
+        )
+    } else {
+        format!("test accuracy {:.2}%", 100.0 * s.final_test_accuracy)
+    }
+}
+
 /// The runs of a comparison, in report order.
 pub fn plan(base: &RunConfig, seeds: u32, variants: bool) -> Vec<Planned> {
     let mut groups: Vec<(String, RunConfig)> = Vec::new();
@@ -64,7 +78,12 @@ pub fn plan(base: &RunConfig, seeds: u32, variants: bool) -> Vec<Planned> {
         c.schedule = c.schedule.with_kind(k);
         c
     };
-    for k in crate::config::default_schedules() {
+    let kinds = base
+        .reproduce
+        .as_ref()
+        .and_then(|r| r.schedules.clone())
+        .unwrap_or_else(crate::config::default_schedules);
+    for k in kinds {
         groups.push((k.to_string(), with_kind(base, k)));
     }
     if variants {
@@ -226,8 +245,9 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     } else {
         None
     };
-    let prepared = train::prepare_data(&base)?;
-    let n = prepared.train.samples();
+    let data = train::load_data(&base)?;
+    let n = data.train_size();
+    let (train_len, test_len) = data.sizes();
     let planned = plan(&base, seeds, a.variants);
     let say = |msg: String| {
         if leader {
@@ -238,8 +258,8 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         "reproduce {label}: {} runs ({seeds} seed(s) each) on {} ({} train / {} test) → {}",
         planned.len(),
         base.data.dataset,
-        prepared.train.len(),
-        prepared.test.len(),
+        train_len,
+        test_len,
         out.display()
     ));
     for p in &planned {
@@ -257,9 +277,9 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             resolved.describe_plan(),
             if resume { ", resuming" } else { "" }
         ));
-        let s = train::train(
+        let s = train::train_loaded(
             &resolved,
-            &prepared,
+            &data,
             &TrainOptions {
                 out: dir,
                 resume,
@@ -272,9 +292,9 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             comm.as_ref(),
         )?;
         say(format!(
-            "{}: test accuracy {:.2}% after {} updates, {:.1}s",
+            "{}: {} after {} updates, {:.1}s",
             p.name,
-            100.0 * s.final_test_accuracy,
+            describe_result(&s),
             s.updates,
             s.wall_seconds
         ));

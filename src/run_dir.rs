@@ -121,14 +121,17 @@ pub const RESOLVED_FILE: &str = "resolved.json";
 pub const SCHEDULE_FILE: &str = "schedule.json";
 /// The adaptive schedule's decisions, one JSON object per line.
 pub const DECISIONS_FILE: &str = "decisions.jsonl";
+/// File name of the evaluations within training (`train.eval_every`), one JSON object a line.
+pub const EVALS_FILE: &str = "evals.jsonl";
 /// The lock file (pid, host and start time of the process writing the run).
 pub const LOCK_FILE: &str = "run.lock";
 
 /// The files a run writes with [`write_atomic`] (whose temporary files
 /// [`clean_leftovers`] removes).
-pub const RUN_FILES: [&str; 8] = [
+pub const RUN_FILES: [&str; 9] = [
     METRICS_FILE,
     DECISIONS_FILE,
+    EVALS_FILE,
     SUMMARY_FILE,
     CONFIG_FILE,
     RUN_INFO_FILE,

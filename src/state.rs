@@ -45,6 +45,10 @@ pub struct TrainState {
     /// The adaptive schedule's controller state (`None` for the fixed kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<crate::schedule::adaptive::AdaptiveState>,
+    /// The evaluations within training so far (`train.eval_every`), rewritten into
+    /// `evals.jsonl` on resume so that the file matches an uninterrupted run's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evals: Vec<crate::metrics::EvalMetrics>,
 }
 
 impl TrainState {
@@ -58,6 +62,7 @@ impl TrainState {
             epoch: EpochAccumulator::default(),
             gns: crate::gns::Estimator::default(),
             adaptive: None,
+            evals: Vec::new(),
         }
     }
 }

@@ -129,7 +129,12 @@ impl Trainer {
             group: None,
             verbose: self.verbose && comm.rank() == 0,
         };
-        let task = Task { init, train, eval };
+        let task = Task {
+            init,
+            train,
+            eval,
+            probe: None,
+        };
         train_task(&resolved, task, &opts, comm.as_ref())
     }
 }

@@ -28,8 +28,8 @@ pub const DEFAULT_DATA_DIR: &str = "../shared/data";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Which data set, or format: `mnist`, `cifar10`, `synthetic`, `npy`, `image-folder`
-    /// (required; `format` is the same key).
+    /// Which data set, or format: `mnist`, `cifar10`, `synthetic`, `npy`, `image-folder`,
+    /// `tokens` (required; `format` is the same key).
     #[serde(alias = "format")]
     pub dataset: DatasetKind,
     /// Where it lives (a data root or the data set's own folder); `--data` overrides it.
@@ -61,6 +61,9 @@ pub struct DataConfig {
     /// evaluation, chosen by the run's seed (0: there must be a `test/` folder).
     #[serde(default)]
     pub validation_fraction: f64,
+    /// `tokens`: how the stream is stored and cut (required with `dataset = "tokens"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::data::tokens::TokenConfig>,
 }
 
 /// Size and shape of the generated data set.
@@ -135,6 +138,22 @@ pub struct TrainConfig {
     /// replay of the step (`bench/parity.py` replays them in PyTorch). One process only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace_updates: Vec<u64>,
+    /// Also evaluate every this-many training samples, within epochs (0: only at epoch ends),
+    /// and once at the end: a line of `evals.jsonl` each, for learning curves against samples
+    /// and updates (a language model may train on less than one epoch).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub eval_every: u64,
+    /// Evaluations within epochs use this many samples of the evaluation set, spread evenly
+    /// over it (0: all); epoch ends evaluate all of it.
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub eval_subset: usize,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_eval_batch() -> usize {
@@ -172,6 +191,8 @@ impl Default for TrainConfig {
             noise_scale_split_every: None,
             inject_nan_at_update: None,
             trace_updates: Vec::new(),
+            eval_every: 0,
+            eval_subset: 0,
         }
     }
 }
@@ -237,6 +258,7 @@ impl RunConfig {
                 image_size: None,
                 resize: Resize::default(),
                 validation_fraction: 0.0,
+                tokens: None,
             },
             // Named after the model's type by the trainer.
             model: ModelConfig::Custom {
@@ -276,6 +298,15 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate().map_err(anyhow::Error::msg)?;
         self.optimizer.validate()?;
+        let tokens = self.data.dataset == crate::data::DatasetKind::Tokens;
+        let gpt = matches!(self.model, crate::model::ModelConfig::Gpt(_));
+        if tokens != gpt && self.data.dataset != crate::data::DatasetKind::Custom {
+            bail!(
+                "model.kind = \"{}\" and data.dataset = \"{}\" do not go together: the language model (model.kind = \"gpt\") trains on a token stream (data.dataset = \"tokens\") and the image models on images",
+                self.model.name(),
+                self.data.dataset
+            );
+        }
         if self.optimizer.kind == OptimizerKind::Sgd && self.schedule.momentum != 0.0 {
             bail!(
                 "optimizer.kind = \"sgd\" takes no momentum but schedule.momentum = {}: set it to 0 or use kind = \"momentum\"",
@@ -373,6 +404,9 @@ pub struct ReproduceConfig {
     /// Learning rate of the Adam variants (default 1e-3).
     #[serde(default)]
     pub adam_lr: Option<f64>,
+    /// The schedule kinds to compare, in report order (default [`default_schedules`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<Vec<ScheduleKind>>,
 }
 
 #[cfg(test)]

@@ -94,6 +94,9 @@ pub enum DatasetKind {
     /// Image folders as torchvision's `ImageFolder` ([`folder`](super::folder)):
     /// `train/<class>/*.png|jpg` and `test/<class>/*`.
     ImageFolder,
+    /// A token stream for language models ([`tokens`](super::tokens)): a text read as bytes or
+    /// a file of `u16`/`u32` ids, cut into windows (`data.tokens`).
+    Tokens,
     /// A data set given in code to the library's `Trainer` (not loadable from files).
     Custom,
 }
@@ -108,6 +111,7 @@ impl DatasetKind {
             DatasetKind::Synthetic
             | DatasetKind::Npy
             | DatasetKind::ImageFolder
+            | DatasetKind::Tokens
             | DatasetKind::Custom => None,
         }
     }
@@ -120,6 +124,7 @@ impl DatasetKind {
             DatasetKind::Synthetic => "synthetic",
             DatasetKind::Npy => "npy",
             DatasetKind::ImageFolder => "image-folder",
+            DatasetKind::Tokens => "tokens",
             DatasetKind::Custom => "custom",
         }
     }
@@ -144,6 +149,7 @@ pub fn load(kind: DatasetKind, dir: &Path) -> Result<Split, DataError> {
         DatasetKind::Synthetic => Ok(synthetic::default_split()),
         DatasetKind::Npy => npy::load_images_with(dir, &mut |_, _| {}),
         DatasetKind::ImageFolder => folder::load_with(dir, &Default::default(), &mut |_, _| {}),
+        DatasetKind::Tokens => Err(DataError::NotImages),
         DatasetKind::Custom => Err(DataError::GivenInCode),
     }
 }
@@ -159,6 +165,7 @@ pub fn train_size(kind: DatasetKind, dir: &Path) -> Result<Samples, DataError> {
         DatasetKind::Synthetic => Ok(Samples(synthetic::DEFAULT_TRAIN as u64)),
         DatasetKind::Npy => npy::train_rows(&dir).map(|n| Samples(n as u64)),
         DatasetKind::ImageFolder => folder::train_count(&dir, 0.0).map(|n| Samples(n as u64)),
+        DatasetKind::Tokens => Err(DataError::NotImages),
         DatasetKind::Custom => Err(DataError::GivenInCode),
     }
 }
@@ -172,6 +179,7 @@ pub fn resolve_dir(kind: DatasetKind, dir: &Path) -> std::path::PathBuf {
         DatasetKind::Synthetic
         | DatasetKind::Npy
         | DatasetKind::ImageFolder
+        | DatasetKind::Tokens
         | DatasetKind::Custom => &[],
     };
     if looks_like(kind, dir) {
@@ -197,7 +205,7 @@ pub fn looks_like(kind: DatasetKind, dir: &Path) -> bool {
         }
         DatasetKind::Npy => npy::looks_like(dir),
         DatasetKind::ImageFolder => folder::looks_like(dir),
-        DatasetKind::Synthetic | DatasetKind::Custom => false,
+        DatasetKind::Synthetic | DatasetKind::Tokens | DatasetKind::Custom => false,
     }
 }
 

@@ -134,6 +134,11 @@ pub enum DataError {
         "data.dataset = \"custom\" is a data set given in code to noisescale::Trainer: no files to load; train, evaluate or measure it through the library"
     )]
     GivenInCode,
+    /// `data.dataset = "tokens"` where a command needs images with class labels.
+    #[error(
+        "data.dataset = \"tokens\" is a token stream for language models (model.kind = \"gpt\"), not images with labels"
+    )]
+    NotImages,
     /// A NumPy `.npy` file or `.npz` archive that cannot be read as noisescale reads them.
     #[error("{}: {what}", path.display())]
     Npy {

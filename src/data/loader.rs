@@ -134,9 +134,22 @@ impl<T: TrainSet> Loader<T> {
         start_offset: u64,
         shard_of: Option<Shard>,
     ) -> EpochIter<T> {
+        self.epoch_until(epoch, batch_size, start_offset..u64::MAX, shard_of)
+    }
+
+    /// [`Loader::epoch`] over positions `range` of the epoch only: the batch reaching past
+    /// `range.end` ends there (see [`Batches::until`](super::sampler::Batches::until)).
+    pub fn epoch_until(
+        &self,
+        epoch: u32,
+        batch_size: usize,
+        range: std::ops::Range<u64>,
+        shard_of: Option<Shard>,
+    ) -> EpochIter<T> {
         let ranges: Vec<_> = self
             .sampler
-            .batches(epoch, batch_size, start_offset)
+            .batches(epoch, batch_size, range.start)
+            .until(range.end)
             .map(|g| {
                 let local = match shard_of {
                     Some(s) => shard(g.clone(), s),

@@ -137,6 +137,17 @@ impl Sampler {
     }
 }
 
+impl Batches {
+    /// The same batches cut at position `end` of the epoch: the batch reaching past it ends
+    /// there and none follows (a schedule's change of B within an epoch).
+    pub fn until(self, end: u64) -> Batches {
+        Batches {
+            n: self.n.min(end),
+            ..self
+        }
+    }
+}
+
 /// Iterator over the batch ranges of one epoch (see [`Sampler::batches`]).
 #[derive(Debug, Clone)]
 pub struct Batches {

@@ -45,6 +45,41 @@ impl TokenFormat {
     }
 }
 
+/// The `[data.tokens]` table: how `data.dir` (a token file, or a directory of `train.bin` and
+/// `val.bin`) is read and cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// How tokens are stored (default `bytes`: a text, vocabulary 256).
+    #[serde(default = "default_format")]
+    pub format: TokenFormat,
+    /// Tokens a window gives the model (its context length T).
+    pub context: usize,
+    /// For one file: the token at which the validation part starts (the rest trains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_from: Option<usize>,
+}
+
+fn default_format() -> TokenFormat {
+    TokenFormat::Bytes
+}
+
+impl TokenConfig {
+    /// The training and validation windows of `path`: one file split at `validation_from`, or
+    /// a directory's `train.bin` and `val.bin`.
+    pub fn open(&self, path: &Path) -> Result<(Windows, Windows), DataError> {
+        if path.is_dir() {
+            let (train, val) = (path.join("train.bin"), path.join("val.bin"));
+            return splits(&train, Some(&val), self.format, 0, self.context);
+        }
+        let from = self.validation_from.ok_or_else(|| DataError::Tokens {
+            path: path.to_path_buf(),
+            what: "one token file needs data.tokens.validation_from, the token where its validation part starts (or give a directory of train.bin and val.bin)".into(),
+        })?;
+        splits(path, None, self.format, from, self.context)
+    }
+}
+
 /// A memory-mapped token file.
 #[derive(Debug)]
 pub struct TokenFile {
@@ -133,6 +168,8 @@ pub struct Windows {
     file: Arc<TokenFile>,
     range: Range<usize>,
     context: usize,
+    /// As an evaluation set, only these windows ([`Windows::spread`]); all when `None`.
+    picked: Option<Arc<[u32]>>,
 }
 
 impl Windows {
@@ -157,7 +194,34 @@ impl Windows {
             file,
             range,
             context,
+            picked: None,
         })
+    }
+
+    /// The same windows as an evaluation set of `count` of them spread evenly (window
+    /// `⌊i · N / count⌋` for i < count), for quick evaluations within training; all of them
+    /// where `count` is 0 or at least N.
+    pub fn spread(&self, count: usize) -> Windows {
+        let n = self.windows();
+        let picked = (count > 0 && count < n).then(|| {
+            (0..count)
+                .map(|i| (i * n / count) as u32)
+                .collect::<Arc<[u32]>>()
+        });
+        Windows {
+            picked,
+            ..self.clone()
+        }
+    }
+
+    /// The context length T.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// The largest token id in the windows' range.
+    pub fn max_id(&self) -> u32 {
+        self.file.max_id(self.range.clone())
     }
 
     /// Windows in the range: `⌊L / T⌋ − 1`, whatever the epoch's offset.
@@ -226,7 +290,7 @@ impl TrainSet for Windows {
 impl EvalSet for Windows {
     type Input = TokenBatch;
     fn len(&self) -> usize {
-        self.windows()
+        self.picked.as_ref().map_or(self.windows(), |p| p.len())
     }
     fn for_each_batch(
         &self,
@@ -234,11 +298,14 @@ impl EvalSet for Windows {
         device: &Device,
         each: &mut dyn FnMut(TokenBatch, usize),
     ) {
-        let n = self.windows();
+        let n = EvalSet::len(self);
         let mut start = 0;
         while start < n {
             let end = (start + batch_size.max(1)).min(n);
-            let idx: Vec<u32> = (start as u32..end as u32).collect();
+            let idx: Vec<u32> = match &self.picked {
+                Some(p) => p[start..end].to_vec(),
+                None => (start as u32..end as u32).collect(),
+            };
             for piece in self.share(&idx, 0).into_pieces(end - start, device) {
                 each(piece, end - start);
             }

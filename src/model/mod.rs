@@ -5,6 +5,7 @@
 //! [`Model`] for the data set's image shape and class count on any `Device`.
 
 pub mod cnn;
+pub mod gpt;
 pub mod mlp;
 pub mod norm;
 pub mod resnet;
@@ -65,6 +66,9 @@ pub enum ModelConfig {
         #[serde(default)]
         ghost_batch_size: usize,
     },
+    /// A decoder-only transformer for next-token prediction on `data.dataset = "tokens"`
+    /// ([`gpt`]).
+    Gpt(gpt::GptConfig),
     /// A model defined in code and trained through the library's `Trainer`: what the config
     /// records of it (no command can build it).
     Custom {
@@ -150,6 +154,7 @@ impl ModelConfig {
                     ));
                 }
             }
+            ModelConfig::Gpt(g) => g.validate()?,
             ModelConfig::Custom { .. } => {}
         }
         Ok(())
@@ -176,7 +181,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Resnet { .. } | ModelConfig::Wrn { .. } => true,
             ModelConfig::Custom { batch_norm, .. } => *batch_norm,
-            ModelConfig::Mlp { .. } | ModelConfig::Cnn { .. } => false,
+            ModelConfig::Mlp { .. } | ModelConfig::Cnn { .. } | ModelConfig::Gpt(_) => false,
         }
     }
 
@@ -185,6 +190,17 @@ impl ModelConfig {
         if let ModelConfig::Custom { name, .. } = self {
             anyhow::bail!(
                 "model.kind = \"custom\" ({name}) is a model defined in code and trained through noisescale::Trainer: no command can build it; evaluate or measure it through the library"
+            );
+        }
+        Ok(())
+    }
+
+    /// The error for the language model where a command needs an image classifier.
+    pub fn check_image_model(&self) -> anyhow::Result<()> {
+        self.check_builtin()?;
+        if let ModelConfig::Gpt(_) = self {
+            anyhow::bail!(
+                "model.kind = \"gpt\" is a language model: this command takes image classifiers (a language-model run trains with `train`, and generates text with `sample`)"
             );
         }
         Ok(())
@@ -204,6 +220,7 @@ impl ModelConfig {
             ModelConfig::Cnn { .. } => "cnn".into(),
             ModelConfig::Resnet { depth, .. } => format!("resnet-{depth}"),
             ModelConfig::Wrn { depth, widen, .. } => format!("wrn-{depth}-{widen}"),
+            ModelConfig::Gpt(g) => format!("gpt-{}x{}", g.layers, g.dim),
             ModelConfig::Custom { name, .. } => name.clone(),
         }
     }
@@ -212,7 +229,8 @@ impl ModelConfig {
     ///
     /// Every parameter is initialised here, from the device's random stream as it stands now
     /// (see [`crate::params::materialize`]). Panics for [`ModelConfig::Custom`], which no config
-    /// can build ([`ModelConfig::check_builtin`] names that as an error first).
+    /// can build, and [`ModelConfig::Gpt`], which takes tokens
+    /// ([`ModelConfig::check_image_model`] names both as errors first).
     pub fn init(&self, input: [usize; 3], classes: usize, device: &Device) -> Model {
         let model = self.build(input, classes, device);
         crate::params::materialize(&model);
@@ -265,6 +283,9 @@ impl ModelConfig {
             )),
             ModelConfig::Custom { name, .. } => {
                 panic!("the model {name} is defined in code: no config can build it")
+            }
+            ModelConfig::Gpt(_) => {
+                panic!("the language model takes tokens, not images: build it with GptConfig::init")
             }
         }
     }

@@ -77,6 +77,54 @@ pub(super) fn phase_index(milestones: &[u32], epoch: u32) -> u32 {
     milestones.iter().take_while(|&&m| m <= epoch).count() as u32
 }
 
+fn default_lr_segments() -> u32 {
+    20
+}
+fn is_default_lr_segments(n: &u32) -> bool {
+    *n == default_lr_segments()
+}
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Megatron-LM's batch-size ramp-up (`--rampup-batch-size start increment samples`): B starts
+/// at `start` and grows by `increment` in equal steps over the first `samples` samples until
+/// it reaches the schedule's B0; ε is the recipe's throughout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rampup {
+    /// Batch size at the start (≥ 1, < B0).
+    pub start: usize,
+    /// Growth per step (≥ 1; B0 − start must be a multiple).
+    pub increment: usize,
+    /// Samples over which B reaches B0 (≥ 1, at most the training length).
+    pub samples: u64,
+}
+
+impl Rampup {
+    /// Steps from `start` to `b0`.
+    pub(super) fn steps(&self, b0: usize) -> u64 {
+        ((b0 - self.start) / self.increment) as u64
+    }
+
+    /// The global sample at which step `k` (1..=steps) begins: `⌊k · samples / steps⌋`.
+    pub(super) fn step_start(&self, k: u64, b0: usize) -> u64 {
+        (u128::from(k) * u128::from(self.samples) / u128::from(self.steps(b0))) as u64
+    }
+
+    /// B at global sample `s`: `start + increment · (steps begun by s)`, B0 from `samples` on.
+    pub(super) fn batch_at(&self, s: u64, b0: usize) -> usize {
+        if s >= self.samples {
+            return b0;
+        }
+        let steps = self.steps(b0);
+        let begun = (1..=steps)
+            .take_while(|&k| self.step_start(k, b0) <= s)
+            .count();
+        self.start + self.increment * begun
+    }
+}
+
 fn default_factor() -> f64 {
     5.0
 }
@@ -98,8 +146,32 @@ pub struct ScheduleConfig {
     /// The schedule rule (default `decay-lr`).
     #[serde(default)]
     pub kind: ScheduleKind,
-    /// Training length in epochs (≥ 1).
+    /// Training length in epochs (≥ 1); absent (0) on the sample clock, where `samples` gives it.
+    #[serde(default)]
     pub epochs: u32,
+    /// Training length in samples: the sample clock, on which phases, warm-up and ramp-up
+    /// change at any sample count (`milestone_samples`, `warmup_samples`, `rampup`), as
+    /// language-model training counts tokens. An epoch stays a pass over the N samples, so
+    /// the run ends within one when `samples` is not a multiple of N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<u64>,
+    /// On the sample clock: the samples at which a new phase starts, strictly increasing in
+    /// 1..samples (the sample clock's `milestones`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub milestone_samples: Vec<u64>,
+    /// On the sample clock: length of the linear warm-up in samples (default 0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_samples: u64,
+    /// On the sample clock: the equal parts of `samples` an `lr_schedule` steps through, its
+    /// "epochs" (default 20).
+    #[serde(
+        default = "default_lr_segments",
+        skip_serializing_if = "is_default_lr_segments"
+    )]
+    pub lr_segments: u32,
+    /// The batch-size ramp-up of `kind = "rampup"` (Megatron-LM's `--rampup-batch-size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rampup: Option<Rampup>,
     /// Initial learning rate ε0 (> 0).
     pub lr: f64,
     /// Initial batch size B0, in 1..=N.
@@ -149,6 +221,11 @@ impl ScheduleConfig {
         ScheduleConfig {
             kind,
             epochs,
+            samples: None,
+            milestone_samples: Vec::new(),
+            warmup_samples: 0,
+            lr_segments: default_lr_segments(),
+            rampup: None,
             lr,
             batch_size,
             momentum: 0.0,
@@ -173,13 +250,26 @@ impl ScheduleConfig {
         c.kind = kind;
         if kind == ScheduleKind::Adaptive {
             c.milestones.clear();
+            c.milestone_samples.clear();
         } else {
             c.adaptive = None;
         }
-        if kind != ScheduleKind::Converted {
+        if !matches!(
+            kind,
+            ScheduleKind::Converted | ScheduleKind::DecayLr | ScheduleKind::Rampup
+        ) {
             c.lr_schedule = None;
         }
         c
+    }
+
+    /// The steps an `lr_schedule` goes through: epochs, or `lr_segments` on the sample clock.
+    pub(super) fn lr_steps(&self) -> u32 {
+        if self.samples.is_some() {
+            self.lr_segments
+        } else {
+            self.epochs
+        }
     }
 
     /// The adaptive controller's settings (the defaults where the table is absent).
@@ -218,17 +308,7 @@ impl ScheduleConfig {
         if n.0 == 0 {
             return Err(ScheduleError::EmptyDataset);
         }
-        if self.epochs == 0 {
-            return Err(out_of_range("epochs", 0, "must be at least 1"));
-        }
-        if self.epochs > MAX_EPOCHS {
-            // The schedule keeps per-epoch tables: bound them (found by tests/fuzz.rs).
-            return Err(out_of_range(
-                "epochs",
-                self.epochs,
-                format!("must be at most {MAX_EPOCHS}"),
-            ));
-        }
+        self.validate_clock(n)?;
         if self.batch_size == 0 || self.batch_size > nn {
             return Err(out_of_range(
                 "batch_size",
@@ -249,7 +329,6 @@ impl ScheduleConfig {
                 "must be finite and > 1",
             ));
         }
-        check_milestones("milestones", &self.milestones, self.epochs)?;
         if self.batch_multiple == 0 || self.batch_multiple > nn {
             return Err(out_of_range(
                 "batch_multiple",
@@ -305,14 +384,149 @@ impl ScheduleConfig {
             ));
         }
         self.validate_adaptive(n)?;
+        self.validate_rampup()?;
+        let takes_lr_schedule = matches!(
+            self.kind,
+            ScheduleKind::Converted | ScheduleKind::DecayLr | ScheduleKind::Rampup
+        );
         match (&self.lr_schedule, self.kind) {
             (None, ScheduleKind::Converted) => Err(ScheduleError::MissingLrSchedule),
-            (Some(_), kind) if kind != ScheduleKind::Converted => {
-                Err(ScheduleError::UnusedLrSchedule { kind })
+            (Some(_), kind) if !takes_lr_schedule => Err(ScheduleError::UnusedLrSchedule { kind }),
+            // `converted` ignores milestones (it converts the lr_schedule alone).
+            (Some(_), ScheduleKind::DecayLr | ScheduleKind::Rampup)
+                if !(self.milestones.is_empty() && self.milestone_samples.is_empty()) =>
+            {
+                Err(out_of_range(
+                    "milestones",
+                    format!("{:?}", self.milestones),
+                    "must be empty with an lr_schedule, which says when ε changes",
+                ))
             }
             (Some(s), _) => self.validate_lr_schedule(s),
             (None, _) => Ok(()),
         }
+    }
+
+    /// The training length: `epochs` (the epoch clock, with `milestones` and `warmup_epochs`) or
+    /// `samples` (the sample clock, with `milestone_samples`, `warmup_samples` and `rampup`),
+    /// not both.
+    fn validate_clock(&self, n: Samples) -> Result<(), ScheduleError> {
+        let Some(total) = self.samples else {
+            if self.epochs == 0 {
+                return Err(out_of_range("epochs", 0, "must be at least 1"));
+            }
+            if self.epochs > MAX_EPOCHS {
+                // The schedule keeps per-epoch tables: bound them (found by tests/fuzz.rs).
+                return Err(out_of_range(
+                    "epochs",
+                    self.epochs,
+                    format!("must be at most {MAX_EPOCHS}"),
+                ));
+            }
+            for (key, given) in [
+                ("milestone_samples", !self.milestone_samples.is_empty()),
+                ("warmup_samples", self.warmup_samples != 0),
+                (
+                    "rampup",
+                    self.rampup.is_some() && self.kind == ScheduleKind::Rampup,
+                ),
+            ] {
+                if given {
+                    return Err(ScheduleError::SampleClockOnly { key });
+                }
+            }
+            return check_milestones("milestones", &self.milestones, self.epochs);
+        };
+        if self.epochs != 0 {
+            return Err(out_of_range(
+                "epochs",
+                self.epochs,
+                "must be absent when schedule.samples gives the length (the sample clock)",
+            ));
+        }
+        let epochs = total.div_ceil(n.0);
+        if total == 0 || epochs > u64::from(MAX_EPOCHS) {
+            return Err(out_of_range(
+                "samples",
+                total,
+                format!(
+                    "must be in 1..={} (at most {MAX_EPOCHS} epochs of N = {n})",
+                    n.0.saturating_mul(u64::from(MAX_EPOCHS))
+                ),
+            ));
+        }
+        for (key, given) in [
+            ("milestones", !self.milestones.is_empty()),
+            ("warmup_epochs", self.warmup_epochs != 0.0),
+        ] {
+            if given {
+                return Err(ScheduleError::EpochClockOnly { key });
+            }
+        }
+        let ms = &self.milestone_samples;
+        if ms.windows(2).any(|w| w[0] >= w[1]) || ms.iter().any(|&m| m == 0 || m >= total) {
+            return Err(out_of_range(
+                "milestone_samples",
+                format!("{ms:?}"),
+                format!("must be strictly increasing, each in 1..samples (1..{total})"),
+            ));
+        }
+        if self.warmup_samples > total {
+            return Err(out_of_range(
+                "warmup_samples",
+                self.warmup_samples,
+                format!("must be in 0..=samples ({total})"),
+            ));
+        }
+        if self.lr_segments == 0 || self.lr_segments > MAX_EPOCHS {
+            return Err(out_of_range(
+                "lr_segments",
+                self.lr_segments,
+                format!("must be in 1..={MAX_EPOCHS}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `rampup` is required by `kind = "rampup"` and checked whenever given (other kinds ignore
+    /// it, so that a preset can carry it for `--schedule rampup`).
+    fn validate_rampup(&self) -> Result<(), ScheduleError> {
+        let Some(r) = &self.rampup else {
+            return match self.kind {
+                ScheduleKind::Rampup => Err(ScheduleError::MissingRampup),
+                _ => Ok(()),
+            };
+        };
+        if self.samples.is_none() && self.kind != ScheduleKind::Rampup {
+            return Ok(());
+        }
+        let b0 = self.batch_size;
+        if r.start == 0 || r.start >= b0 {
+            return Err(out_of_range(
+                "rampup.start",
+                r.start,
+                format!("must be in 1..batch_size (1..{b0})"),
+            ));
+        }
+        if r.increment == 0 || !(b0 - r.start).is_multiple_of(r.increment) {
+            return Err(out_of_range(
+                "rampup.increment",
+                r.increment,
+                format!(
+                    "must be at least 1 and divide batch_size − rampup.start ({})",
+                    b0 - r.start
+                ),
+            ));
+        }
+        let total = self.samples.unwrap_or(0);
+        if r.samples == 0 || r.samples > total {
+            return Err(out_of_range(
+                "rampup.samples",
+                r.samples,
+                format!("must be in 1..=samples ({total})"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_adaptive(&self, n: Samples) -> Result<(), ScheduleError> {
@@ -381,7 +595,7 @@ impl ScheduleConfig {
                 check_gamma(*gamma)
             }
             LrSchedule::Multistep { milestones, gamma } => {
-                check_milestones("lr_schedule.milestones", milestones, self.epochs)?;
+                check_milestones("lr_schedule.milestones", milestones, self.lr_steps())?;
                 check_gamma(*gamma)
             }
             LrSchedule::Exponential { gamma } => check_gamma(*gamma),
@@ -397,11 +611,14 @@ impl ScheduleConfig {
                 }
             }
             LrSchedule::Table { lrs } => {
-                if lrs.len() != self.epochs as usize {
+                if lrs.len() != self.lr_steps() as usize {
                     return Err(out_of_range(
                         "lr_schedule.lrs",
                         format!("[{} values]", lrs.len()),
-                        format!("must have one value per epoch ({})", self.epochs),
+                        format!(
+                            "must have one value per epoch, or per lr_segment on the sample clock ({})",
+                            self.lr_steps()
+                        ),
                     ));
                 }
                 match lrs.iter().find(|lr| !(lr.is_finite() && **lr > 0.0)) {
@@ -463,8 +680,11 @@ pub enum ScheduleError {
     /// `kind = "converted"` without an `lr_schedule`.
     #[error("schedule.lr_schedule is required when schedule.kind = \"converted\"")]
     MissingLrSchedule,
-    /// An `lr_schedule` given for a kind that does not use it.
-    #[error("schedule.lr_schedule is only used with schedule.kind = \"converted\", not \"{kind}\"")]
+    /// An `lr_schedule` given for a kind that does not use it (`converted` converts it,
+    /// `decay-lr` and `rampup` follow it).
+    #[error(
+        "schedule.lr_schedule is only used with schedule.kind = \"converted\", \"decay-lr\" or \"rampup\", not \"{kind}\""
+    )]
     UnusedLrSchedule {
         /// The `schedule.kind` given (only `converted` takes an `lr_schedule`).
         kind: ScheduleKind,
@@ -474,6 +694,27 @@ pub enum ScheduleError {
     UnusedAdaptive {
         /// The `schedule.kind` given (not `adaptive`).
         kind: ScheduleKind,
+    },
+    /// `kind = "rampup"` without a `rampup` table.
+    #[error(
+        "schedule.rampup = {{ start, increment, samples }} is required when schedule.kind = \"rampup\""
+    )]
+    MissingRampup,
+    /// A key of the sample clock given with `epochs`.
+    #[error(
+        "schedule.{key} counts samples: give the length as schedule.samples (the sample clock), not schedule.epochs"
+    )]
+    SampleClockOnly {
+        /// The key.
+        key: &'static str,
+    },
+    /// A key of the epoch clock given with `samples`.
+    #[error(
+        "schedule.{key} counts epochs: on the sample clock (schedule.samples) use its sample-count form (milestone_samples, warmup_samples)"
+    )]
+    EpochClockOnly {
+        /// The key.
+        key: &'static str,
     },
     /// The training set is empty (N = 0).
     #[error("the training set is empty (N = 0); a schedule needs N ≥ 1")]

@@ -55,7 +55,7 @@ mod table;
 mod tests;
 
 pub use adaptive::AdaptiveConfig;
-pub use config::{LrSchedule, MAX_EPOCHS, ScheduleConfig, ScheduleError};
+pub use config::{LrSchedule, MAX_EPOCHS, Rampup, ScheduleConfig, ScheduleError};
 pub use table::{PhaseRow, PhaseTable};
 
 /// Which rule turns the milestones (or an LR schedule, or the measured noise scale) into
@@ -76,14 +76,21 @@ pub enum ScheduleKind {
     Converted,
     /// B follows the measured gradient noise scale, no milestones ([`adaptive`]).
     Adaptive,
+    /// Seesaw (Meterez et al. 2025), the conversion proposed for Adam: at each milestone ε is
+    /// divided by √factor and B multiplied by factor, where `decay-lr` divides ε by factor.
+    Seesaw,
+    /// Megatron-LM's batch-size ramp-up ([`Rampup`]) in front of the `decay-lr` recipe.
+    Rampup,
 }
 
 impl ScheduleKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [ScheduleKind; 5] = [
+    pub const ALL: [ScheduleKind; 7] = [
         ScheduleKind::DecayLr,
         ScheduleKind::Hybrid,
         ScheduleKind::IncreaseBatch,
+        ScheduleKind::Seesaw,
+        ScheduleKind::Rampup,
         ScheduleKind::Adaptive,
         ScheduleKind::Converted,
     ];
@@ -105,6 +112,8 @@ impl fmt::Display for ScheduleKind {
             ScheduleKind::Hybrid => "hybrid",
             ScheduleKind::Converted => "converted",
             ScheduleKind::Adaptive => "adaptive",
+            ScheduleKind::Seesaw => "seesaw",
+            ScheduleKind::Rampup => "rampup",
         })
     }
 }
@@ -120,20 +129,44 @@ pub struct Hyper {
     pub momentum: f64,
 }
 
-/// A run of whole epochs `start..end` with one learning rate, batch size and momentum
-/// (before warm-up).
+/// A run of training with one learning rate, batch size and momentum (before warm-up): whole
+/// epochs `start..end` on the epoch clock, global samples `samples` on the sample clock.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
-    /// First epoch of the phase.
+    /// First epoch of the phase (on the sample clock: the epoch of its first sample).
     pub start: Epoch,
-    /// Epochs done when the phase ends: the index of the first epoch after it.
+    /// Epochs done when the phase ends: the index of the first epoch after it (on the sample
+    /// clock: the epochs its last sample reaches into).
     pub end: Epochs,
+    /// On the sample clock, the global samples `[from, until)` of the phase (counted from the
+    /// start of training; a batch never straddles `until`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<SampleRange>,
     /// Learning rate ε.
     pub lr: f64,
     /// Global batch size B.
     pub batch_size: usize,
     /// Momentum coefficient m (Adam's β1 under the Adam kinds).
     pub momentum: f64,
+}
+
+/// Global samples `[from, until)`, counted from the start of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleRange {
+    /// The first sample.
+    pub from: Samples,
+    /// The sample after the last.
+    pub until: Samples,
+}
+
+impl Phase {
+    /// The global samples of the phase for a training set of `n`.
+    pub fn sample_range(&self, n: Samples) -> SampleRange {
+        self.samples.unwrap_or(SampleRange {
+            from: Samples(u64::from(self.start.0) * n.0),
+            until: Samples(u64::from(self.end.0) * n.0),
+        })
+    }
 }
 
 /// The exact and approximate SGD noise scale of one epoch (see [`crate::noise`]).
@@ -157,10 +190,70 @@ pub struct Schedule {
     rounding_error: Vec<f64>,
     warmup_epochs: f64,
     warmup_from: f64,
+    /// The sample clock's training length (`None`: the epoch clock, `epochs · N` samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sample_clock: Option<Samples>,
+    /// The sample clock's warm-up length in samples (0: none, or `warmup_epochs`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    warmup_samples: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Schedule {
-    /// The phase containing `epoch`.
+    /// Samples the schedule trains on: `epochs · N`, or the sample clock's length.
+    pub fn samples(&self) -> Samples {
+        self.sample_clock
+            .unwrap_or(Samples(u64::from(self.epochs.0) * self.dataset_size.0))
+    }
+
+    /// Whether phases are counted in samples rather than epochs.
+    pub fn is_sample_clock(&self) -> bool {
+        self.sample_clock.is_some()
+    }
+
+    /// The phase in force at global sample `s` (the last phase beyond the end).
+    pub fn phase_at(&self, s: Samples) -> &Phase {
+        let n = self.dataset_size;
+        let i = self
+            .phases
+            .partition_point(|p| p.sample_range(n).until.0 <= s.0);
+        &self.phases[i.min(self.phases.len() - 1)]
+    }
+
+    /// Where the pass that trains from global sample `s` on must stop: the start of the next
+    /// phase or the end of training, so that no batch straddles a change of B.
+    pub fn pass_end(&self, s: Samples) -> Samples {
+        let until = self.phase_at(s).sample_range(self.dataset_size).until;
+        until.min(self.samples())
+    }
+
+    /// Hyper-parameters for the batch starting `offset` samples into `epoch`: the phase in
+    /// force at that sample and the warm-up's ε there (per sample on the sample clock, else as
+    /// [`Schedule::hyper`]).
+    pub fn hyper_at(&self, epoch: Epoch, offset: u64) -> Hyper {
+        let n = self.dataset_size.0;
+        if !self.is_sample_clock() {
+            return self.hyper(epoch, offset as f64 / n as f64);
+        }
+        let s = u64::from(epoch.0) * n + offset;
+        let p = self.phase_at(Samples(s));
+        let ws = self.warmup_samples;
+        let lr = if s < ws {
+            p.lr * (self.warmup_from + (1.0 - self.warmup_from) * s as f64 / ws as f64)
+        } else {
+            p.lr
+        };
+        Hyper {
+            lr,
+            batch_size: p.batch_size,
+            momentum: p.momentum,
+        }
+    }
+
+    /// The phase containing `epoch` (on the sample clock: its first sample).
     ///
     /// # Panics
     /// If `epoch` is not below [`Schedule::epochs`].
@@ -170,6 +263,9 @@ impl Schedule {
             "epoch {epoch} is beyond the schedule ({} epochs)",
             self.epochs
         );
+        if self.is_sample_clock() {
+            return self.phase_at(Samples(u64::from(epoch.0) * self.dataset_size.0));
+        }
         let i = self.phases.partition_point(|p| p.end.0 <= epoch.0);
         &self.phases[i]
     }
@@ -219,8 +315,11 @@ impl Schedule {
         self.dataset_size
     }
 
-    /// Warm-up length in epochs (0: none).
+    /// Warm-up length in epochs (0: none; on the sample clock, `warmup_samples / N`).
     pub fn warmup_epochs(&self) -> f64 {
+        if self.warmup_samples > 0 {
+            return self.warmup_samples as f64 / self.dataset_size.0 as f64;
+        }
         self.warmup_epochs
     }
 
@@ -245,9 +344,24 @@ impl Schedule {
             .fold(Updates(0), |a, b| a + b)
     }
 
+    /// Updates of phase `p`: `⌈len / B⌉` for each epoch's part of it (the last partial batch of
+    /// an epoch and of the phase kept).
     fn phase_updates(&self, p: &Phase) -> Updates {
-        let per = updates_per_epoch(self.dataset_size, p.batch_size);
-        Updates(per.0 * u64::from(p.end.0 - p.start.0))
+        let n = self.dataset_size.0;
+        let Some(range) = p.samples else {
+            let per = updates_per_epoch(self.dataset_size, p.batch_size);
+            return Updates(per.0 * u64::from(p.end.0 - p.start.0));
+        };
+        let (from, until) = (range.from.0, range.until.0.min(self.samples().0));
+        let mut updates = 0;
+        let mut s = from;
+        while s < until {
+            let epoch_end = (s / n + 1) * n;
+            let end = until.min(epoch_end);
+            updates += (end - s).div_ceil(p.batch_size as u64);
+            s = end;
+        }
+        Updates(updates)
     }
 
     /// Exact and approximate noise scale during `epoch` (warm-up ignored).

@@ -17,13 +17,19 @@ impl Schedule {
             .map(|p| {
                 let updates = self.phase_updates(p);
                 cumulative += updates;
-                let g = self.noise_scale(p.start);
+                // The phase's own ε and B (on the sample clock an epoch holds several phases).
+                let n = self.dataset_size;
+                let g = super::NoiseScale {
+                    exact: crate::noise::noise_scale(p.lr, n, p.batch_size, p.momentum),
+                    approx: crate::noise::noise_scale_approx(p.lr, n, p.batch_size, p.momentum),
+                };
                 let err = (p.start.0..p.end.0)
                     .map(|e| self.g_rounding_error(Epoch(e)))
                     .fold(0.0, f64::max);
                 PhaseRow {
                     start: p.start,
                     end: p.end,
+                    samples: p.samples,
                     lr: p.lr,
                     batch_size: p.batch_size,
                     momentum: p.momentum,
@@ -39,7 +45,7 @@ impl Schedule {
             total_updates: cumulative,
             epochs: self.epochs,
             dataset_size: self.dataset_size,
-            samples: Samples(self.dataset_size.0 * u64::from(self.epochs.0)),
+            samples: self.samples(),
             phases,
         }
     }
@@ -52,6 +58,9 @@ pub struct PhaseRow {
     pub start: Epoch,
     /// Epochs done when the phase ends: the index of the first epoch after it.
     pub end: Epochs,
+    /// On the sample clock, the phase's global samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<super::SampleRange>,
     /// Learning rate ε.
     pub lr: f64,
     /// Global batch size B.
@@ -81,7 +90,7 @@ pub struct PhaseTable {
     pub epochs: Epochs,
     /// Training-set size N in `g_exact` and `g_approx`.
     pub dataset_size: Samples,
-    /// Samples processed over the whole schedule (N × epochs).
+    /// Samples processed over the whole schedule (N × epochs, or the sample clock's length).
     pub samples: Samples,
     /// One row per phase.
     pub phases: Vec<PhaseRow>,
@@ -89,26 +98,29 @@ pub struct PhaseTable {
 
 impl fmt::Display for PhaseTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The sample clock's phases start and end at samples, the epoch clock's at epochs.
+        let by_samples = self.phases.iter().any(|r| r.samples.is_some());
+        let (start, end) = if by_samples {
+            ("from", "until")
+        } else {
+            ("start", "end")
+        };
+        let bounds = |r: &PhaseRow| match r.samples {
+            Some(s) => (s.from.0, s.until.0),
+            None => (u64::from(r.start.0), u64::from(r.end.0)),
+        };
         writeln!(
             f,
             "{:>7} {:>7} {:>10} {:>8} {:>6} {:>12} {:>12} {:>9} {:>10} {:>9}",
-            "start",
-            "end",
-            "lr",
-            "batch",
-            "mom",
-            "g_exact",
-            "g_approx",
-            "updates",
-            "cumul.",
-            "g_err"
+            start, end, "lr", "batch", "mom", "g_exact", "g_approx", "updates", "cumul.", "g_err"
         )?;
         for r in &self.phases {
+            let (a, b) = bounds(r);
             writeln!(
                 f,
                 "{:>7} {:>7} {:>10.4e} {:>8} {:>6.3} {:>12.4} {:>12.4} {:>9} {:>10} {:>9.2e}",
-                r.start,
-                r.end,
+                a,
+                b,
                 r.lr,
                 r.batch_size,
                 r.momentum,

@@ -23,7 +23,8 @@ where
     /// The epoch the run stands in, or `None` when the schedule is done.
     pub(super) fn next_epoch(&self) -> Option<CurrentEpoch> {
         let index = Epoch(self.state.position.epoch);
-        if index.0 >= self.epochs() {
+        if index.0 >= self.epochs() || self.global_position() >= self.resolved.schedule.samples().0
+        {
             return None;
         }
         let started = Instant::now();
@@ -41,9 +42,11 @@ where
         })
     }
 
-    /// Whether the run still stands in `epoch` (a pass that ends early leaves samples of it).
+    /// Whether the run still stands in `epoch` (a pass that ends early leaves samples of it)
+    /// with samples left to train (on the sample clock, training may end within an epoch).
     pub(super) fn in_epoch(&self, epoch: &CurrentEpoch) -> bool {
         self.state.position.epoch == epoch.index.0
+            && self.global_position() < self.resolved.schedule.samples().0
     }
 
     /// Ends `epoch`: totals over the ranks, their agreement on the weights, evaluation (rank 0),
@@ -60,8 +63,10 @@ where
         let (model, [test_loss, test_accuracy]) = self.agree_and_evaluate(model, index)?;
         // The noise scale of the epoch's last batch (warm-up aside).
         let lr_factor = self.state.adaptive.as_ref().map_or(1.0, |a| a.lr_factor);
+        // The phase of the epoch's last batch.
+        let last = crate::units::Samples(self.global_position().saturating_sub(1));
         let g = crate::noise::noise_scale(
-            self.resolved.schedule.phase(index).lr * lr_factor,
+            self.resolved.schedule.phase_at(last).lr * lr_factor,
             n,
             epoch.batch_size,
             epoch.hyper.momentum,
@@ -88,7 +93,8 @@ where
             allreduce_bytes: acc.allreduce_bytes,
             wall_seconds: self.wall_seconds(),
             epoch_seconds: epoch.started.elapsed().as_secs_f64() + epoch.resumed_train_seconds,
-            samples_per_second: n.0 as f64 / train_seconds.max(1e-9),
+            // The epoch's samples: N, or fewer where the sample clock ends training within it.
+            samples_per_second: totals.count as f64 / train_seconds.max(1e-9),
             comm_seconds: acc.comm_seconds,
             peak_memory_bytes: metrics::peak_memory_bytes(),
             gns: metrics::GnsMetrics::from_reading(self.state.gns.finish_epoch()),
@@ -111,7 +117,7 @@ where
             self.save_checkpoint(&model, &state)?;
         }
         if self.leader() && self.opts.verbose {
-            eprintln!("{}", describe_epoch(&record, epochs));
+            eprintln!("{}", describe_epoch(&record, epochs, self.loss_kind()));
             if let Some(d) = &decision {
                 eprintln!("{}", describe_decision(d));
             }

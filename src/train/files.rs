@@ -32,6 +32,8 @@ pub(super) fn write_run_files(
         // Decisions after the checkpoint are made again, identically.
         write_decisions(out, a)?;
     }
+    // So are evaluations within epochs; a fresh run starts with none.
+    write_evals(out, &state.evals)?;
     checkpoint::write_atomic(&out.join(run_dir::CONFIG_FILE), cfg.to_toml().as_bytes())?;
     // What the config resolved to on this data and these workers: N, the schedule's
     // phases, the micro-batch and the world size.
@@ -93,7 +95,23 @@ pub(super) fn write_decisions(out: &Path, state: &AdaptiveState) -> Result<()> {
     checkpoint::write_atomic(&out.join(run_dir::DECISIONS_FILE), text.as_bytes())
 }
 
-/// The summary of the run in `out` if it finished all `config`'s epochs with `config`'s seed:
+/// Rewrites the log of evaluations within training (small: one line per evaluation).
+pub(super) fn write_evals(out: &Path, evals: &[crate::metrics::EvalMetrics]) -> Result<()> {
+    let path = out.join(run_dir::EVALS_FILE);
+    if evals.is_empty() {
+        std::fs::remove_file(&path).ok();
+        return Ok(());
+    }
+    let mut text = String::new();
+    for e in evals {
+        text.push_str(&serde_json::to_string(e)?);
+        text.push('\n');
+    }
+    checkpoint::write_atomic(&path, text.as_bytes())
+}
+
+/// The summary of the run in `out` if it finished all `config`'s epochs (or samples) with
+/// `config`'s seed:
 /// `summary.json`, written after the last epoch's checkpoint, counts them, `metrics.jsonl` holds
 /// each and the checkpoint is there. A resume of such a run has nothing to do and touches
 /// nothing (not even the lock), so that it also works on a read-only copy. `None` otherwise
@@ -106,7 +124,13 @@ pub fn finished_run(out: &Path, config: &RunConfig) -> Option<RunSummary> {
     let text = std::fs::read_to_string(out.join(run_dir::SUMMARY_FILE)).ok()?;
     let summary: RunSummary = serde_json::from_str(&text).ok()?;
     let logged = crate::metrics::read_metrics(&out.join(run_dir::METRICS_FILE)).ok()?;
-    let epochs = config.schedule.epochs as usize;
-    (summary.seed == config.seed && summary.epochs.0 as usize == epochs && logged.len() == epochs)
-        .then_some(summary)
+    let done = match config.schedule.samples {
+        // The sample clock: every sample trained, one line per epoch begun.
+        Some(samples) => summary.samples.0 == samples && logged.len() == summary.epochs.0 as usize,
+        None => {
+            let epochs = config.schedule.epochs as usize;
+            summary.epochs.0 as usize == epochs && logged.len() == epochs
+        }
+    };
+    (summary.seed == config.seed && done).then_some(summary)
 }

@@ -28,7 +28,7 @@ mod update;
 pub use eval::{Evaluation, evaluate};
 pub use files::finished_run;
 pub use measure::measure_noise_scale;
-pub use prepare::{Prepared, planned_train_size, prepare_data};
+pub use prepare::{Loaded, Prepared, TokenData, load_data, planned_train_size, prepare_data};
 pub use progress::describe_decision;
 pub use ranks::weights_checksum;
 pub use step::{StepError, StepOutput, StepPlan, forward_backward};
@@ -42,7 +42,8 @@ use crate::data::{EvalSet, ImageSet, Share, TrainSet};
 use crate::dist::Communicator;
 use crate::learner::{TrainStep, Trainable};
 use crate::metrics::RunSummary;
-use anyhow::Result;
+use crate::model::ModelConfig;
+use anyhow::{Result, bail};
 use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -110,6 +111,9 @@ pub struct Task<'a, M, T, E> {
     pub train: T,
     /// The evaluation set, evaluated at the end of every epoch.
     pub eval: &'a E,
+    /// The evaluations within epochs (`train.eval_every`) take this set instead, when given
+    /// (a part of `eval`, for speed).
+    pub probe: Option<&'a E>,
 }
 
 /// A finished run: its summary and its trained model.
@@ -145,6 +149,60 @@ pub fn train(
         init: &init,
         train,
         eval: &eval,
+        probe: None,
+    };
+    Ok(train_task(resolved, task, opts, comm)?.summary)
+}
+
+/// Runs (or resumes) a run of a built-in model on data [`load_data`] loaded: an image
+/// classifier ([`train`]) or the language model on a token stream.
+pub fn train_loaded(
+    resolved: &Resolved,
+    data: &Loaded,
+    opts: &TrainOptions,
+    comm: &dyn Communicator,
+) -> Result<RunSummary> {
+    match data {
+        Loaded::Images(prepared) => train(resolved, prepared, opts, comm),
+        Loaded::Tokens(tokens) => train_language_model(resolved, tokens, opts, comm),
+    }
+}
+
+/// Runs (or resumes) the language model ([`crate::model::gpt`]) on a token stream's windows.
+fn train_language_model(
+    resolved: &Resolved,
+    data: &TokenData,
+    opts: &TrainOptions,
+    comm: &dyn Communicator,
+) -> Result<RunSummary> {
+    let cfg = &resolved.config;
+    let ModelConfig::Gpt(gpt) = &cfg.model else {
+        bail!(
+            "data.dataset = \"tokens\" trains the language model (model.kind = \"gpt\"), not {}",
+            cfg.model.name()
+        );
+    };
+    let context = data.train.context();
+    if gpt.context < context {
+        bail!(
+            "model.context = {} is shorter than the windows' data.tokens.context = {context}: the position embedding must cover every position",
+            gpt.context
+        );
+    }
+    let top = data.train.max_id().max(data.eval.max_id());
+    if top as usize >= gpt.vocab {
+        bail!(
+            "the token stream {} holds id {top}, beyond model.vocab = {}",
+            cfg.data.dir.display(),
+            gpt.vocab
+        );
+    }
+    let init = |d: &Device| gpt.init(d);
+    let task = Task {
+        init: &init,
+        train: data.train.clone(),
+        eval: &data.eval,
+        probe: Some(&data.probe),
     };
     Ok(train_task(resolved, task, opts, comm)?.summary)
 }
@@ -165,10 +223,11 @@ where
     crate::cpu::setup();
     let (mut run, mut model) = Run::start(resolved, task, opts, comm)?;
     while let Some(mut epoch) = run.next_epoch() {
-        // One pass per batch size: a decision of the adaptive schedule within the epoch ends the
-        // pass, and the next one continues from the same sample with the new B.
+        // One pass per batch size: a decision of the adaptive schedule or a phase of the sample
+        // clock within the epoch ends the pass, and the next one continues from the same sample
+        // with the new B.
         'pass: while run.in_epoch(&epoch) {
-            for batch in run.batches(&epoch) {
+            for batch in run.batches(&mut epoch) {
                 let (m, flow) = run.update(model, batch, &mut epoch)?;
                 model = m;
                 if flow == Flow::NewBatchSize {

@@ -1,7 +1,8 @@
 //! The data a run trains and evaluates on.
 
 use crate::config::RunConfig;
-use crate::data::{self, DataError, Dataset, DatasetKind, Normalizer, Split};
+use crate::data::tokens::Windows;
+use crate::data::{self, DataError, Dataset, DatasetKind, EvalSet, Normalizer, Split, TrainSet};
 use crate::units::Samples;
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -14,6 +15,62 @@ pub struct Prepared {
     pub test: Arc<Dataset>,
     /// Per-channel normalisation from the training set.
     pub normalizer: Normalizer,
+}
+
+/// A token stream's windows for a language-model run.
+pub struct TokenData {
+    /// Training windows (a seeded offset each epoch).
+    pub train: Windows,
+    /// The validation windows, evaluated at epoch ends.
+    pub eval: Windows,
+    /// `train.eval_subset` of them spread evenly, for the evaluations within epochs.
+    pub probe: Windows,
+}
+
+/// A built-in run's data, loaded: images with class labels, or a token stream.
+pub enum Loaded {
+    /// Images for the built-in classifiers.
+    Images(Prepared),
+    /// Windows of a token stream for the language model.
+    Tokens(TokenData),
+}
+
+impl Loaded {
+    /// The training-set size N.
+    pub fn train_size(&self) -> Samples {
+        match self {
+            Loaded::Images(p) => p.train.samples(),
+            Loaded::Tokens(t) => Samples(TrainSet::len(&t.train) as u64),
+        }
+    }
+
+    /// Training and evaluation samples.
+    pub fn sizes(&self) -> (usize, usize) {
+        match self {
+            Loaded::Images(p) => (p.train.len(), p.test.len()),
+            Loaded::Tokens(t) => (TrainSet::len(&t.train), EvalSet::len(&t.eval)),
+        }
+    }
+}
+
+/// Loads the data a config names: [`prepare_data`]'s images, or a token stream's windows.
+pub fn load_data(config: &RunConfig) -> Result<Loaded> {
+    if config.data.dataset != DatasetKind::Tokens {
+        return prepare_data(config).map(Loaded::Images);
+    }
+    let (train, eval) = open_tokens(config)?;
+    let probe = eval.spread(config.train.eval_subset);
+    Ok(Loaded::Tokens(TokenData { train, eval, probe }))
+}
+
+/// The training and validation windows of a `tokens` config.
+fn open_tokens(config: &RunConfig) -> Result<(Windows, Windows)> {
+    let d = &config.data;
+    let t = d.tokens.as_ref().context(
+        "data.dataset = \"tokens\" needs a [data.tokens] table: context, and format and validation_from as the file needs",
+    )?;
+    t.open(&d.dir)
+        .with_context(|| format!("opening the token stream {}", d.dir.display()))
 }
 
 /// The size of a set of `len` samples under a `data.*_subset` of `n` (0: all of them).
@@ -71,6 +128,7 @@ pub fn planned_train_size(config: &RunConfig) -> Result<(Samples, Option<String>
                 .with_context(|| format!("sizing the image folder {}", d.dir.display()))?;
             (Samples(n as u64), None)
         }
+        DatasetKind::Tokens => (Samples(open_tokens(config)?.0.windows() as u64), None),
         kind => match data::train_size(kind, &d.dir) {
             Ok(n) => (n, None),
             Err(DataError::Missing { .. } | DataError::NoDataBatches { .. })

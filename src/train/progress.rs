@@ -1,22 +1,54 @@
 //! What a verbose run prints: the progress bar, one line per epoch, the adaptive schedule's
 //! decisions.
 
-use crate::metrics::EpochMetrics;
+use crate::metrics::{EpochMetrics, EvalMetrics};
 use crate::schedule::adaptive::Decision;
 
+/// How a run's loss reads besides its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LossKind {
+    /// A classifier's cross-entropy, with its accuracy; a regression's mean squared error
+    /// (where there is no accuracy), with its root.
+    Classification,
+    /// A regression's mean squared error, shown with its root.
+    Regression,
+    /// A language model's nats per token, shown in bits per token (bits per byte on bytes).
+    Tokens,
+}
+
+/// `loss` in words for `kind`, e.g. ` rmse 0.0360` or ` (2.013 bits/token)`.
+fn loss_note(kind: LossKind, loss: f64) -> String {
+    match kind {
+        LossKind::Regression => format!(" rmse {:.4}", loss.max(0.0).sqrt()),
+        LossKind::Tokens => format!(" ({:.3} bits/token)", loss / std::f64::consts::LN_2),
+        LossKind::Classification => String::new(),
+    }
+}
+
+/// One line for an evaluation within training.
+pub(super) fn describe_eval(r: &EvalMetrics, kind: LossKind) -> String {
+    format!(
+        "  eval at {} samples (epoch {:.3}), {} updates  B {}  ε {:.3e}  test loss {:.4}{}",
+        r.samples,
+        r.epochs,
+        r.updates,
+        r.batch_size,
+        r.lr,
+        r.test_loss,
+        loss_note(kind, r.test_loss)
+    )
+}
+
 /// One line for a finished epoch of `epochs`.
-pub(super) fn describe_epoch(r: &EpochMetrics, epochs: u32) -> String {
-    // A regression has no accuracy: its test loss is the mean squared error, shown with its root.
-    let (train, test) = if r.test_accuracy.is_nan() {
-        (
-            String::new(),
-            format!(" rmse {:.4}", r.test_loss.max(0.0).sqrt()),
-        )
-    } else {
-        (
+pub(super) fn describe_epoch(r: &EpochMetrics, epochs: u32, kind: LossKind) -> String {
+    let (train, test) = match kind {
+        LossKind::Classification if !r.test_accuracy.is_nan() => (
             format!(" acc {:.2}%", 100.0 * r.train_accuracy),
             format!(" acc {:.2}%", 100.0 * r.test_accuracy),
-        )
+        ),
+        LossKind::Tokens => (loss_note(kind, r.train_loss), loss_note(kind, r.test_loss)),
+        // Without accuracy: a regression's mean squared error, shown with its root.
+        _ => (String::new(), loss_note(LossKind::Regression, r.test_loss)),
     };
     format!(
         "epoch {:>3}/{epochs}  updates {:>6}  B {:>5}  ε {:.4}  m {:.3}  g {:>9.2}  train loss {:.4}{train}  test loss {:.4}{test}  {:.1}s  {:.0} samples/s",

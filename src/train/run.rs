@@ -15,7 +15,7 @@ use crate::run_dir::{self, RunLock};
 use crate::schedule::Hyper;
 use crate::schedule::adaptive::{Controller, Observation};
 use crate::state::TrainState;
-use crate::units::{Epoch, Epochs};
+use crate::units::{Epoch, Epochs, Samples};
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::tensor::Device;
@@ -59,6 +59,8 @@ pub(super) struct Run<'a, M, T: TrainSet, E> {
     pub(super) resolved: &'a Resolved,
     /// The evaluation set.
     pub(super) eval: &'a E,
+    /// The evaluation set of the evaluations within epochs (`train.eval_every`).
+    pub(super) probe: &'a E,
     pub(super) opts: &'a TrainOptions,
     pub(super) comm: &'a dyn Communicator,
     pub(super) device: Device,
@@ -162,6 +164,7 @@ where
         let run = Run {
             resolved,
             eval: task.eval,
+            probe: task.probe.unwrap_or(task.eval),
             coupling,
             classifies: false,
             opts,
@@ -203,20 +206,38 @@ where
     /// ε, B and m at `offset` samples into epoch `e`: the schedule's, as the adaptive controller
     /// has set them.
     pub(super) fn hyper_at(&self, e: Epoch, offset: u64) -> Hyper {
-        let n = self.resolved.dataset_size;
-        let h = self.resolved.schedule.hyper(e, offset as f64 / n.0 as f64);
+        let h = self.resolved.schedule.hyper_at(e, offset);
         self.state.adaptive.as_ref().map_or(h, |a| a.apply(h))
     }
 
-    /// The batches of a pass over the rest of `epoch` at its current batch size (this rank's
-    /// share of each).
-    pub(super) fn batches(&self, epoch: &CurrentEpoch) -> EpochIter<T> {
-        let batches = self.loader.epoch(
-            epoch.index.0,
-            epoch.batch_size,
-            self.state.position.offset,
-            self.shard,
-        );
+    /// How the run's loss reads: per token for a token stream; else a classifier's, or a
+    /// regression's where there is no accuracy.
+    pub(super) fn loss_kind(&self) -> super::progress::LossKind {
+        use super::progress::LossKind;
+        if self.resolved.config.data.dataset == crate::data::DatasetKind::Tokens {
+            LossKind::Tokens
+        } else {
+            LossKind::Classification
+        }
+    }
+
+    /// The global sample the run stands at (counted from the start of training).
+    pub(super) fn global_position(&self) -> u64 {
+        let p = self.state.position;
+        u64::from(p.epoch) * self.resolved.dataset_size.0 + p.offset
+    }
+
+    /// The batches of a pass over the rest of `epoch`, or up to the schedule's next change of
+    /// B within it, at the batch size in force (this rank's share of each).
+    pub(super) fn batches(&self, epoch: &mut CurrentEpoch) -> EpochIter<T> {
+        let offset = self.state.position.offset;
+        epoch.batch_size = self.hyper_at(epoch.index, offset).batch_size;
+        let schedule = &self.resolved.schedule;
+        let epoch_start = u64::from(epoch.index.0) * self.resolved.dataset_size.0;
+        let end = schedule.pass_end(Samples(self.global_position())).0 - epoch_start;
+        let batches =
+            self.loader
+                .epoch_until(epoch.index.0, epoch.batch_size, offset..end, self.shard);
         epoch.bar.inc_length(batches.len() as u64);
         batches
     }

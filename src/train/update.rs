@@ -61,6 +61,12 @@ where
             (grads, local)
         };
         self.read_noise_scale(&plan, &agreed, &grads, global_len);
+        // Clipped after the all-reduce (every rank clips the same sum) and after the noise scale
+        // read the gradient as the data gave it.
+        let mut grads = grads;
+        if let Some(max) = self.resolved.config.optimizer.clip_grad_norm {
+            crate::optim::clip_grad_norm(&mut grads, max);
+        }
         let traced = traced.map(|t| t.with_grads(&grads));
         let model = self.optim.step(model, grads, hyper);
         if let Some(t) = traced {
@@ -76,7 +82,9 @@ where
             )
             .with_context(|| format!("tracing update {update}"))?;
         }
+        let before = self.global_position();
         self.count(update, global_len, local_len, &step, position, epoch);
+        self.evaluate_within(&model, before, epoch)?;
         // Every K updates, the adaptive schedule may change B from the next batch on (at the
         // epoch's last update, the epoch-end decision does it).
         let mut flow = Flow::Continue;
@@ -95,6 +103,49 @@ where
                 .batch_size;
         }
         Ok((model, flow))
+    }
+
+    /// The evaluation due after an update that moved the run from global sample `before` on:
+    /// one each time a multiple of `train.eval_every` samples is passed, and at the end of
+    /// training. Rank 0 evaluates `train.eval_subset` samples; every rank records the result.
+    fn evaluate_within(&mut self, model: &M, before: u64, epoch: &CurrentEpoch) -> Result<()> {
+        let every = self.resolved.config.train.eval_every;
+        let after = self.global_position();
+        let end = self.resolved.schedule.samples().0;
+        if every == 0 || !(before / every < after / every || after >= end) {
+            return Ok(());
+        }
+        let batch = self.resolved.config.train.eval_batch_size;
+        let mut read = if self.leader() {
+            let e = super::eval::evaluate(model, self.probe, batch, &self.device);
+            [e.loss, e.accuracy.unwrap_or(f64::NAN), e.samples as f64]
+        } else {
+            [0.0; 3]
+        };
+        if self.comm.world_size() > 1 {
+            self.comm.all_reduce_sum_f64(&mut read)?;
+        }
+        let record = crate::metrics::EvalMetrics {
+            samples: self.state.samples,
+            updates: self.state.updates,
+            epochs: after as f64 / self.resolved.dataset_size.0 as f64,
+            lr: epoch.hyper.lr,
+            batch_size: epoch.hyper.batch_size,
+            test_loss: read[0],
+            test_accuracy: read[1],
+            test_samples: read[2] as u64,
+            wall_seconds: self.wall_seconds(),
+            gns: crate::metrics::GnsMetrics::from_reading(self.state.gns.reading()),
+        };
+        if self.leader() && self.opts.verbose {
+            let line = super::progress::describe_eval(&record, self.loss_kind());
+            epoch.bar.suspend(|| eprintln!("{line}"));
+        }
+        self.state.evals.push(record);
+        if self.leader() {
+            super::files::write_evals(&self.opts.out, &self.state.evals)?;
+        }
+        Ok(())
     }
 
     /// How update `update` cuts this rank's `local` samples of a global batch of `global_len`.

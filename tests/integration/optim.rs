@@ -82,6 +82,7 @@ fn run_case(case: &Value, data: &Value, dtype_f64: bool) -> f64 {
             .unwrap_or(0.999),
         eps: h0.get("eps").and_then(Value::as_f64).unwrap_or(1e-8),
         velocity_rescale: false,
+        ..OptimizerConfig::default()
     };
     let mut opt = config.init();
     let to_tensor = |v: &[f64]| {

@@ -165,11 +165,20 @@ fn validation_messages() {
         ),
         (
             ScheduleConfig {
+                kind: ScheduleKind::IncreaseBatch,
                 lr_schedule: Some(LrSchedule::Exponential { gamma: 0.9 }),
                 ..base()
             },
             "schedule.lr_schedule is only used with schedule.kind = \"converted\", \
-             not \"decay-lr\"",
+             \"decay-lr\" or \"rampup\", not \"increase-batch\"",
+        ),
+        (
+            ScheduleConfig {
+                lr_schedule: Some(LrSchedule::Exponential { gamma: 0.9 }),
+                ..base()
+            },
+            "schedule.milestones = [60, 120, 160] is out of range: must be empty with an \
+             lr_schedule, which says when ε changes",
         ),
         (
             ScheduleConfig {
@@ -205,7 +214,7 @@ fn validation_messages() {
                 ..base()
             },
             "schedule.lr_schedule.lrs = [3 values] is out of range: must have one value \
-             per epoch (200)",
+             per epoch, or per lr_segment on the sample clock (200)",
         ),
         (
             ScheduleConfig {
