@@ -86,10 +86,13 @@ def reference(out):
     vocab, context, layers, heads, d = 256, 8, 2, 2, 16
     model = Gpt(vocab, context, layers, heads, d).double()
     with torch.no_grad():
-        # Biases and norms away from their initial 0 and 1, so that a wrong wiring shows.
+        # Weights large enough that the logits are far from uniform (GPT-2's 0.02 leaves the loss
+        # at ln 256), biases and norms away from 0 and 1: a wrong wiring shows in every number.
         for name, p in model.named_parameters():
             if "bias" in name or "ln" in name:
-                p.add_(0.1 * torch.randn_like(p))
+                p.add_(0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.4)
     x = torch.randint(0, vocab, (3, context))
     y = torch.randint(0, vocab, (3, context))
     loss = model(x, y)

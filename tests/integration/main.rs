@@ -11,6 +11,7 @@ mod cli;
 mod custom;
 mod folder;
 mod gns;
+mod gpt;
 mod mnist;
 mod models;
 #[cfg(feature = "mpi")]

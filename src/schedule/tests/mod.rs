@@ -1,11 +1,12 @@
 //! Schedules of every kind against the paper's numbers and invariants (proptest).
 //!
-//! By topic: [`kinds`] (the paper's numbers, converted LR schedules, warm-up), [`validation`]
+//! By topic: [`clock`] (the sample clock: phases at sample counts, seesaw, ramp-up), [`kinds`] (the paper's numbers, converted LR schedules, warm-up), [`validation`]
 //! (error messages, adaptive settings), [`reports`] (TOML and phase tables), [`props`] (the
 //! noise scale shared by every kind, proptest). Shared helpers live here.
 
 use super::*;
 
+mod clock;
 mod kinds;
 mod props;
 mod reports;
