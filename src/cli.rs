@@ -153,13 +153,26 @@ pub struct ReportArgs {
 /// `noisescale data ...`.
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
-    /// Counts per split and class, image shape, mean/std and checksums of a data directory.
+    /// Counts per split and class, image shape, mean/std and checksums of a data directory; of
+    /// a token stream (a file, or a directory of train.bin and val.bin, with --context): tokens,
+    /// windows, ids, unigram entropy and checksums.
     Inspect {
-        /// Directory holding MNIST and/or CIFAR-10 files (or their parent).
+        /// Directory holding MNIST and/or CIFAR-10 files (or their parent), NumPy arrays or an
+        /// image folder; or a token file.
         dir: PathBuf,
         /// Print the report as pretty JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Read `dir` as a token stream cut into windows of this many tokens.
+        #[arg(long)]
+        context: Option<usize>,
+        /// The token stream's format: bytes (a text; the default for a file) or u16/u32 ids (the
+        /// default for a directory of train.bin and val.bin, as nanoGPT writes them).
+        #[arg(long, value_enum)]
+        token_format: Option<crate::data::tokens::TokenFormat>,
+        /// For one token file: the token where its validation part starts.
+        #[arg(long)]
+        validation_from: Option<usize>,
     },
 }
 
@@ -175,7 +188,33 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Reproduce(a) => crate::reproduce::run(a),
         Command::Report(a) => cmd_report(a),
         Command::Bench(a) => crate::bench::run(a),
-        Command::Data(DataCommand::Inspect { dir, json }) => {
+        Command::Data(DataCommand::Inspect {
+            dir,
+            json,
+            context,
+            token_format,
+            validation_from,
+        }) => {
+            let tokens = context.is_some() || dir.is_file() || dir.join("train.bin").is_file();
+            if tokens {
+                let default = if dir.is_dir() {
+                    crate::data::tokens::TokenFormat::U16
+                } else {
+                    crate::data::tokens::TokenFormat::Bytes
+                };
+                let config = crate::data::tokens::TokenConfig {
+                    format: token_format.unwrap_or(default),
+                    context: context.context("a token stream needs --context")?,
+                    validation_from,
+                };
+                let report = crate::data::inspect_tokens(&dir, &config)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{report}");
+                }
+                return Ok(());
+            }
             let report = crate::data::inspect(&dir)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

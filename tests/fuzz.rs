@@ -816,3 +816,47 @@ fn fuzz_image_decoder() {
         }
     });
 }
+
+/// Token streams: files of any length (partial tokens included) under every format, contexts
+/// and validation starts at extremes. An accepted stream cuts into windows that stay inside
+/// the file; the rest are named errors.
+#[test]
+fn fuzz_token_streams() {
+    use noisescale::data::tokens::{TokenConfig, TokenFormat};
+    use noisescale::data::{EvalSet, TrainSet};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.bin");
+    let extreme = |rng: &mut Rng, n: usize| match rng.below(4) {
+        0 => 0,
+        1 => usize::MAX - rng.below(3),
+        2 => n + rng.below(3),
+        _ => rng.below(n.max(1) + 2),
+    };
+    fuzz("tokens", cases(2_000), 10, |rng| {
+        let len = rng.below(600);
+        let b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        std::fs::write(&path, &b).unwrap();
+        let format = [TokenFormat::Bytes, TokenFormat::U16, TokenFormat::U32][rng.below(3)];
+        let config = TokenConfig {
+            format,
+            context: extreme(rng, 40),
+            validation_from: (!rng.chance(8)).then(|| extreme(rng, len)),
+        };
+        match config.open(&path) {
+            Ok((train, valid)) => {
+                let n = TrainSet::len(&train);
+                assert!(n >= 1 && train.tokens().end <= valid.tokens().start);
+                let last = (n - 1) as u32;
+                let share = train.assemble(&[0, last], 1, 3);
+                assert_eq!(noisescale::data::Share::len(&share), 2);
+                let spread = valid.spread(rng.below(5));
+                assert!(EvalSet::len(&spread) <= valid.windows());
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("tokens.bin"), "{e}");
+                false
+            }
+        }
+    });
+}

@@ -1,5 +1,6 @@
-//! `noisescale data inspect DIR`: finds MNIST and/or CIFAR-10 under a directory and reports
-//! counts, class balance, shapes, channel statistics and SHA-256 of the decoded files.
+//! `noisescale data inspect DIR`: finds MNIST and/or CIFAR-10 (and NumPy arrays, image folders)
+//! under a directory and reports counts, class balance, shapes, channel statistics and SHA-256 of
+//! the decoded files; `noisescale data inspect FILE` reports a token stream ([`inspect_tokens`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     DataError, Dataset, DatasetKind, Split, channel_stats, cifar, folder, idx, looks_like, npy,
+    tokens,
 };
 
 /// SHA-256 of one file's decoded (decompressed) bytes.
@@ -214,6 +216,112 @@ fn inspect_one(kind: DatasetKind, dir: &Path) -> Result<DatasetReport, DataError
         ],
         files,
     })
+}
+
+/// One part of a token stream: its tokens and the windows a context cuts it into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenSplit {
+    /// `train` or `validation`.
+    pub split: String,
+    /// Tokens in the part.
+    pub tokens: usize,
+    /// Windows of the context (the part's N).
+    pub windows: usize,
+}
+
+/// What `data inspect` reports of a token stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenReport {
+    /// The files read (a text or a `.bin`, or a directory's `train.bin` and `val.bin`).
+    pub files: Vec<FileDigest>,
+    /// How the tokens are stored.
+    pub format: tokens::TokenFormat,
+    /// The context length the windows are counted for.
+    pub context: usize,
+    /// Train then validation.
+    pub splits: Vec<TokenSplit>,
+    /// The largest id (a vocabulary must be larger).
+    pub max_id: u32,
+    /// Ids that occur in the training part.
+    pub distinct: usize,
+    /// Entropy of the training part's id frequencies, bits per token: what a model that ignores
+    /// the context would reach at best (on the training part).
+    pub unigram_bits: f64,
+}
+
+/// Reports the token stream of `config` at `path`: sizes, windows, ids and checksums.
+pub fn inspect_tokens(path: &Path, config: &tokens::TokenConfig) -> Result<TokenReport, DataError> {
+    let (train, valid) = config.open(path)?;
+    let mut files = Vec::new();
+    for w in [&train, &valid] {
+        let f = w.file();
+        if files.iter().all(|d: &FileDigest| d.path != f.path()) {
+            files.push(FileDigest {
+                path: f.path().to_path_buf(),
+                decoded_bytes: f.bytes().len() as u64,
+                sha256: sha256_hex(f.bytes()),
+            });
+        }
+    }
+    let mut counts = std::collections::HashMap::<u32, u64>::new();
+    for i in train.tokens() {
+        *counts.entry(train.file().get(i)).or_default() += 1;
+    }
+    let total = train.tokens().len() as f64;
+    let unigram_bits = counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / total;
+            -p * p.log2()
+        })
+        .sum();
+    let split = |name: &str, w: &tokens::Windows| TokenSplit {
+        split: name.into(),
+        tokens: w.tokens().len(),
+        windows: w.windows(),
+    };
+    Ok(TokenReport {
+        files,
+        format: train.file().format(),
+        context: config.context,
+        splits: vec![split("train", &train), split("validation", &valid)],
+        max_id: train.max_id().max(valid.max_id()),
+        distinct: counts.len(),
+        unigram_bits,
+    })
+}
+
+impl fmt::Display for TokenReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "token stream ({:?}), context {}",
+            self.format, self.context
+        )?;
+        for s in &self.splits {
+            writeln!(
+                f,
+                "  {}: {} tokens, {} windows",
+                s.split, s.tokens, s.windows
+            )?;
+        }
+        writeln!(
+            f,
+            "  ids: {} distinct in train, largest {}; unigram entropy {:.3} bits/token",
+            self.distinct, self.max_id, self.unigram_bits
+        )?;
+        writeln!(f, "  files (sha256):")?;
+        for file in &self.files {
+            writeln!(
+                f,
+                "    {}  {:>10} bytes  {}",
+                file.sha256,
+                file.decoded_bytes,
+                file.path.display()
+            )?;
+        }
+        Ok(())
+    }
 }
 
 fn floats(v: &[f64]) -> String {

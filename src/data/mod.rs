@@ -73,7 +73,10 @@ pub use dataset::{
 };
 pub use error::DataError;
 pub use idx::{IdxImages, load_mnist, load_mnist_with, read_decoded, read_images, read_labels};
-pub use inspect::{DatasetReport, FileDigest, InspectReport, SplitReport, inspect, sha256_hex};
+pub use inspect::{
+    DatasetReport, FileDigest, InspectReport, SplitReport, TokenReport, TokenSplit, inspect,
+    inspect_tokens, sha256_hex,
+};
 pub use loader::{EpochIter, Loader};
 pub use sampler::{Batches, LastBatch, Position, Sampler, Shard, derive_rng, shard};
 pub use source::{

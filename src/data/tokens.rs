@@ -23,7 +23,7 @@ use std::sync::Arc;
 const OFFSET_STREAM: u64 = 0x746f6b;
 
 /// How a token file stores its tokens.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenFormat {
     /// Little-endian `u16` ids (nanoGPT's `.bin`, vocabularies up to 65,536).
@@ -145,6 +145,16 @@ impl TokenFile {
         &self.path
     }
 
+    /// The file's bytes as stored.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// How the file stores its tokens.
+    pub fn format(&self) -> TokenFormat {
+        self.format
+    }
+
     /// The largest token id in `range` (a vocabulary must be larger).
     pub fn max_id(&self, range: Range<usize>) -> u32 {
         range.map(|i| self.get(i)).max().unwrap_or(0)
@@ -217,6 +227,16 @@ impl Windows {
     /// The context length T.
     pub fn context(&self) -> usize {
         self.context
+    }
+
+    /// The tokens the windows are cut from.
+    pub fn tokens(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// The token file.
+    pub fn file(&self) -> &Arc<TokenFile> {
+        &self.file
     }
 
     /// The largest token id in the windows' range.

@@ -316,3 +316,52 @@ fn reproduce_runs_the_four_schedules_writes_the_report_and_reuses_finished_runs(
     );
     assert!(again.join("report.md").exists());
 }
+
+/// `data inspect` on a token stream: its parts and windows at the context, its ids and the
+/// checksum `../shared/data/README.md` gives; named errors for a missing context or split.
+#[test]
+fn data_inspect_reports_a_token_stream() {
+    let kjv = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/text/kjv.txt");
+    let (ok, out, err) = run(&[
+        "data",
+        "inspect",
+        kjv,
+        "--context",
+        "64",
+        "--validation-from",
+        "3868416",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let split = |i: usize| {
+        (
+            r["splits"][i]["tokens"].as_u64().unwrap(),
+            r["splits"][i]["windows"].as_u64().unwrap(),
+        )
+    };
+    // ⌊L / 64⌋ − 1 windows of each part.
+    assert_eq!(split(0), (3_868_416, 60_443));
+    assert_eq!(split(1), (429_823, 6_714));
+    assert_eq!(r["files"][0]["decoded_bytes"], 4_298_239);
+    assert_eq!(
+        r["files"][0]["sha256"],
+        "82fa5f3788c6a9a010fb128a0f0bf588984b5888a82058520620eded59b033ea"
+    );
+    assert_eq!(
+        (r["distinct"].as_u64(), r["max_id"].as_u64()),
+        (Some(73), Some(122))
+    );
+    let bits = r["unigram_bits"].as_f64().unwrap();
+    assert!((4.4..4.5).contains(&bits), "{bits}");
+    let (ok, _, err) = run(&["data", "inspect", kjv]);
+    assert!(
+        !ok && err.contains("a token stream needs --context"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["data", "inspect", kjv, "--context", "64"]);
+    assert!(
+        !ok && err.contains("needs data.tokens.validation_from"),
+        "{err}"
+    );
+}

@@ -49,9 +49,7 @@ fn ids(st: &SafeTensors<'_>, name: &str, device: &Device) -> Tensor<2, Int> {
 /// PyTorch's name of a burn parameter and whether its matrix is stored transposed there
 /// (`nn.Linear` keeps `[out, in]`, burn's `Linear` `[in, out]`).
 fn torch_name(burn: &str) -> (String, bool) {
-    let name = burn
-        .replace(".gamma", ".weight")
-        .replace(".beta", ".bias");
+    let name = burn.replace(".gamma", ".weight").replace(".beta", ".bias");
     let linear = [".qkv.weight", ".proj.weight", ".fc.weight", ".out.weight"]
         .iter()
         .any(|s| name.ends_with(s));
@@ -76,7 +74,8 @@ impl ModuleMapper for Load<'_> {
         let (data, shape) = f64s(self.st, &format!("param.{name}"));
         let (id, tensor, mapper) = param.consume();
         let data: Vec<f32> = data.iter().map(|&x| x as f32).collect();
-        let mut value: Tensor<D> = Tensor::from_data(TensorData::new(data, shape), &tensor.device());
+        let mut value: Tensor<D> =
+            Tensor::from_data(TensorData::new(data, shape), &tensor.device());
         if transposed {
             value = value.swap_dims(0, 1);
         }
@@ -126,7 +125,7 @@ fn loss_and_every_gradient_match_pytorch() {
         } else {
             want
         };
-        let got: Vec<f32> = g.into_data().convert::<f32>().to_vec().unwrap();
+        let got: Vec<f32> = g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
         let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         let worst = got
             .iter()
@@ -153,16 +152,33 @@ fn no_position_sees_a_later_token() {
     }
     let logits = |ids: Vec<i64>| -> Vec<f32> {
         let x = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 8]), &device);
-        model.forward(x).into_data().convert::<f32>().to_vec().unwrap()
+        model
+            .forward(x)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap()
     };
     let (la, lb) = (logits(a), logits(b));
     let at = |l: &[f32], w: usize, t: usize| l[(w * 8 + t) * 256..(w * 8 + t + 1) * 256].to_vec();
     for t in 0..5 {
-        assert_eq!(at(&la, 0, t), at(&lb, 0, t), "position {t} saw a later token");
+        assert_eq!(
+            at(&la, 0, t),
+            at(&lb, 0, t),
+            "position {t} saw a later token"
+        );
     }
-    assert_ne!(at(&la, 0, 5), at(&lb, 0, 5), "the changed token itself must show");
+    assert_ne!(
+        at(&la, 0, 5),
+        at(&lb, 0, 5),
+        "the changed token itself must show"
+    );
     for t in 0..8 {
-        assert_eq!(at(&la, 1, t), at(&lb, 1, t), "another window leaked in at {t}");
+        assert_eq!(
+            at(&la, 1, t),
+            at(&lb, 1, t),
+            "another window leaked in at {t}"
+        );
     }
 }
 

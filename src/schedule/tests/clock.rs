@@ -81,7 +81,10 @@ fn warm_up_in_samples_moves_epsilon_per_sample() {
     assert!(close(s.hyper_at(Epoch(0), 0).lr, 0.0));
     assert!(close(s.hyper_at(Epoch(0), 600).lr, 0.1 * 0.5));
     // Past the first milestone (ε 0.01) and still warming: 1,100 / 1,200 of it.
-    assert!(close(s.hyper_at(Epoch(1), 100).lr, 0.01 * 1_100.0 / 1_200.0));
+    assert!(close(
+        s.hyper_at(Epoch(1), 100).lr,
+        0.01 * 1_100.0 / 1_200.0
+    ));
     assert!(close(s.hyper_at(Epoch(1), 200).lr, 0.01));
 }
 
