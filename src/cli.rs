@@ -35,6 +35,8 @@ pub enum Command {
     Reproduce(crate::reproduce::ReproduceArgs),
     /// Redraw the report from existing runs.
     Report(ReportArgs),
+    /// Continue a prompt with a trained byte-level language model.
+    Sample(crate::sample::SampleArgs),
     /// Data set tools: inspect a data directory.
     #[command(subcommand)]
     Data(DataCommand),
@@ -187,6 +189,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Schedule(a) => cmd_schedule(a),
         Command::Reproduce(a) => crate::reproduce::run(a),
         Command::Report(a) => cmd_report(a),
+        Command::Sample(a) => crate::sample::run(a),
         Command::Bench(a) => crate::bench::run(a),
         Command::Data(DataCommand::Inspect {
             dir,

@@ -27,6 +27,7 @@ pub mod presets;
 pub mod report;
 pub mod reproduce;
 pub mod run_dir;
+pub mod sample;
 pub mod schedule;
 pub mod state;
 pub mod train;

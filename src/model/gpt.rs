@@ -238,6 +238,75 @@ impl Gpt {
     }
 }
 
+/// How [`Gpt::generate`] draws each next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Logits are divided by this before the softmax (0: always the most likely token).
+    pub temperature: f64,
+    /// Only the `top_k` most likely tokens are drawn from (0: all).
+    pub top_k: usize,
+}
+
+impl Sampling {
+    /// The index drawn from `logits` (one position's, over the vocabulary) with `rng`: the
+    /// `top_k` largest kept (ties: the lower id first), `softmax(logits / temperature)` over
+    /// them, then one draw; the argmax at temperature 0.
+    pub fn draw(&self, logits: &[f32], rng: &mut impl rand::Rng) -> usize {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        if self.temperature <= 0.0 {
+            return order[0];
+        }
+        if self.top_k > 0 {
+            order.truncate(self.top_k);
+        }
+        let top = f64::from(logits[order[0]]);
+        let weights: Vec<f64> = order
+            .iter()
+            .map(|&i| ((f64::from(logits[i]) - top) / self.temperature).exp())
+            .collect();
+        let mut u = rng.random::<f64>() * weights.iter().sum::<f64>();
+        for (&i, w) in order.iter().zip(&weights) {
+            if u < *w {
+                return i;
+            }
+            u -= w;
+        }
+        order[order.len() - 1]
+    }
+}
+
+impl Gpt {
+    /// `count` tokens continuing `prompt` (which must not be empty), each drawn by `sampling`
+    /// from the model's prediction on the last `context` tokens.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        count: usize,
+        sampling: Sampling,
+        rng: &mut impl rand::Rng,
+        device: &Device,
+    ) -> Vec<u32> {
+        let context = self.context();
+        let mut ids = prompt.to_vec();
+        for _ in 0..count {
+            let window = &ids[ids.len().saturating_sub(context)..];
+            let t = window.len();
+            let x: Vec<i64> = window.iter().map(|&i| i64::from(i)).collect();
+            let x = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(x, [1, t]), device);
+            let logits = self.forward(x);
+            let v = logits.dims()[2];
+            let last = logits.slice([0..1, t - 1..t, 0..v]).into_data();
+            let last = last
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_default();
+            ids.push(sampling.draw(&last, rng) as u32);
+        }
+        ids.split_off(prompt.len())
+    }
+}
+
 /// What a language-model step returns: the mean next-token loss of its windows, in nats.
 #[derive(Debug, Clone)]
 pub struct LanguageModelOutput {
@@ -265,3 +334,56 @@ impl StepItem for LanguageModelOutput {
 crate::train_steps!(Gpt, TokenBatch => LanguageModelOutput, loss);
 
 impl Trainable for Gpt {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn draws(s: Sampling, logits: &[f32], n: usize) -> Vec<usize> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        (0..n).map(|_| s.draw(logits, &mut rng)).collect()
+    }
+
+    #[test]
+    fn sampling_follows_temperature_and_top_k() {
+        let logits = [0.0, 3f32.ln(), -1.0, 0.5];
+        // Temperature 0: the argmax, always.
+        let greedy = Sampling {
+            temperature: 0.0,
+            top_k: 0,
+        };
+        assert!(draws(greedy, &logits, 50).iter().all(|&i| i == 1));
+        // top-k = 2 keeps ids 1 and 3: p(1) = 3 / (3 + e^0.5) = 0.6453.
+        let two = Sampling {
+            temperature: 1.0,
+            top_k: 2,
+        };
+        let d = draws(two, &logits, 20_000);
+        assert!(d.iter().all(|&i| i == 1 || i == 3));
+        let p1 = d.iter().filter(|&&i| i == 1).count() as f64 / d.len() as f64;
+        assert!((p1 - 0.6453).abs() < 0.015, "{p1}");
+        // A high temperature flattens: all four drawn, id 2 (the lowest) about a fifth.
+        let hot = Sampling {
+            temperature: 10.0,
+            top_k: 0,
+        };
+        let d = draws(hot, &logits, 20_000);
+        let p2 = d.iter().filter(|&&i| i == 2).count() as f64 / d.len() as f64;
+        assert!((0.19..0.25).contains(&p2), "{p2}");
+    }
+
+    #[test]
+    fn parameters_counts_what_init_builds() {
+        let g = GptConfig {
+            vocab: 256,
+            context: 16,
+            layers: 2,
+            heads: 2,
+            dim: 24,
+            dropout: 0.0,
+        };
+        let m = g.init(&Device::flex());
+        assert_eq!(crate::params::trainable_params(&m), g.parameters());
+    }
+}

@@ -268,4 +268,19 @@ fn an_lm_run_killed_and_resumed_writes_the_uninterrupted_files() {
             .collect()
     };
     assert_eq!(strip(&b), strip(&a));
+    // The trained model continues a prompt: the same seed gives the same text, another seed
+    // another.
+    let sample = |seed: &str| {
+        let o = std::process::Command::new(crate::common::BIN)
+            .args(["sample", b.to_str().unwrap(), "--prompt", "And God said"])
+            .args(["--tokens", "40", "--seed", seed])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (one, again, other) = (sample("1"), sample("1"), sample("2"));
+    assert!(one.starts_with("And God said") && one.len() > "And God said".len() + 20);
+    assert_eq!(one, again);
+    assert_ne!(one, other);
 }
