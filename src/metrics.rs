@@ -205,6 +205,29 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
         .collect()
 }
 
+/// Reads an `evals.jsonl`; a missing file is a run without evaluations within epochs. A
+/// malformed line is an error naming the file and line.
+pub fn read_evals(path: &Path) -> Result<Vec<EvalMetrics>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!(
+                    "{} line {}: not an evaluation record",
+                    path.display(),
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
 /// Appends one record to `metrics.jsonl` and flushes it to disk.
 pub fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()

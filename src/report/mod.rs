@@ -29,12 +29,14 @@
 //! rendered with a font embedded in the binary (Ubuntu Light from `epaint_default_fonts`), so
 //! nothing depends on the system's fonts.
 
+mod evals;
 mod html;
 mod plot;
 mod table;
 #[cfg(test)]
 mod tests;
 
+pub use evals::EVAL_PLOT_NAMES;
 pub use plot::PLOT_NAMES;
 pub use table::{html_table, markdown_table};
 
@@ -56,6 +58,8 @@ pub struct Run {
     pub metrics: Vec<EpochMetrics>,
     /// Its `summary.json`; `None` while the run is unfinished.
     pub summary: Option<RunSummary>,
+    /// Its evaluations within training (`evals.jsonl`; empty where it has none).
+    pub evals: Vec<crate::metrics::EvalMetrics>,
 }
 
 impl Run {
@@ -122,11 +126,13 @@ impl Run {
                 name,
             }
         };
+        let evals = crate::metrics::read_evals(&dir.join(crate::run_dir::EVALS_FILE))?;
         Ok(Run {
             dir: dir.to_path_buf(),
             info,
             metrics,
             summary,
+            evals,
         })
     }
 }
@@ -267,6 +273,11 @@ pub struct GroupSummary {
     pub unfinished: Vec<String>,
     /// Whether the numbers come from unfinished runs (no run of the group finished).
     pub partial: bool,
+    /// For language models (token streams): the final validation loss in bits per token, mean
+    /// and sample standard deviation; `None` for other runs.
+    pub final_bits: Option<(f64, Option<f64>)>,
+    /// For language models: the final validation loss in nats per token, mean and deviation.
+    pub final_nats: Option<(f64, Option<f64>)>,
 }
 
 impl GroupSummary {
@@ -305,6 +316,10 @@ pub fn summarize(runs: &[Run]) -> Vec<GroupSummary> {
                 mean_std(&col(&|s| 100.0 * s.final_test_accuracy));
             let (best_acc_mean, best_acc_std) = mean_std(&col(&|s| 100.0 * s.best_test_accuracy));
             let mean = |f: &dyn Fn(&RunSummary) -> f64| mean_std(&col(f)).0;
+            let tokens = used.iter().all(|r| r.info.dataset == "tokens");
+            let final_nats = tokens.then(|| mean_std(&col(&|s| s.final_test_loss)));
+            let final_bits =
+                tokens.then(|| mean_std(&col(&|s| s.final_test_loss / std::f64::consts::LN_2)));
             let unfinished = members
                 .iter()
                 .filter(|r| !r.finished())
@@ -322,6 +337,8 @@ pub fn summarize(runs: &[Run]) -> Vec<GroupSummary> {
                 allreduce_calls: mean(&|s| s.allreduce_calls as f64).round() as u64,
                 unfinished,
                 partial,
+                final_bits,
+                final_nats,
                 group,
             }
         })
@@ -365,7 +382,8 @@ pub fn write_report(
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let groups = summarize(runs);
-    let figures = plot::figures(runs, &groups);
+    let mut figures = plot::figures(runs, &groups);
+    figures.extend(evals::figures(runs, &groups));
     let mut plots = Vec::new();
     let mut embedded = Vec::new();
     for fig in &figures {

@@ -61,6 +61,26 @@ pub(super) struct Series {
     reference: Vec<(f64, f64)>,
 }
 
+impl Series {
+    /// A group's line: its label, palette index, mean curve, per-seed curves (drawn thin when
+    /// given) and a dashed reference (empty: none).
+    pub(super) fn new(
+        label: String,
+        color: usize,
+        mean: Vec<(f64, f64)>,
+        seeds: Vec<Vec<(f64, f64)>>,
+        reference: Vec<(f64, f64)>,
+    ) -> Self {
+        Series {
+            label,
+            color: color % PALETTE.len(),
+            mean,
+            seeds,
+            reference,
+        }
+    }
+}
+
 /// One plot, ready to draw.
 pub(super) struct Figure {
     /// File stem of the `.png` and `.svg` written.
@@ -77,6 +97,29 @@ pub(super) struct Figure {
     /// Whether x is the epoch count (integer ticks only).
     x_epoch: bool,
     series: Vec<Series>,
+}
+
+impl Figure {
+    /// A figure whose x is not the epoch, seeds drawn thin behind the means.
+    pub(super) fn new(
+        name: &'static str,
+        title: String,
+        (x_label, y_label): (&'static str, &'static str),
+        (x_log, y_log): (bool, bool),
+        series: Vec<Series>,
+    ) -> Self {
+        Figure {
+            name,
+            title,
+            x_label,
+            y_label,
+            x_log,
+            y_log,
+            per_seed: true,
+            x_epoch: false,
+            series,
+        }
+    }
 }
 
 /// Extracts one point of a curve from an epoch record and the cumulative all-reduce calls.

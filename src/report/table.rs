@@ -14,22 +14,52 @@ const HEADINGS: [&str; 9] = [
     "all-reduce calls",
 ];
 
+/// The headings, with a language model's validation losses in place of the accuracies where
+/// every group is one (`lm`).
+fn headings(lm: bool) -> [&'static str; 9] {
+    let mut h = HEADINGS;
+    if lm {
+        h[2] = "final val. bits/token";
+        h[3] = "final val. loss (nats)";
+    }
+    h
+}
+
+/// Whether every group is a language model's.
+fn language_models(groups: &[GroupSummary]) -> bool {
+    !groups.is_empty() && groups.iter().all(|g| g.final_bits.is_some())
+}
+
 /// `98.12 ± 0.05`, or `98.12 ± —` for a single run.
 fn pm(mean: f64, std: Option<f64>) -> String {
+    pm_digits(mean, std, 2)
+}
+
+/// [`pm`] with `digits` decimals.
+fn pm_digits(mean: f64, std: Option<f64>, digits: usize) -> String {
     match std {
-        Some(s) => format!("{mean:.2} ± {s:.2}"),
-        None => format!("{mean:.2} ± —"),
+        Some(s) => format!("{mean:.digits$} ± {s:.digits$}"),
+        None => format!("{mean:.digits$} ± —"),
     }
 }
 
 /// The cells of one row, unescaped.
-fn cells(g: &GroupSummary, first: &GroupSummary) -> [String; 9] {
+fn cells(g: &GroupSummary, first: &GroupSummary, lm: bool) -> [String; 9] {
     let marker = if g.unfinished.is_empty() { "" } else { " *" };
+    let (left, right) = match (lm, g.final_bits, g.final_nats) {
+        (true, Some(bits), Some(nats)) => {
+            (pm_digits(bits.0, bits.1, 3), pm_digits(nats.0, nats.1, 4))
+        }
+        _ => (
+            pm(g.final_acc_mean, g.final_acc_std),
+            pm(g.best_acc_mean, g.best_acc_std),
+        ),
+    };
     [
         format!("{}{marker}", g.group),
         g.seeds.to_string(),
-        pm(g.final_acc_mean, g.final_acc_std),
-        pm(g.best_acc_mean, g.best_acc_std),
+        left,
+        right,
         g.updates.0.to_string(),
         g.updates_ratio(first)
             .map_or_else(|| "—".to_string(), |r| format!("{:.0}%", 100.0 * r)),
@@ -64,13 +94,14 @@ fn md_cell(s: &str) -> String {
 /// The summary table in markdown, one row per group, the first group being the reference for
 /// the updates ratio; unfinished runs get a note row below their group.
 pub fn markdown_table(groups: &[GroupSummary]) -> String {
-    let mut out = format!("| {} |\n", HEADINGS.join(" | "));
+    let lm = language_models(groups);
+    let mut out = format!("| {} |\n", headings(lm).join(" | "));
     out.push_str(&format!("|{}\n", "---|".repeat(HEADINGS.len())));
     let Some(first) = groups.first() else {
         return out;
     };
     for g in groups {
-        let row: Vec<String> = cells(g, first).iter().map(|c| md_cell(c)).collect();
+        let row: Vec<String> = cells(g, first, lm).iter().map(|c| md_cell(c)).collect();
         out.push_str(&format!("| {} |\n", row.join(" | ")));
         if let Some(note) = row_note(g) {
             out.push_str(&format!(
@@ -86,14 +117,15 @@ pub fn markdown_table(groups: &[GroupSummary]) -> String {
 /// The summary table as an HTML `<table>` (same content as [`markdown_table`]).
 pub fn html_table(groups: &[GroupSummary]) -> String {
     let mut out = String::from("<table>\n<thead><tr>");
-    for h in HEADINGS {
+    let lm = language_models(groups);
+    for h in headings(lm) {
         out.push_str(&format!("<th>{}</th>", escape(h)));
     }
     out.push_str("</tr></thead>\n<tbody>\n");
     if let Some(first) = groups.first() {
         for g in groups {
             out.push_str("<tr>");
-            for (i, c) in cells(g, first).iter().enumerate() {
+            for (i, c) in cells(g, first, lm).iter().enumerate() {
                 let class = if i == 0 { "" } else { " class=\"num\"" };
                 out.push_str(&format!("<td{class}>{}</td>", escape(c)));
             }

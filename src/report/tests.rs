@@ -326,3 +326,78 @@ fn demo_report() {
     ];
     write_report(&runs, &dir.join("report"), "Demo report", &notes).unwrap();
 }
+
+/// A language model's runs: the table gives validation bits per token in place of accuracies,
+/// and the evaluations within training get their three figures after the epoch ones.
+#[test]
+fn language_model_runs_report_bits_per_token_and_their_evaluations() {
+    use crate::metrics::EvalMetrics;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |group: &str, nats: f64, b: usize| {
+        let mut m = records(group, f64::NAN, 1, 1);
+        m[0].test_loss = nats;
+        m[0].train_accuracy = f64::NAN;
+        let summary = RunSummary::from_metrics(group, group, "adamw", "gpt-4x128", 0, &m).unwrap();
+        let evals = (1..=4)
+            .map(|i| EvalMetrics {
+                samples: Samples(1000 * i),
+                updates: Updates(100 * i / b as u64),
+                epochs: i as f64 / 60.0,
+                lr: 2e-3,
+                batch_size: b,
+                test_loss: nats + 0.5 / i as f64,
+                test_accuracy: f64::NAN,
+                test_samples: 512,
+                wall_seconds: i as f64,
+                gns: crate::metrics::GnsMetrics {
+                    gns_b_simple: Some(5.0 * i as f64),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        Run {
+            dir: tmp.path().join(group),
+            info: RunInfo {
+                name: group.into(),
+                group: group.into(),
+                seed: 0,
+                schedule: group.into(),
+                optimizer: "adamw".into(),
+                model: "gpt-4x128".into(),
+                dataset: "tokens".into(),
+                normalization: String::new(),
+            },
+            metrics: m,
+            summary: Some(summary),
+            evals,
+        }
+    };
+    let ln2 = std::f64::consts::LN_2;
+    let runs = [
+        run("decay-lr", 2.5 * ln2, 16),
+        run("increase-batch", 2.53 * ln2, 160),
+    ];
+    let out = tmp.path().join("report");
+    let files = write_report(&runs, &out, "lm", &[]).unwrap();
+    assert_eq!(
+        files.plots.len(),
+        2 * (PLOT_NAMES.len() + EVAL_PLOT_NAMES.len())
+    );
+    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    assert!(
+        md.contains("| final val. bits/token | final val. loss (nats) |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| decay-lr | 1 | 2.500 ± — | 1.7329 ± — |"),
+        "{md}"
+    );
+    assert!(md.contains("| increase-batch | 1 | 2.530 ± — |"), "{md}");
+    let svg = std::fs::read_to_string(out.join("validation_vs_samples.svg")).unwrap();
+    assert!(svg.contains("validation bits per token") && svg.contains("increase-batch"));
+    assert!(
+        std::fs::read_to_string(out.join("gradient_noise_scale_vs_samples.svg"))
+            .unwrap()
+            .contains("training samples")
+    );
+}
