@@ -13,11 +13,13 @@
 //! is passed to PyTorch as `torch.set_num_threads`. The table names the CPU, whether it has
 //! AVX-512 and whether denormals are flushed.
 
+mod lm;
 mod loading;
 mod matmul;
 mod report;
 mod step;
 
+pub use lm::{LM_SHAPES, LmRow};
 pub use matmul::{MatmulRow, MatmulSpec};
 pub use report::{
     BenchReport, DataRow, GNS_ROUNDS, GnsCostRow, TorchReport, TorchRow, TrainRow, format_report,
@@ -39,6 +41,9 @@ pub enum Only {
     /// The MLP's matrix products alone (GFLOP/s; with `--pytorch`, `torch.matmul` on the same
     /// shapes and layouts): how much of the MLP's step, and of its gap to PyTorch, is GEMM.
     Matmul,
+    /// The language model's training step (`lm` preset's shape and nanoGPT's character
+    /// model), with `--pytorch` beside `bench/gpt_torch.py step`; not part of `all`.
+    LmStep,
     /// Training steps, noise-scale cost, matrix products and data loading.
     All,
 }
@@ -407,6 +412,9 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
         pytorch,
     };
     print!("{}", format_report(&report));
+    if args.only.contains(&Only::LmStep) {
+        print!("{}", lm::format_lm(&lm::bench_lm(&args)?, args.threads));
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         if path.as_os_str() == "-" {
@@ -420,7 +428,7 @@ fn run_in_pool(args: BenchArgs) -> Result<()> {
 }
 
 /// The median of `v` (the upper one of an even count); `v` is not empty.
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -267,6 +267,18 @@ pub struct TokenShare {
     context: usize,
 }
 
+impl TokenShare {
+    /// A share of `rows` of `context + 1` ids each, as assembled from windows (benchmarks and
+    /// tests build one from ids of their own).
+    pub fn from_rows(rows: Vec<u32>, context: usize) -> TokenShare {
+        assert!(
+            rows.len().is_multiple_of(context + 1),
+            "rows of context + 1 ids"
+        );
+        TokenShare { rows, context }
+    }
+}
+
 impl Share for TokenShare {
     type Input = TokenBatch;
     fn len(&self) -> usize {

@@ -365,3 +365,36 @@ fn data_inspect_reports_a_token_stream() {
         "{err}"
     );
 }
+
+/// `bench --only lm-step` times the transformer's step at both shapes and prints their table
+/// (without `--pytorch`, no ratio).
+#[test]
+fn bench_times_the_language_model_step() {
+    let (ok, out, err) = run(&[
+        "bench",
+        "--only",
+        "lm-step",
+        "--threads",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--min-seconds",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("transformer training step (AdamW), 2 thread(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| lm preset | 4 × 128, 4 | 16 × 64 |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| nanoGPT char | 6 × 384, 6 | 8 × 256 |"),
+        "{out}"
+    );
+    assert!(err.contains("bench lm lm preset B=16 T=64"), "{err}");
+}
