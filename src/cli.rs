@@ -1,6 +1,7 @@
 //! The `noisescale` command line: argument parsing and the subcommands' glue. The work itself
 //! lives in the library modules.
 
+mod data;
 use crate::config::RunConfig;
 use crate::data::{Augment, ImageSet};
 use crate::model::ModelConfig;
@@ -11,6 +12,7 @@ use crate::train::{self, TrainOptions};
 use crate::units::Samples;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+pub use data::DataCommand;
 use std::path::{Path, PathBuf};
 
 /// Don't decay the learning rate, increase the batch size: noise-scale schedules and training.
@@ -152,32 +154,6 @@ pub struct ReportArgs {
     title: String,
 }
 
-/// `noisescale data ...`.
-#[derive(Subcommand, Debug)]
-pub enum DataCommand {
-    /// Counts per split and class, image shape, mean/std and checksums of a data directory; of
-    /// a token stream (a file, or a directory of train.bin and val.bin, with --context): tokens,
-    /// windows, ids, unigram entropy and checksums.
-    Inspect {
-        /// Directory holding MNIST and/or CIFAR-10 files (or their parent), NumPy arrays or an
-        /// image folder; or a token file.
-        dir: PathBuf,
-        /// Print the report as pretty JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Read `dir` as a token stream cut into windows of this many tokens.
-        #[arg(long)]
-        context: Option<usize>,
-        /// The token stream's format: bytes (a text; the default for a file) or u16/u32 ids (the
-        /// default for a directory of train.bin and val.bin, as nanoGPT writes them).
-        #[arg(long, value_enum)]
-        token_format: Option<crate::data::tokens::TokenFormat>,
-        /// For one token file: the token where its validation part starts.
-        #[arg(long)]
-        validation_from: Option<usize>,
-    },
-}
-
 /// Runs the command line; the binary's `main` maps the error to an exit code.
 pub fn run(cli: Cli) -> Result<()> {
     // A misspelt kernel choice is an error here, not silently the default deep in a layer.
@@ -191,41 +167,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => cmd_report(a),
         Command::Sample(a) => crate::sample::run(a),
         Command::Bench(a) => crate::bench::run(a),
-        Command::Data(DataCommand::Inspect {
-            dir,
-            json,
-            context,
-            token_format,
-            validation_from,
-        }) => {
-            let tokens = context.is_some() || dir.is_file() || dir.join("train.bin").is_file();
-            if tokens {
-                let default = if dir.is_dir() {
-                    crate::data::tokens::TokenFormat::U16
-                } else {
-                    crate::data::tokens::TokenFormat::Bytes
-                };
-                let config = crate::data::tokens::TokenConfig {
-                    format: token_format.unwrap_or(default),
-                    context: context.context("a token stream needs --context")?,
-                    validation_from,
-                };
-                let report = crate::data::inspect_tokens(&dir, &config)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                } else {
-                    print!("{report}");
-                }
-                return Ok(());
-            }
-            let report = crate::data::inspect(&dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(())
-        }
+        Command::Data(c) => data::run(c),
         Command::Models => {
             let device = burn::tensor::Device::flex();
             println!(
@@ -617,30 +559,4 @@ fn cmd_noise(a: NoiseArgs) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::Cli;
-    use clap::CommandFactory;
-
-    /// Every option of every (sub)command has its own long name: a flattened group that repeats
-    /// one (as `noise --seed` and the config overrides' `--seed` once did) makes clap panic in a
-    /// debug build and silently drop one of them in a release build, where clap's own
-    /// `debug_assert` checks are compiled out, so they are checked here.
-    #[test]
-    fn option_names_are_unique_in_every_command() {
-        fn check(cmd: &clap::Command, path: &str) -> usize {
-            let mut seen = std::collections::HashSet::new();
-            for arg in cmd.get_arguments() {
-                if let Some(long) = arg.get_long() {
-                    assert!(seen.insert(long), "`{path}` has --{long} twice");
-                }
-            }
-            let subs: usize = cmd
-                .get_subcommands()
-                .map(|s| check(s, &format!("{path} {}", s.get_name())))
-                .sum();
-            1 + subs
-        }
-        // Every subcommand is reached: noisescale and its 11 commands and nested ones.
-        assert!(check(&Cli::command(), "noisescale") >= 12);
-    }
-}
+mod tests;

@@ -19,6 +19,10 @@ mod matmul;
 mod report;
 mod step;
 
+#[cfg(test)]
+use step::{TrainRowSpec, train_rows};
+use step::{resnet8, selected_rows};
+
 pub use lm::{LM_SHAPES, LmRow};
 pub use matmul::{MatmulRow, MatmulSpec};
 pub use report::{
@@ -119,86 +123,6 @@ impl BenchArgs {
     /// Whether `--only` asks for `what` (or for everything).
     fn runs(&self, what: Only) -> bool {
         self.only.contains(&what) || self.only.contains(&Only::All)
-    }
-}
-
-/// A training row: model, input shape, batch sizes, and whether it is a slow row (fewer steps).
-type TrainRowSpec = (ModelConfig, [usize; 3], Vec<usize>, bool);
-
-/// The training rows `--models` and `--batch-sizes` select (all when they are empty); an
-/// unknown model name is an error that lists the known ones.
-fn selected_rows(models: &[String], batch_sizes: &[usize]) -> Result<Vec<TrainRowSpec>> {
-    let rows = train_rows();
-    let known: Vec<String> = rows.iter().map(|r| r.0.name()).collect();
-    if let Some(bad) = models.iter().find(|m| !known.contains(m)) {
-        bail!(
-            "--models: no bench row for `{bad}`; known: {}",
-            known.join(", ")
-        );
-    }
-    let models_rows: Vec<TrainRowSpec> = rows
-        .into_iter()
-        .filter(|r| models.is_empty() || models.contains(&r.0.name()))
-        .collect();
-    let offered: Vec<String> = models_rows
-        .iter()
-        .map(|(cfg, _, batches, _)| format!("{} at {batches:?}", cfg.name()))
-        .collect();
-    let selected: Vec<TrainRowSpec> = models_rows
-        .into_iter()
-        .map(|(cfg, input, batches, slow)| {
-            let batches = batches
-                .into_iter()
-                .filter(|b| batch_sizes.is_empty() || batch_sizes.contains(b))
-                .collect::<Vec<_>>();
-            (cfg, input, batches, slow)
-        })
-        .filter(|r| !r.2.is_empty())
-        .collect();
-    if selected.is_empty() {
-        bail!(
-            "--batch-sizes {batch_sizes:?}: no selected bench row runs these; the rows are {}",
-            offered.join(", ")
-        );
-    }
-    Ok(selected)
-}
-
-/// Every training row.
-fn train_rows() -> Vec<TrainRowSpec> {
-    vec![
-        (
-            ModelConfig::Mlp { widths: vec![256] },
-            [1, 28, 28],
-            vec![64, 1024],
-            false,
-        ),
-        (
-            ModelConfig::Cnn { hidden: 512 },
-            [1, 28, 28],
-            vec![128, 1024],
-            false,
-        ),
-        (resnet8(), [3, 32, 32], vec![128, 1024], false),
-        (
-            ModelConfig::Wrn {
-                depth: 16,
-                widen: 4,
-                dropout: 0.0,
-                ghost_batch_size: 128,
-            },
-            [3, 32, 32],
-            vec![128],
-            true,
-        ),
-    ]
-}
-
-fn resnet8() -> ModelConfig {
-    ModelConfig::Resnet {
-        depth: 8,
-        width: 16,
-        ghost_batch_size: 0,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Timing the trainer's own training step.
+//! Timing the trainer's own training step, and which rows `--models` and `--batch-sizes` pick.
 
 use super::BenchArgs;
 use super::report::TrainRow;
@@ -7,7 +7,7 @@ use crate::device::DeviceSpec;
 use crate::model::ModelConfig;
 use crate::optim::{OptimizerConfig, OptimizerKind};
 use crate::schedule::Hyper;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use rand::Rng;
 use std::time::Instant;
 
@@ -124,4 +124,84 @@ pub(super) fn bench_train(
         seconds_per_step: sps,
         images_per_second: batch as f64 / sps,
     })
+}
+
+/// A training row: model, input shape, batch sizes, and whether it is a slow row (fewer steps).
+pub(super) type TrainRowSpec = (ModelConfig, [usize; 3], Vec<usize>, bool);
+
+/// The training rows `--models` and `--batch-sizes` select (all when they are empty); an
+/// unknown model name is an error that lists the known ones.
+pub(super) fn selected_rows(models: &[String], batch_sizes: &[usize]) -> Result<Vec<TrainRowSpec>> {
+    let rows = train_rows();
+    let known: Vec<String> = rows.iter().map(|r| r.0.name()).collect();
+    if let Some(bad) = models.iter().find(|m| !known.contains(m)) {
+        bail!(
+            "--models: no bench row for `{bad}`; known: {}",
+            known.join(", ")
+        );
+    }
+    let models_rows: Vec<TrainRowSpec> = rows
+        .into_iter()
+        .filter(|r| models.is_empty() || models.contains(&r.0.name()))
+        .collect();
+    let offered: Vec<String> = models_rows
+        .iter()
+        .map(|(cfg, _, batches, _)| format!("{} at {batches:?}", cfg.name()))
+        .collect();
+    let selected: Vec<TrainRowSpec> = models_rows
+        .into_iter()
+        .map(|(cfg, input, batches, slow)| {
+            let batches = batches
+                .into_iter()
+                .filter(|b| batch_sizes.is_empty() || batch_sizes.contains(b))
+                .collect::<Vec<_>>();
+            (cfg, input, batches, slow)
+        })
+        .filter(|r| !r.2.is_empty())
+        .collect();
+    if selected.is_empty() {
+        bail!(
+            "--batch-sizes {batch_sizes:?}: no selected bench row runs these; the rows are {}",
+            offered.join(", ")
+        );
+    }
+    Ok(selected)
+}
+
+/// Every training row.
+pub(super) fn train_rows() -> Vec<TrainRowSpec> {
+    vec![
+        (
+            ModelConfig::Mlp { widths: vec![256] },
+            [1, 28, 28],
+            vec![64, 1024],
+            false,
+        ),
+        (
+            ModelConfig::Cnn { hidden: 512 },
+            [1, 28, 28],
+            vec![128, 1024],
+            false,
+        ),
+        (resnet8(), [3, 32, 32], vec![128, 1024], false),
+        (
+            ModelConfig::Wrn {
+                depth: 16,
+                widen: 4,
+                dropout: 0.0,
+                ghost_batch_size: 128,
+            },
+            [3, 32, 32],
+            vec![128],
+            true,
+        ),
+    ]
+}
+
+pub(super) fn resnet8() -> ModelConfig {
+    ModelConfig::Resnet {
+        depth: 8,
+        width: 16,
+        ghost_batch_size: 0,
+    }
 }

@@ -2,7 +2,7 @@
 //! model's validation loss against samples and against updates, and the measured noise scale
 //! as the loss falls. Drawn where any run has evaluations, after the epoch figures.
 
-use super::plot::{Figure, Series};
+use super::plot::{Figure, group_series, mean_by_key};
 use super::{GroupSummary, Run};
 use crate::metrics::EvalMetrics;
 
@@ -80,17 +80,6 @@ fn curve(run: &Run, spec: &Spec, extract: Extract) -> Vec<(usize, f64, f64)> {
         .collect()
 }
 
-/// The mean over seeds, evaluation by evaluation (the seeds of a group evaluate at the same
-/// samples).
-fn mean(curves: &[Vec<(usize, f64, f64)>]) -> Vec<(f64, f64)> {
-    let mut by_index: std::collections::BTreeMap<usize, (f64, f64, f64)> = Default::default();
-    for &(i, x, y) in curves.iter().flatten() {
-        let acc = by_index.entry(i).or_default();
-        *acc = (acc.0 + x, acc.1 + y, acc.2 + 1.0);
-    }
-    by_index.values().map(|&(x, y, n)| (x / n, y / n)).collect()
-}
-
 /// The figures of the evaluations within training, groups in the order of `groups`; none
 /// where no run has any.
 pub(super) fn figures(runs: &[Run], groups: &[GroupSummary]) -> Vec<Figure> {
@@ -111,24 +100,9 @@ pub(super) fn figures(runs: &[Run], groups: &[GroupSummary]) -> Vec<Figure> {
                             .collect()
                     };
                     let curves = of_group(spec.extract);
-                    let seeds = if curves.len() > 1 {
-                        curves
-                            .iter()
-                            .map(|c| c.iter().map(|&(_, x, y)| (x, y)).collect())
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
-                    let marker = if g.unfinished.is_empty() { "" } else { " *" };
-                    Series::new(
-                        format!("{}{marker}", g.group),
-                        i,
-                        mean(&curves),
-                        seeds,
-                        spec.reference
-                            .map(|r| mean(&of_group(r)))
-                            .unwrap_or_default(),
-                    )
+                    let reference = spec.reference.map(|r| mean_by_key(&of_group(r)));
+                    let mean = mean_by_key(&curves);
+                    group_series(g, i, &curves, mean, reference.unwrap_or_default(), true)
                 })
                 .collect();
             Figure::new(

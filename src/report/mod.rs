@@ -29,6 +29,7 @@
 //! rendered with a font embedded in the binary (Ubuntu Light from `epaint_default_fonts`), so
 //! nothing depends on the system's fonts.
 
+mod epochs;
 mod evals;
 mod html;
 mod plot;
@@ -36,8 +37,8 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+pub use epochs::PLOT_NAMES;
 pub use evals::EVAL_PLOT_NAMES;
-pub use plot::PLOT_NAMES;
 pub use table::{html_table, markdown_table};
 
 use crate::metrics::{EpochMetrics, RunSummary, read_metrics};
@@ -382,7 +383,7 @@ pub fn write_report(
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let groups = summarize(runs);
-    let mut figures = plot::figures(runs, &groups);
+    let mut figures = epochs::figures(runs, &groups);
     figures.extend(evals::figures(runs, &groups));
     let mut plots = Vec::new();
     let mut embedded = Vec::new();

@@ -1,9 +1,9 @@
-//! The figures: per-group mean curves (and thin per-seed curves), drawn with plotters into PNG
+//! Drawing the figures (`epochs.rs`, `evals.rs` say what they plot): per-group mean curves (and
+//! thin per-seed curves), drawn with plotters into PNG
 //! (text rendered with an embedded font) and SVG, with the legend in its own panel to the right
 //! of the plot so that it never covers a line.
 
-use super::{GroupSummary, Run};
-use crate::metrics::EpochMetrics;
+use super::GroupSummary;
 use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
 use plotters::coord::combinators::WithKeyPoints;
@@ -13,18 +13,6 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
-
-/// File stems of the plots, in the order they appear in the report.
-pub const PLOT_NAMES: [&str; 8] = [
-    "test_accuracy_vs_epoch",
-    "test_accuracy_vs_updates",
-    "train_loss_vs_epoch",
-    "schedule_lr",
-    "schedule_batch_size",
-    "schedule_noise_scale",
-    "gradient_noise_scale",
-    "allreduce_calls",
-];
 
 /// Pixel size of every plot (PNG and SVG).
 const SIZE: (u32, u32) = (1000, 560);
@@ -50,35 +38,15 @@ const PALETTE: [RGBColor; 10] = [
 /// One group's line in a figure.
 pub(super) struct Series {
     /// Legend label.
-    label: String,
+    pub(super) label: String,
     /// Index into the palette.
-    color: usize,
+    pub(super) color: usize,
     /// Mean over seeds, per epoch.
-    mean: Vec<(f64, f64)>,
+    pub(super) mean: Vec<(f64, f64)>,
     /// Each seed's own curve (empty where seeds are not drawn).
-    seeds: Vec<Vec<(f64, f64)>>,
+    pub(super) seeds: Vec<Vec<(f64, f64)>>,
     /// A second quantity to compare with, mean over seeds, drawn dashed (empty if none).
-    reference: Vec<(f64, f64)>,
-}
-
-impl Series {
-    /// A group's line: its label, palette index, mean curve, per-seed curves (drawn thin when
-    /// given) and a dashed reference (empty: none).
-    pub(super) fn new(
-        label: String,
-        color: usize,
-        mean: Vec<(f64, f64)>,
-        seeds: Vec<Vec<(f64, f64)>>,
-        reference: Vec<(f64, f64)>,
-    ) -> Self {
-        Series {
-            label,
-            color: color % PALETTE.len(),
-            mean,
-            seeds,
-            reference,
-        }
-    }
+    pub(super) reference: Vec<(f64, f64)>,
 }
 
 /// One plot, ready to draw.
@@ -87,16 +55,16 @@ pub(super) struct Figure {
     pub name: &'static str,
     /// Title drawn above the plot.
     pub title: String,
-    x_label: &'static str,
-    y_label: &'static str,
-    x_log: bool,
-    y_log: bool,
+    pub(super) x_label: &'static str,
+    pub(super) y_label: &'static str,
+    pub(super) x_log: bool,
+    pub(super) y_log: bool,
     /// Whether the seeds are drawn thin behind the mean (else lines are layered, earlier
     /// groups wider, so identical schedules stay visible).
-    per_seed: bool,
+    pub(super) per_seed: bool,
     /// Whether x is the epoch count (integer ticks only).
-    x_epoch: bool,
-    series: Vec<Series>,
+    pub(super) x_epoch: bool,
+    pub(super) series: Vec<Series>,
 }
 
 impl Figure {
@@ -122,218 +90,43 @@ impl Figure {
     }
 }
 
-/// Extracts one point of a curve from an epoch record and the cumulative all-reduce calls.
-type Extract = fn(&EpochMetrics, f64) -> (f64, f64);
-
-/// What each figure plots.
-struct Spec {
-    name: &'static str,
-    title: &'static str,
-    x_label: &'static str,
-    y_label: &'static str,
-    x_log: bool,
-    y_log: bool,
-    per_seed: bool,
-    /// Whether each point holds over the epoch that ends at it (drawn as a step).
-    steps: bool,
-    extract: Extract,
-    /// A second quantity drawn dashed in the same colour, as a step per epoch.
-    reference: Option<Extract>,
-}
-
-const SPECS: [Spec; 8] = [
-    Spec {
-        name: "test_accuracy_vs_epoch",
-        title: "Test accuracy vs epoch",
-        x_label: "epoch",
-        y_label: "test accuracy (%)",
-        x_log: false,
-        y_log: false,
-        per_seed: true,
-        steps: false,
-        extract: |m, _| (m.epoch.0 as f64, 100.0 * m.test_accuracy),
-        reference: None,
-    },
-    Spec {
-        name: "test_accuracy_vs_updates",
-        title: "Test accuracy vs parameter updates (log x axis)",
-        x_label: "parameter updates (log scale)",
-        y_label: "test accuracy (%)",
-        x_log: true,
-        y_log: false,
-        per_seed: true,
-        steps: false,
-        extract: |m, _| (m.updates.0 as f64, 100.0 * m.test_accuracy),
-        reference: None,
-    },
-    Spec {
-        name: "train_loss_vs_epoch",
-        title: "Training loss vs epoch (log y axis)",
-        x_label: "epoch",
-        y_label: "training loss (log scale)",
-        x_log: false,
-        y_log: true,
-        per_seed: true,
-        steps: false,
-        extract: |m, _| (m.epoch.0 as f64, m.train_loss),
-        reference: None,
-    },
-    Spec {
-        name: "schedule_lr",
-        title: "Learning rate schedule (linear axes)",
-        x_label: "epoch",
-        y_label: "learning rate ε",
-        x_log: false,
-        y_log: false,
-        per_seed: false,
-        steps: true,
-        extract: |m, _| (m.epoch.0 as f64, m.lr),
-        reference: None,
-    },
-    Spec {
-        name: "schedule_batch_size",
-        title: "Batch size schedule (log y axis)",
-        x_label: "epoch",
-        y_label: "batch size B (samples, log scale)",
-        x_log: false,
-        y_log: true,
-        per_seed: false,
-        steps: true,
-        extract: |m, _| (m.epoch.0 as f64, m.batch_size as f64),
-        reference: None,
-    },
-    Spec {
-        name: "schedule_noise_scale",
-        title: "Noise scale g = ε/(1−m)·(N/B−1) per epoch (log y axis)",
-        x_label: "epoch",
-        y_label: "noise scale g (log scale)",
-        x_log: false,
-        y_log: true,
-        per_seed: false,
-        steps: true,
-        extract: |m, _| (m.epoch.0 as f64, m.noise_scale),
-        reference: None,
-    },
-    Spec {
-        name: "gradient_noise_scale",
-        title: "Measured gradient noise scale B_simple (solid) and the schedule's B (dashed), log y",
-        x_label: "epoch",
-        y_label: "samples (log scale)",
-        x_log: false,
-        y_log: true,
-        per_seed: true,
-        steps: false,
-        extract: |m, _| (m.epoch.0 as f64, m.gns.gns_b_simple.unwrap_or(f64::NAN)),
-        reference: Some(|m, _| (m.epoch.0 as f64, m.batch_size as f64)),
-    },
-    Spec {
-        name: "allreduce_calls",
-        title: "Cumulative gradient all-reduce calls (linear axes)",
-        x_label: "epoch",
-        y_label: "all-reduce calls (cumulative)",
-        x_log: false,
-        y_log: false,
-        per_seed: false,
-        steps: false,
-        extract: |m, cum| (m.epoch.0 as f64, cum),
-        reference: None,
-    },
-];
-
-/// A run's curve under `extract`, dropping points a log axis cannot show.
-fn curve(run: &Run, spec: &Spec, extract: Extract) -> Vec<(u32, f64, f64)> {
-    let mut cum = 0.0;
-    run.metrics
-        .iter()
-        .map(|m| {
-            cum += m.allreduce_calls as f64;
-            let (x, y) = extract(m, cum);
-            (m.epoch.0, x, y)
-        })
-        .filter(|&(_, x, y)| {
-            x.is_finite() && y.is_finite() && (!spec.x_log || x > 0.0) && (!spec.y_log || y > 0.0)
-        })
-        .collect()
-}
-
-/// The mean over seeds of a group's curves, per epoch; as steps (constant over each epoch)
-/// when `steps`.
-fn mean_over_seeds(curves: &[Vec<(u32, f64, f64)>], steps: bool) -> Vec<(f64, f64)> {
-    let mut by_epoch: BTreeMap<u32, (f64, f64, f64)> = BTreeMap::new();
-    for &(e, x, y) in curves.iter().flatten() {
-        let acc = by_epoch.entry(e).or_insert((0.0, 0.0, 0.0));
+/// The mean over seeds of a group's curves, point by point (points share a key: the epoch, or
+/// an evaluation's number).
+pub(super) fn mean_by_key<K: Ord + Copy>(curves: &[Vec<(K, f64, f64)>]) -> Vec<(f64, f64)> {
+    let mut by_key: BTreeMap<K, (f64, f64, f64)> = BTreeMap::new();
+    for &(k, x, y) in curves.iter().flatten() {
+        let acc = by_key.entry(k).or_insert((0.0, 0.0, 0.0));
         *acc = (acc.0 + x, acc.1 + y, acc.2 + 1.0);
     }
-    let mean = by_epoch.values().map(|&(x, y, n)| (x / n, y / n));
-    if steps {
-        mean.flat_map(|(x, y)| [(x - 1.0, y), (x, y)]).collect()
-    } else {
-        mean.collect()
-    }
+    by_key.values().map(|&(x, y, n)| (x / n, y / n)).collect()
 }
 
-/// Every figure of the report, groups in the order of `groups`.
-pub(super) fn figures(runs: &[Run], groups: &[GroupSummary]) -> Vec<Figure> {
-    SPECS
-        .iter()
-        .map(|spec| {
-            let series = groups
-                .iter()
-                .enumerate()
-                .map(|(i, g)| {
-                    let of_group = |extract: Extract| -> Vec<Vec<(u32, f64, f64)>> {
-                        runs.iter()
-                            .filter(|r| r.info.group == g.group)
-                            .map(|r| curve(r, spec, extract))
-                            .collect()
-                    };
-                    let curves = of_group(spec.extract);
-                    let mean = mean_over_seeds(&curves, spec.steps);
-                    let reference = spec
-                        .reference
-                        .map(|r| mean_over_seeds(&of_group(r), true))
-                        .unwrap_or_default();
-                    let seeds = if spec.per_seed && curves.len() > 1 {
-                        curves
-                            .iter()
-                            .map(|c| c.iter().map(|&(_, x, y)| (x, y)).collect())
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
-                    let marker = if g.unfinished.is_empty() { "" } else { " *" };
-                    Series {
-                        label: format!("{}{marker}", g.group),
-                        color: i % PALETTE.len(),
-                        mean,
-                        seeds,
-                        reference,
-                    }
-                })
-                .collect();
-            let mut title = spec.title.to_string();
-            if spec.name == "allreduce_calls" {
-                let world = runs
-                    .iter()
-                    .filter_map(|r| r.metrics.last())
-                    .map(|m| m.world_size)
-                    .max()
-                    .unwrap_or(1);
-                title.push_str(&format!(", world size {world}"));
-            }
-            Figure {
-                name: spec.name,
-                title,
-                x_label: spec.x_label,
-                y_label: spec.y_label,
-                x_log: spec.x_log,
-                y_log: spec.y_log,
-                per_seed: spec.per_seed,
-                x_epoch: spec.x_label == "epoch",
-                series,
-            }
-        })
-        .collect()
+/// Group `g`'s line (the `i`th): its mean, each seed's curve drawn thin where `per_seed` and
+/// there are several, and a dashed reference (empty: none).
+pub(super) fn group_series<K>(
+    g: &GroupSummary,
+    i: usize,
+    curves: &[Vec<(K, f64, f64)>],
+    mean: Vec<(f64, f64)>,
+    reference: Vec<(f64, f64)>,
+    per_seed: bool,
+) -> Series {
+    let seeds = if per_seed && curves.len() > 1 {
+        curves
+            .iter()
+            .map(|c| c.iter().map(|&(_, x, y)| (x, y)).collect())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let marker = if g.unfinished.is_empty() { "" } else { " *" };
+    Series {
+        label: format!("{}{marker}", g.group),
+        color: i % PALETTE.len(),
+        mean,
+        seeds,
+        reference,
+    }
 }
 
 /// Axis range covering `values`, padded; positive and multiplicatively padded for log axes.

@@ -53,6 +53,7 @@ mod config;
 mod table;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 pub use adaptive::AdaptiveConfig;
 pub use config::{LrSchedule, MAX_EPOCHS, Rampup, ScheduleConfig, ScheduleError};
@@ -239,10 +240,19 @@ impl Schedule {
             return self.hyper(epoch, offset as f64 / n as f64);
         }
         let s = u64::from(epoch.0) * n + offset;
-        let p = self.phase_at(Samples(s));
-        let ws = self.warmup_samples;
-        let lr = if s < ws {
-            p.lr * (self.warmup_from + (1.0 - self.warmup_from) * s as f64 / ws as f64)
+        self.warmed(
+            self.phase_at(Samples(s)),
+            s as f64,
+            self.warmup_samples as f64,
+        )
+    }
+
+    /// Phase `p`'s hyper-parameters at progress `t` of a linear warm-up `length` long (in
+    /// epochs or samples): ε times `warmup_from + (1 − warmup_from) · t / length` while
+    /// `t < length` (Goyal et al. 2017).
+    fn warmed(&self, p: &Phase, t: f64, length: f64) -> Hyper {
+        let lr = if t < length {
+            p.lr * (self.warmup_from + (1.0 - self.warmup_from) * t / length)
         } else {
             p.lr
         };
@@ -278,18 +288,8 @@ impl Schedule {
     /// # Panics
     /// If `epoch` is not below [`Schedule::epochs`].
     pub fn hyper(&self, epoch: Epoch, fraction: f64) -> Hyper {
-        let p = self.phase(epoch);
         let t = f64::from(epoch.0) + fraction.clamp(0.0, 1.0);
-        let lr = if t < self.warmup_epochs {
-            p.lr * (self.warmup_from + (1.0 - self.warmup_from) * t / self.warmup_epochs)
-        } else {
-            p.lr
-        };
-        Hyper {
-            lr,
-            batch_size: p.batch_size,
-            momentum: p.momentum,
-        }
+        self.warmed(self.phase(epoch), t, self.warmup_epochs)
     }
 
     /// Global batch size during `epoch`.
