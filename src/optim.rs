@@ -125,19 +125,10 @@ impl DecayOn {
 
 /// Scales `grads` so that their global L2 norm is at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, only where
-/// below 1). Returns the norm before clipping. The sum of squares is taken in f64 on the host in
-/// the parameters' order, so the result does not depend on the thread count.
+/// below 1). Returns the norm before clipping, from [`Grads::sq_norm`] (the noise-scale
+/// estimator's: squares summed per tensor on the device, one transfer).
 pub fn clip_grad_norm(grads: &mut Grads, max_norm: f64) -> f64 {
-    let sum: f64 = grads
-        .tensors
-        .iter()
-        .map(|(_, g)| {
-            let v = g.clone().into_data().convert::<f32>();
-            let v = v.try_into_vec::<f32>().unwrap_or_default();
-            v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
-        })
-        .sum();
-    let norm = sum.sqrt();
+    let norm = grads.sq_norm().sqrt();
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         for (_, g) in &mut grads.tensors {

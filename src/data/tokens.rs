@@ -461,18 +461,10 @@ mod tests {
         );
         // Targets are the inputs shifted by one.
         let b = &w.assemble(&[3], 1, 2).into_pieces(1, &device)[0];
-        let x: Vec<i64> = b
-            .tokens
-            .to_data()
-            .convert::<i64>()
-            .try_into_vec::<i64>()
-            .unwrap();
-        let y: Vec<i64> = b
-            .targets
-            .to_data()
-            .convert::<i64>()
-            .try_into_vec::<i64>()
-            .unwrap();
+        let host = |t: &Tensor<2, Int>| -> Vec<i64> {
+            t.to_data().convert::<i64>().try_into_vec::<i64>().unwrap()
+        };
+        let (x, y) = (host(&b.tokens), host(&b.targets));
         assert_eq!(x[1..], y[..15]);
         assert_eq!(b.tokens.dims(), [1, 16]);
         // Evaluation: offset 0, every window once, in order.

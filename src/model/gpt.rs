@@ -20,7 +20,7 @@
 //! N(0, 0.02), the two residual projections (`W_o`, `W_out`) N(0, 0.02/√(2L)), biases 0.
 //! Dropout `p` (default 0) after the embeddings and on both residual branches.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig,
@@ -222,19 +222,9 @@ impl Gpt {
         LanguageModelOutput { loss }
     }
 
-    /// The number of heads per block.
-    pub fn heads(&self) -> usize {
-        self.heads
-    }
-
     /// The longest context the position embedding covers.
     pub fn context(&self) -> usize {
         self.wpe.weight.dims()[0]
-    }
-
-    /// The token embedding (also the output layer).
-    pub fn token_embedding(&self) -> &Param<Tensor<2>> {
-        &self.wte.weight
     }
 }
 

@@ -139,3 +139,82 @@ fn the_one_pass_update_leaves_shared_and_offset_tensors_alone() {
     }
     assert_eq!([&w_whole, &v_whole, &w_kept, &v_kept].map(bits), before);
 }
+
+#[test]
+fn clip_grad_norm_scales_to_the_bound_only_above_it() {
+    let device = Device::flex();
+    let grads = || Grads {
+        tensors: vec![
+            (
+                "a".to_string(),
+                Tensor::<1>::from_data(TensorData::new(vec![3.0f32, 4.0], [2]), &device),
+            ),
+            (
+                "b".to_string(),
+                Tensor::<1>::from_data(TensorData::new(vec![12.0f32], [1]), &device),
+            ),
+        ],
+    };
+    let values = |g: &Grads| -> Vec<f32> {
+        g.tensors
+            .iter()
+            .flat_map(|(_, t)| t.to_data().iter::<f32>().collect::<Vec<_>>())
+            .collect()
+    };
+    // Norm 13: clipped to 6.5, i.e. halved (less PyTorch's 1e-6 guard).
+    let mut g = grads();
+    assert_eq!(clip_grad_norm(&mut g, 6.5), 13.0);
+    let coef = (6.5 / (13.0 + 1e-6)) as f32;
+    assert_eq!(values(&g), [3.0 * coef, 4.0 * coef, 12.0 * coef]);
+    // Below the bound: untouched.
+    let mut g = grads();
+    assert_eq!(clip_grad_norm(&mut g, 20.0), 13.0);
+    assert_eq!(values(&g), [3.0, 4.0, 12.0]);
+}
+
+#[test]
+fn decay_on_matrices_spares_biases_norms_and_embeddings() {
+    let inside = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let m = DecayOn::Matrices;
+    assert!(m.decays(2, &inside(&["Struct:Block", "Struct:Linear"])));
+    assert!(m.decays(4, &inside(&["Struct:Conv2d"])));
+    assert!(!m.decays(1, &inside(&["Struct:Linear"])));
+    assert!(!m.decays(2, &inside(&["Struct:Gpt", "Struct:Embedding"])));
+    assert!(!m.decays(1, &inside(&["Struct:Block", "Struct:LayerNorm"])));
+    assert!(DecayOn::All.decays(2, &inside(&["Struct:Embedding"])));
+    // Through a step: AdamW with zero gradients only decays, so the weight shrinks by
+    // 1 − ε·wd and the bias stays.
+    let device = Device::flex().autodiff();
+    let linear = burn::nn::LinearConfig::new(3, 2).init(&device);
+    let (w0, b0) = (linear.weight.val(), linear.bias.as_ref().unwrap().val());
+    let mut opt = OptimizerConfig {
+        kind: OptimizerKind::Adamw,
+        weight_decay: 0.5,
+        decay_on: DecayOn::Matrices,
+        ..OptimizerConfig::default()
+    }
+    .init();
+    let zeros = |n: usize| Tensor::<1>::zeros([n], &device);
+    let grads = Grads {
+        tensors: vec![("weight".into(), zeros(6)), ("bias".into(), zeros(2))],
+    };
+    let hyper = Hyper {
+        lr: 0.1,
+        batch_size: 1,
+        momentum: 0.9,
+    };
+    let after = opt.step(linear, grads, hyper);
+    let host = |t: Tensor<2>| t.to_data().iter::<f32>().collect::<Vec<_>>();
+    let want: Vec<f32> = host(w0).iter().map(|w| w * 0.95).collect();
+    assert_eq!(host(after.weight.val()), want);
+    assert_eq!(
+        after
+            .bias
+            .unwrap()
+            .val()
+            .to_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>(),
+        b0.to_data().iter::<f32>().collect::<Vec<_>>()
+    );
+}
