@@ -3,7 +3,7 @@
 
 pub use crate::config::RunConfig;
 pub use crate::data::npy;
-pub use crate::data::tokens::{self, TokenBatch, TokenFormat, Windows};
+pub use crate::data::tokens::{self, TokenBatch, TokenConfig, TokenFormat, Windows};
 pub use crate::data::{
     BurnData, EvalSet, FeatureBatcher, Features, ImageBatch, ImageSet, RegressionBatch,
     RegressionBatcher, Share, TrainSet,
@@ -13,8 +13,9 @@ pub use crate::learner::{
     TrainStep, Trainable, classification, regression,
 };
 pub use crate::metrics::RunSummary;
-pub use crate::optim::{OptimizerConfig, OptimizerKind};
-pub use crate::schedule::{AdaptiveConfig, ScheduleConfig, ScheduleKind};
+pub use crate::model::gpt::{Gpt, GptConfig, LanguageModelOutput, Sampling};
+pub use crate::optim::{DecayOn, OptimizerConfig, OptimizerKind};
+pub use crate::schedule::{AdaptiveConfig, Rampup, ScheduleConfig, ScheduleKind};
 pub use crate::train::Trained;
 pub use crate::train_steps;
 pub use crate::trainer::Trainer;
